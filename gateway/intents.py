@@ -1,0 +1,468 @@
+"""Intents: the workflow designers' YAML, validated and compiled.
+
+One file per intent in ``intents/``.  Loading validates the schema (pydantic), compiles
+every argument JSON Schema (``jsonschema``), and lints the graph; every problem names
+the file, the intent, the step and the field.  A registry of loaded intents is what the
+decision pipeline and the Rego policy (as ``data.intentgate.intents``) see.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from .canonical import canonical_json, sha256_hex
+from .errors import IntentFileError
+
+__all__ = [
+    "ArgumentRule",
+    "Intent",
+    "IntentRegistry",
+    "Problem",
+    "Severity",
+    "Step",
+    "check_intents",
+    "load_intents",
+    "parse_tool",
+]
+
+NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+UPSTREAM_RE = r"[A-Za-z0-9][A-Za-z0-9-]{0,31}"
+TOOL_RE = re.compile(rf"^(?P<upstream>{UPSTREAM_RE})\.(?P<tool>[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})$")
+BIND_RE = re.compile(
+    r"^(?:params\.(?P<param>[A-Za-z0-9_-]+)"
+    r"|steps\.(?P<step>[A-Za-z0-9_-]+)\.arguments\.(?P<arg>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*))$"
+)
+# keys of an argument rule that belong to IntentGate, not to the JSON Schema
+_RULE_KEYS = ("bind", "optional")
+
+
+def parse_tool(qualified: str) -> tuple[str, str]:
+    """Split ``upstream.tool`` into its parts (raises ``ValueError``)."""
+    m = TOOL_RE.match(qualified)
+    if not m:
+        raise ValueError(f"tool {qualified!r} is not of the form <upstream>.<tool>")
+    return m["upstream"], m["tool"]
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of ``intentgate check``."""
+
+    severity: Severity
+    file: str
+    message: str
+    intent: str | None = None
+    step: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.intent:
+            where.append(f"intent {self.intent!r}")
+        if self.step:
+            where.append(f"step {self.step!r}")
+        if self.field:
+            where.append(f"field {self.field!r}")
+        return f"{self.severity.value}: {', '.join(where)}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ArgumentRule:
+    """A compiled argument constraint: optional binding plus a JSON Schema."""
+
+    name: str
+    schema: dict[str, Any]
+    validator: Draft202012Validator
+    bind: str | None
+    optional: bool
+
+    def schema_errors(self, value: Any) -> list[str]:
+        return [e.message for e in self.validator.iter_errors(value)]
+
+
+class Step(BaseModel):
+    """One workflow step: the single tool it may call, with constraints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tool: str = Field(description="`<upstream>.<tool>` this step may call")
+    description: str = ""
+    arguments: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    next: list[str] = Field(default_factory=list)
+    max_calls: int = Field(default=1, ge=1, le=1000)
+    approval: Literal["never", "required"] = "never"
+
+    @field_validator("tool")
+    @classmethod
+    def _tool_form(cls, v: str) -> str:
+        parse_tool(v)
+        return v
+
+    @property
+    def upstream(self) -> str:
+        return parse_tool(self.tool)[0]
+
+    @property
+    def tool_name(self) -> str:
+        return parse_tool(self.tool)[1]
+
+    @property
+    def terminal(self) -> bool:
+        return not self.next
+
+
+class Intent(BaseModel):
+    """A named, versioned workflow an agent may declare."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_RE)
+    version: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    agents: list[str] = Field(min_length=1, description="glob patterns over agent ids")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    mode: Literal["enforce", "shadow"] = "enforce"
+    start: list[str] = Field(min_length=1)
+    steps: dict[str, Step] = Field(min_length=1)
+
+    _rules: dict[str, dict[str, ArgumentRule]] = PrivateAttr(default_factory=dict)
+    _param_validators: dict[str, Draft202012Validator] = PrivateAttr(default_factory=dict)
+    _source: str = PrivateAttr(default="<memory>")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    def permits_agent(self, agent_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(agent_id, pattern) for pattern in self.agents)
+
+    def rules(self, step: str) -> dict[str, ArgumentRule]:
+        return self._rules.get(step, {})
+
+    def param_errors(self, params: Mapping[str, Any]) -> list[str]:
+        """Validate task parameters: every declared one present and valid, no others."""
+        errors: list[str] = []
+        for name in params:
+            if name not in self.params:
+                errors.append(f"{name}: not a parameter of intent {self.name!r}")
+        for name, validator in self._param_validators.items():
+            if name not in params:
+                errors.append(f"{name}: required")
+                continue
+            errors.extend(f"{name}: {e.message}" for e in validator.iter_errors(params[name]))
+        return errors
+
+    def start_or_next(self, last_step: str | None) -> list[str]:
+        """Steps the graph allows after ``last_step`` (``None``: nothing taken yet)."""
+        if last_step is None:
+            return list(self.start)
+        step = self.steps.get(last_step)
+        return list(step.next) if step else []
+
+    def predecessors(self, target: str) -> set[str]:
+        """Every step from which ``target`` is reachable by one or more edges."""
+        reverse: dict[str, set[str]] = {name: set() for name in self.steps}
+        for name, step in self.steps.items():
+            for nxt in step.next:
+                reverse.setdefault(nxt, set()).add(name)
+        seen: set[str] = set()
+        frontier = list(reverse.get(target, ()))
+        while frontier:
+            cur = frontier.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            frontier.extend(reverse.get(cur, ()))
+        return seen
+
+    def reachable(self) -> set[str]:
+        seen: set[str] = set()
+        frontier = [s for s in self.start if s in self.steps]
+        while frontier:
+            cur = frontier.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            frontier.extend(n for n in self.steps[cur].next if n in self.steps)
+        return seen
+
+    def tools(self) -> set[str]:
+        return {step.tool for step in self.steps.values()}
+
+    def document(self) -> dict[str, Any]:
+        """The intent as plain JSON (what Rego sees under ``data.intentgate.intents``)."""
+        return self.model_dump(mode="json")
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> tuple[str | None, str | None]:
+    """Turn a pydantic error location into (step, field)."""
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "steps":
+        return parts[1], ".".join(parts[2:]) or None
+    return None, ".".join(parts) or None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loader that refuses duplicate mapping keys (plain PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _compile(intent: Intent, file: str) -> list[Problem]:
+    """Compile JSON Schemas and bindings into the intent; return problems found."""
+    problems: list[Problem] = []
+
+    def err(message: str, step: str | None = None, field: str | None = None) -> None:
+        problems.append(Problem(Severity.ERROR, file, message, intent.name, step, field))
+
+    checker = Draft202012Validator.FORMAT_CHECKER
+    for pname, pschema in intent.params.items():
+        try:
+            Draft202012Validator.check_schema(pschema)
+        except SchemaError as exc:
+            err(f"invalid JSON Schema: {exc.message}", field=f"params.{pname}")
+            continue
+        intent._param_validators[pname] = Draft202012Validator(pschema, format_checker=checker)
+
+    for sname, step in intent.steps.items():
+        rules: dict[str, ArgumentRule] = {}
+        for aname, spec in step.arguments.items():
+            field = f"arguments.{aname}"
+            schema = {k: v for k, v in spec.items() if k not in _RULE_KEYS}
+            bind = spec.get("bind")
+            optional = spec.get("optional", False)
+            if not isinstance(optional, bool):
+                err("'optional' must be true or false", sname, f"{field}.optional")
+                continue
+            if bind is not None:
+                if not isinstance(bind, str) or not (m := BIND_RE.match(bind)):
+                    err(
+                        f"binding {bind!r} must be 'params.<name>' or "
+                        "'steps.<step>.arguments.<name>'",
+                        sname,
+                        f"{field}.bind",
+                    )
+                    continue
+                if m["param"] and m["param"] not in intent.params:
+                    err(f"binding to undeclared parameter {m['param']!r}", sname, f"{field}.bind")
+                if m["step"]:
+                    src = m["step"]
+                    if src not in intent.steps:
+                        err(f"binding to unknown step {src!r}", sname, f"{field}.bind")
+                    elif src not in intent.predecessors(sname):
+                        err(
+                            f"binding to step {src!r}, which can never precede {sname!r}",
+                            sname,
+                            f"{field}.bind",
+                        )
+                    elif m["arg"].split(".")[0] not in intent.steps[src].arguments:
+                        err(
+                            f"binding to argument {m['arg']!r}, which step {src!r} does not declare",
+                            sname,
+                            f"{field}.bind",
+                        )
+            try:
+                Draft202012Validator.check_schema(schema)
+            except SchemaError as exc:
+                err(f"invalid JSON Schema: {exc.message}", sname, field)
+                continue
+            rules[aname] = ArgumentRule(
+                name=aname,
+                schema=schema,
+                validator=Draft202012Validator(schema, format_checker=checker),
+                bind=bind,
+                optional=optional,
+            )
+        intent._rules[sname] = rules
+    return problems
+
+
+def _lint_graph(intent: Intent, file: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for s in intent.start:
+        if s not in intent.steps:
+            problems.append(
+                Problem(Severity.ERROR, file, f"start step {s!r} does not exist", intent.name, None, "start")
+            )
+    if len(set(intent.start)) != len(intent.start):
+        problems.append(Problem(Severity.ERROR, file, "duplicate start step", intent.name, None, "start"))
+    for sname, step in intent.steps.items():
+        if len(set(step.next)) != len(step.next):
+            problems.append(Problem(Severity.ERROR, file, "duplicate step in next", intent.name, sname, "next"))
+        for n in step.next:
+            if n not in intent.steps:
+                problems.append(
+                    Problem(Severity.ERROR, file, f"next step {n!r} does not exist", intent.name, sname, "next")
+                )
+        if not re.match(NAME_RE, sname):
+            problems.append(
+                Problem(Severity.ERROR, file, f"step name must match {NAME_RE}", intent.name, sname, None)
+            )
+    reachable = intent.reachable()
+    for sname in intent.steps:
+        if sname not in reachable:
+            problems.append(
+                Problem(Severity.WARNING, file, "step is unreachable from the start steps", intent.name, sname, None)
+            )
+    if not any(intent.steps[s].terminal for s in reachable):
+        problems.append(
+            Problem(
+                Severity.ERROR,
+                file,
+                "no terminal step (a step with empty 'next') is reachable, so the task can never complete",
+                intent.name,
+                None,
+                "steps",
+            )
+        )
+    for sname in reachable:
+        if not any(intent.steps[t].terminal for t in ({sname} | _descendants(intent, sname))):
+            problems.append(
+                Problem(Severity.WARNING, file, "no terminal step is reachable from this step", intent.name, sname, "next")
+            )
+    return problems
+
+
+def _descendants(intent: Intent, name: str) -> set[str]:
+    seen: set[str] = set()
+    frontier = [n for n in intent.steps[name].next if n in intent.steps]
+    while frontier:
+        cur = frontier.pop()
+        if cur not in seen:
+            seen.add(cur)
+            frontier.extend(n for n in intent.steps[cur].next if n in intent.steps)
+    return seen
+
+
+def _load_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
+    except yaml.YAMLError as exc:
+        return None, [Problem(Severity.ERROR, display, f"invalid YAML: {exc}".replace("\n", " "))]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [Problem(Severity.ERROR, display, f"cannot read: {exc}")]
+    if not isinstance(raw, dict):
+        return None, [Problem(Severity.ERROR, display, "an intent file must hold one YAML mapping")]
+    intent_name = raw.get("name") if isinstance(raw.get("name"), str) else None
+    try:
+        intent = Intent.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            step, field = _format_loc(e["loc"])
+            problems.append(Problem(Severity.ERROR, display, e["msg"], intent_name, step, field))
+        return None, problems
+    intent._source = display
+    problems = _compile(intent, display) + _lint_graph(intent, display)
+    return intent, problems
+
+
+class IntentRegistry:
+    """The loaded intents, by name, with a revision hash over all of them."""
+
+    def __init__(self, intents: Iterable[Intent]) -> None:
+        self._intents = {i.name: i for i in intents}
+        self.revision = sha256_hex(
+            canonical_json({n: i.document() for n, i in sorted(self._intents.items())})
+        )[:16]
+        self._tools = {t for i in self._intents.values() for t in i.tools()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._intents
+
+    def __len__(self) -> int:
+        return len(self._intents)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._intents.values())
+
+    def get(self, name: str) -> Intent | None:
+        return self._intents.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._intents)
+
+    def for_agent(self, agent_id: str) -> list[Intent]:
+        return [i for i in self._intents.values() if i.permits_agent(agent_id)]
+
+    def tools(self) -> set[str]:
+        return set(self._tools)
+
+    def data_document(self) -> dict[str, Any]:
+        """``{name: intent document}`` for ``data.intentgate.intents``."""
+        return {n: i.document() for n, i in self._intents.items()}
+
+
+def check_intents(directory: Path) -> tuple[IntentRegistry, list[Problem]]:
+    """Load every ``*.yaml``/``*.yml`` under ``directory``; return what loaded and all problems."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IntentFileError([f"error: {directory}: intents directory does not exist"])
+    files = sorted(p for p in directory.rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file())
+    intents: list[Intent] = []
+    problems: list[Problem] = []
+    first_seen: dict[str, str] = {}
+    for path in files:
+        display = str(path)
+        intent, found = _load_file(path, display)
+        problems.extend(found)
+        if intent is None:
+            continue
+        if intent.name in first_seen:
+            problems.append(
+                Problem(
+                    Severity.ERROR,
+                    display,
+                    f"duplicate intent name, already defined in {first_seen[intent.name]}",
+                    intent.name,
+                    None,
+                    "name",
+                )
+            )
+            continue
+        first_seen[intent.name] = display
+        if not any(p.severity is Severity.ERROR and p.file == display for p in found):
+            intents.append(intent)
+    if not files:
+        problems.append(Problem(Severity.WARNING, str(directory), "no intent files (*.yaml) found"))
+    return IntentRegistry(intents), problems
+
+
+def load_intents(directory: Path) -> IntentRegistry:
+    """Load intents for serving: any error-level problem raises ``IntentFileError``."""
+    registry, problems = check_intents(directory)
+    errors = [str(p) for p in problems if p.severity is Severity.ERROR]
+    if errors:
+        raise IntentFileError(errors)
+    return registry

@@ -1,0 +1,370 @@
+"""The store: tasks, the hash-chained decision log, tokens and approvals.
+
+Every state change that must be atomic is one conditional UPDATE (burning a jti, a task
+moving one step, approving once), so it holds across gateway replicas sharing PostgreSQL.
+Decision rows are appended under the ``chain_head`` row lock, which serialises the chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, update
+
+from ..verify import ConsumeOutcome
+from ..workflow import HistoryEntry, Task
+from .db import Database
+from .records import (
+    GENESIS_HASH,
+    ApprovalRecord,
+    ChainReport,
+    DecisionRecord,
+    TokenRecord,
+    chain_hash,
+)
+from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskRow, TokenRow, metadata
+
+__all__ = ["CommitResult", "Store", "TaskAdvance"]
+
+tasks_t = TaskRow.__table__
+decisions_t = DecisionRow.__table__
+chain_t = ChainHeadRow.__table__
+tokens_t = TokenRow.__table__
+approvals_t = ApprovalRow.__table__
+outcomes_t = OutcomeRow.__table__
+
+_DECISION_COLUMNS = [c.name for c in decisions_t.columns]
+
+
+class TaskAdvance:
+    """Move a task one step: append ``entry`` if the task is still at ``expected_version``."""
+
+    __slots__ = ("complete", "entry", "expected_version", "history", "task_id")
+
+    def __init__(self, task: Task, entry: HistoryEntry, *, complete: bool) -> None:
+        self.task_id = task.id
+        self.expected_version = task.version
+        self.history = [h.model_dump() for h in task.history] + [entry.model_dump()]
+        self.entry = entry
+        self.complete = complete
+
+
+class CommitResult:
+    __slots__ = ("committed", "revoked", "seq")
+
+    def __init__(self, committed: bool, seq: int | None = None, revoked: int = 0) -> None:
+        self.committed = committed
+        self.seq = seq
+        self.revoked = revoked
+
+
+def _task_from_row(row: Any) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        intent=m["intent"],
+        intent_version=m["intent_version"],
+        agent=m["agent"],
+        params=m["params"],
+        reason=m["reason"],
+        status=m["status"],
+        created_at=m["created_at"],
+        expires_at=m["expires_at"],
+        ended_at=m["ended_at"],
+        history=[HistoryEntry.model_validate(h) for h in m["history"]],
+        version=m["version"],
+    )
+
+
+def _append_decision(conn: Connection, record: DecisionRecord) -> int:
+    """Append one decision to the chain; caller holds the transaction."""
+    head_q = select(chain_t.c.seq, chain_t.c.hash).where(chain_t.c.id == 1)
+    if conn.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE already holds the write lock
+        head_q = head_q.with_for_update()
+    head = conn.execute(head_q).first()
+    if head is None:
+        conn.execute(insert(chain_t).values(id=1, seq=0, hash=GENESIS_HASH))
+        prev_seq, prev_hash = 0, GENESIS_HASH
+    else:
+        prev_seq, prev_hash = head
+    row = record.model_dump()
+    row["seq"] = prev_seq + 1
+    row["prev_hash"] = prev_hash
+    row["hash"] = chain_hash(row)
+    conn.execute(insert(decisions_t).values(**row))
+    conn.execute(update(chain_t).where(chain_t.c.id == 1).values(seq=row["seq"], hash=row["hash"]))
+    record.seq, record.prev_hash, record.hash = row["seq"], prev_hash, row["hash"]
+    return row["seq"]
+
+
+def _revoke_task_tokens(conn: Connection, task_id: str, now: float, keep: str | None = None) -> int:
+    cond = and_(tokens_t.c.task_id == task_id, tokens_t.c.status == "issued")
+    if keep is not None:
+        cond = and_(cond, tokens_t.c.jti != keep)
+    res = conn.execute(update(tokens_t).where(cond).values(status="revoked", revoked_at=now))
+    return res.rowcount or 0
+
+
+class Store:
+    """Async facade over the database; every method is one transaction."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> Store:
+        store = cls(Database(url, **kwargs))
+        store.db.run_sync(lambda conn: metadata.create_all(conn))
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ----- tasks ---------------------------------------------------------------------
+    async def get_task(self, task_id: str) -> Task | None:
+        def op(conn: Connection) -> Task | None:
+            row = conn.execute(select(tasks_t).where(tasks_t.c.id == task_id)).first()
+            return _task_from_row(row) if row else None
+
+        return await self.db.run(op)
+
+    async def begin_task(self, task: Task, record: DecisionRecord) -> CommitResult:
+        """Insert a new task together with the decision that allowed it."""
+
+        def op(conn: Connection) -> CommitResult:
+            conn.execute(insert(tasks_t).values(**task.model_dump(exclude={"history"}), history=[]))
+            return CommitResult(True, _append_decision(conn, record))
+
+        return await self.db.run(op)
+
+    async def end_task(self, task_id: str, status: str, now: float, record: DecisionRecord) -> CommitResult:
+        """Close an active task (``ended``/``expired``) and revoke its unconsumed tokens."""
+
+        def op(conn: Connection) -> CommitResult:
+            res = conn.execute(
+                update(tasks_t)
+                .where(and_(tasks_t.c.id == task_id, tasks_t.c.status == "active"))
+                .values(status=status, ended_at=now, version=tasks_t.c.version + 1)
+            )
+            if not res.rowcount:
+                return CommitResult(False)
+            revoked = _revoke_task_tokens(conn, task_id, now)
+            return CommitResult(True, _append_decision(conn, record), revoked)
+
+        return await self.db.run(op)
+
+    async def expire_tasks(self, now: float, make_record: Callable[[Task], DecisionRecord]) -> int:
+        """Mark every overdue active task expired, revoke its tokens, record it. Returns count."""
+
+        def op(conn: Connection) -> int:
+            rows = conn.execute(
+                select(tasks_t).where(and_(tasks_t.c.status == "active", tasks_t.c.expires_at <= now))
+            ).all()
+            for row in rows:
+                task = _task_from_row(row)
+                conn.execute(
+                    update(tasks_t)
+                    .where(and_(tasks_t.c.id == task.id, tasks_t.c.status == "active"))
+                    .values(status="expired", ended_at=now, version=tasks_t.c.version + 1)
+                )
+                _revoke_task_tokens(conn, task.id, now)
+                _append_decision(conn, make_record(task))
+            return len(rows)
+
+        return await self.db.run(op)
+
+    # ----- decisions -----------------------------------------------------------------
+    async def commit_decision(
+        self,
+        record: DecisionRecord,
+        *,
+        advance: TaskAdvance | None = None,
+        token: TokenRecord | None = None,
+        approval: ApprovalRecord | None = None,
+    ) -> CommitResult:
+        """Write a decision with its effects, atomically.
+
+        If ``advance`` is given and the task moved on meanwhile (another call won the race
+        for this step), nothing is written and ``committed`` is False.
+        """
+
+        def op(conn: Connection) -> CommitResult:
+            revoked = 0
+            if advance is not None:
+                values: dict[str, Any] = {
+                    "history": advance.history,
+                    "version": advance.expected_version + 1,
+                }
+                if advance.complete:
+                    values.update(status="completed", ended_at=record.at)
+                res = conn.execute(
+                    update(tasks_t)
+                    .where(
+                        and_(
+                            tasks_t.c.id == advance.task_id,
+                            tasks_t.c.version == advance.expected_version,
+                            tasks_t.c.status == "active",
+                        )
+                    )
+                    .values(**values)
+                )
+                if res.rowcount != 1:
+                    return CommitResult(False)  # nothing written in this transaction
+                if advance.complete:
+                    revoked = _revoke_task_tokens(conn, advance.task_id, record.at)
+            seq = _append_decision(conn, record)
+            if token is not None:
+                conn.execute(insert(tokens_t).values(**token.model_dump()))
+            if approval is not None:
+                conn.execute(insert(approvals_t).values(**approval.model_dump()))
+            return CommitResult(True, seq, revoked)
+
+        return await self.db.run(op)
+
+    async def record_outcome(
+        self, decision_id: str, *, at: float, status: str, latency_ms: float, detail: str | None = None
+    ) -> None:
+        def op(conn: Connection) -> None:
+            conn.execute(
+                insert(outcomes_t).values(
+                    decision_id=decision_id, at=at, status=status, latency_ms=latency_ms, detail=detail
+                )
+            )
+
+        await self.db.run(op)
+
+    async def get_decision(self, decision_id: str) -> DecisionRecord | None:
+        def op(conn: Connection) -> DecisionRecord | None:
+            row = conn.execute(select(decisions_t).where(decisions_t.c.id == decision_id)).first()
+            return DecisionRecord.model_validate(dict(row._mapping)) if row else None
+
+        return await self.db.run(op)
+
+    async def list_decisions(
+        self,
+        *,
+        outcome: str | None = None,
+        task_id: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        before_seq: int | None = None,
+    ) -> list[DecisionRecord]:
+        def op(conn: Connection) -> list[DecisionRecord]:
+            q = select(decisions_t)
+            if outcome:
+                q = q.where(decisions_t.c.outcome == outcome)
+            if task_id:
+                q = q.where(decisions_t.c.task_id == task_id)
+            if agent:
+                q = q.where(decisions_t.c.agent == agent)
+            if before_seq:
+                q = q.where(decisions_t.c.seq < before_seq)
+            q = q.order_by(decisions_t.c.seq.desc()).limit(limit)
+            return [DecisionRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
+
+        return await self.db.run(op)
+
+    async def counts(self) -> dict[str, Any]:
+        """Figures for summaries: decisions by outcome and by reason, tokens by status."""
+
+        def op(conn: Connection) -> dict[str, Any]:
+            by_outcome = dict(
+                conn.execute(
+                    select(decisions_t.c.outcome, func.count())
+                    .where(decisions_t.c.kind == "tools/call")
+                    .group_by(decisions_t.c.outcome)
+                ).all()
+            )
+            by_reason: dict[str, int] = {}
+            for (reasons,) in conn.execute(
+                select(decisions_t.c.reasons).where(decisions_t.c.outcome != "allow")
+            ):
+                for r in reasons:
+                    by_reason[r] = by_reason.get(r, 0) + 1
+            tokens = dict(conn.execute(select(tokens_t.c.status, func.count()).group_by(tokens_t.c.status)).all())
+            return {"by_outcome": by_outcome, "by_reason": by_reason, "tokens": tokens}
+
+        return await self.db.run(op)
+
+    # ----- tokens --------------------------------------------------------------------
+    async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome:
+        """Burn a jti: one conditional UPDATE, so a token is used at most once."""
+
+        def op(conn: Connection) -> ConsumeOutcome:
+            res = conn.execute(
+                update(tokens_t)
+                .where(and_(tokens_t.c.jti == jti, tokens_t.c.status == "issued"))
+                .values(status="consumed", consumed_at=now)
+            )
+            if res.rowcount == 1:
+                return ConsumeOutcome.CONSUMED
+            status = conn.execute(select(tokens_t.c.status).where(tokens_t.c.jti == jti)).scalar()
+            if status == "consumed":
+                return ConsumeOutcome.REPLAYED
+            if status == "revoked":
+                return ConsumeOutcome.REVOKED
+            return ConsumeOutcome.UNKNOWN
+
+        return await self.db.run(op)
+
+    async def get_token(self, jti: str) -> TokenRecord | None:
+        def op(conn: Connection) -> TokenRecord | None:
+            row = conn.execute(select(tokens_t).where(tokens_t.c.jti == jti)).first()
+            return TokenRecord.model_validate(dict(row._mapping)) if row else None
+
+        return await self.db.run(op)
+
+    # ----- approvals -----------------------------------------------------------------
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        def op(conn: Connection) -> ApprovalRecord | None:
+            row = conn.execute(select(approvals_t).where(approvals_t.c.id == approval_id)).first()
+            return ApprovalRecord.model_validate(dict(row._mapping)) if row else None
+
+        return await self.db.run(op)
+
+    # ----- audit chain ---------------------------------------------------------------
+    def iter_decisions(self, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """Every decision row in ``seq`` order, in batches (blocking; CLI and audit use)."""
+        last = 0
+        while True:
+
+            def op(conn: Connection, after: int = last) -> list[dict[str, Any]]:
+                q = select(decisions_t).where(decisions_t.c.seq > after).order_by(decisions_t.c.seq).limit(batch)
+                return [dict(r._mapping) for r in conn.execute(q)]
+
+            rows = self.db.run_sync(op)
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]["seq"]
+
+    def verify_chain(self, progress: Callable[[int], None] | None = None) -> ChainReport:
+        """Recompute the hash chain; report edited, inserted, reordered or deleted rows."""
+        problems: list[str] = []
+        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+        for rows in self.iter_decisions():
+            for row in rows:
+                seq = row["seq"]
+                if seq != expected_seq:
+                    problems.append(f"seq {expected_seq}..{seq - 1}: rows missing (deleted?)")
+                if row["prev_hash"] != prev_hash:
+                    problems.append(f"seq {seq} ({row['id']}): prev_hash does not match the previous row")
+                if chain_hash(row) != row["hash"]:
+                    problems.append(f"seq {seq} ({row['id']}): content does not match its hash (edited?)")
+                prev_hash, expected_seq = row["hash"], seq + 1
+                checked += 1
+            if progress:
+                progress(len(rows))
+            if len(problems) > 100:
+                problems.append("too many problems; stopped")
+                break
+
+        head = self.db.run_sync(lambda conn: conn.execute(select(chain_t.c.seq, chain_t.c.hash)).first())
+        head_seq = head[0] if head else 0
+        if head is not None and (head[0] != expected_seq - 1 or head[1] != prev_hash):
+            problems.append(
+                f"chain head says seq {head[0]} but the log ends at seq {expected_seq - 1} "
+                "(rows deleted from the end, or the head was edited)"
+            )
+        return ChainReport(ok=not problems, checked=checked, head_seq=head_seq, problems=problems)

@@ -1,0 +1,140 @@
+"""SQLModel tables: tasks, decisions (append-only, hash-chained), tokens, approvals.
+
+Times are epoch seconds (float): exact round trip in SQLite REAL and PostgreSQL double
+precision, cheap range queries, and the hash chain hashes exactly what is stored.
+JSON columns use the plain ``JSON`` type (text kept verbatim on PostgreSQL too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "ApprovalRow",
+    "ChainHeadRow",
+    "DecisionRow",
+    "OutcomeRow",
+    "TaskRow",
+    "TokenRow",
+    "metadata",
+]
+
+metadata = SQLModel.metadata
+
+
+class TaskRow(SQLModel, table=True):
+    __tablename__ = "tasks"
+
+    id: str = Field(primary_key=True, max_length=64)
+    intent: str = Field(max_length=64, index=True)
+    intent_version: str = Field(max_length=64)
+    agent: str = Field(max_length=512, index=True)
+    params: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(max_length=16, index=True)
+    created_at: float
+    expires_at: float = Field(index=True)
+    ended_at: float | None = None
+    history: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    version: int = 0
+
+
+class DecisionRow(SQLModel, table=True):
+    """One verdict.  Never updated or deleted; ``hash`` chains it to the previous row."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        Index("ix_decisions_outcome_at", "outcome", "at"),
+        Index("ix_decisions_agent_at", "agent", "at"),
+        Index("ix_decisions_intent_at", "intent", "at"),
+        Index("ix_decisions_tool_at", "tool", "at"),
+    )
+
+    seq: int = Field(primary_key=True)
+    id: str = Field(max_length=40, unique=True)
+    at: float = Field(index=True)
+    kind: str = Field(max_length=16)  # tools/call | task/begin | task/end | resources/read ...
+    agent: str = Field(max_length=512)
+    intent: str | None = Field(default=None, max_length=64)
+    intent_version: str | None = Field(default=None, max_length=64)
+    task_id: str | None = Field(default=None, max_length=64, index=True)
+    step: str | None = Field(default=None, max_length=64)
+    upstream: str | None = Field(default=None, max_length=64)
+    tool: str | None = Field(default=None, max_length=256)
+    arguments_sha256: str | None = Field(default=None, max_length=64)
+    arguments: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    outcome: str = Field(max_length=16)
+    reasons: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    policy_input: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    policy_result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    policy_revision: str | None = Field(default=None, max_length=64)
+    intents_revision: str | None = Field(default=None, max_length=64)
+    token_jti: str | None = Field(default=None, max_length=64)
+    token_expires_at: float | None = None
+    masked: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    timings_us: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class ChainHeadRow(SQLModel, table=True):
+    """The single row holding the newest ``seq`` and ``hash`` (serialises decision writes)."""
+
+    __tablename__ = "chain_head"
+
+    id: int = Field(primary_key=True)
+    seq: int
+    hash: str = Field(max_length=64)
+
+
+class OutcomeRow(SQLModel, table=True):
+    """What happened after an allow: forwarded result or error, appended once per decision."""
+
+    __tablename__ = "call_outcomes"
+
+    decision_id: str = Field(primary_key=True, max_length=40)
+    at: float
+    status: str = Field(max_length=16)  # ok | tool_error | upstream_error | timeout
+    latency_ms: float
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class TokenRow(SQLModel, table=True):
+    __tablename__ = "tokens"
+
+    jti: str = Field(primary_key=True, max_length=64)
+    decision_id: str = Field(max_length=40)
+    task_id: str = Field(max_length=64, index=True)
+    agent: str = Field(max_length=512)
+    audience: str = Field(max_length=64)
+    tool: str = Field(max_length=256)
+    arguments_sha256: str = Field(max_length=64)
+    issued_at: float
+    expires_at: float
+    status: str = Field(max_length=16)  # issued | consumed | revoked
+    consumed_at: float | None = None
+    revoked_at: float | None = None
+
+
+class ApprovalRow(SQLModel, table=True):
+    __tablename__ = "approvals"
+
+    id: str = Field(primary_key=True, max_length=40)
+    decision_id: str = Field(max_length=40, index=True)
+    agent: str = Field(max_length=512)
+    task_id: str = Field(max_length=64, index=True)
+    step: str = Field(max_length=64)
+    tool: str = Field(max_length=256)
+    arguments_sha256: str = Field(max_length=64)
+    policy_revision: str = Field(max_length=64)
+    reasons: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: float
+    expires_at: float
+    status: str = Field(max_length=16, index=True)  # pending | approved | rejected | used
+    decided_by: str | None = Field(default=None, max_length=512)
+    decided_at: float | None = None
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    used_by_decision: str | None = Field(default=None, max_length=40)
