@@ -98,10 +98,13 @@ class GatewayError(Exception):
 
     code: ReasonCode = ReasonCode.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: ReasonCode | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: ReasonCode | None = None, decision_id: str | None = None
+    ) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        self.decision_id = decision_id
 
     @property
     def message(self) -> str:

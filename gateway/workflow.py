@@ -24,7 +24,15 @@ from .canonical import canonical_json
 from .errors import ReasonCode, reason
 from .intents import Intent
 
-__all__ = ["HistoryEntry", "Task", "TaskStatus", "WorkflowResult", "check_call", "resolve_binding"]
+__all__ = [
+    "HistoryEntry",
+    "Task",
+    "TaskStatus",
+    "WorkflowResult",
+    "allowed_next",
+    "check_call",
+    "resolve_binding",
+]
 
 TaskStatus = Literal["active", "completed", "ended", "expired"]
 

@@ -1,0 +1,464 @@
+"""The decision pipeline: task → workflow → policy → verdict → token → audit.
+
+Each stage is a plain function of the previous one's output.  The decision is committed
+to the store *before* a token leaves this module; any exception in any stage becomes a
+recorded ``deny`` (``internal_error``, ``policy_error`` or ``store_error``): fail closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .canonical import arguments_sha256
+from .clock import Clock, SystemClock, iso
+from .errors import GatewayError, ReasonCode, TaskError, reason, reason_code_of
+from .identity import AgentIdentity
+from .intents import Intent, IntentRegistry
+from .policy import PolicyEngine, PolicyResult
+from .store import ApprovalRecord, DecisionRecord, Outcome, Store, TaskAdvance, TokenRecord
+from .tokens import ActionTokenIssuer, MintedToken
+from .workflow import HistoryEntry, Task, WorkflowResult, allowed_next, check_call
+
+__all__ = ["CallRequest", "Decider", "TaskEnded", "TaskStarted", "Verdict", "new_id"]
+
+log = logging.getLogger("intentgate.decide")
+
+# Failures about the task itself: never let through, not even in shadow mode.
+_HARD = {
+    ReasonCode.MISSING_TASK_CONTEXT,
+    ReasonCode.UNKNOWN_TASK,
+    ReasonCode.UNKNOWN_INTENT,
+    ReasonCode.TASK_NOT_OWNED,
+    ReasonCode.TASK_ENDED,
+    ReasonCode.TASK_EXPIRED,
+}
+
+
+def new_id(prefix: str) -> str:
+    """Opaque random identifier such as ``dec_3kTMd9…`` (96 bits)."""
+    return f"{prefix}_{secrets.token_urlsafe(12)}"
+
+
+class CallRequest(BaseModel):
+    """One tool call to decide on.  Arguments stay untrusted until the workflow checked them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent: AgentIdentity
+    task_id: str | None = None
+    step: str | None = None
+    upstream: str
+    tool: str = Field(description="the upstream's own tool name")
+    untrusted_arguments: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def qualified_tool(self) -> str:
+        return f"{self.upstream}.{self.tool}"
+
+
+class Verdict(BaseModel):
+    """What the caller of ``decide`` gets.  ``token`` is secret: never log it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decision_id: str
+    outcome: Outcome
+    reasons: list[str]
+    explanation: str
+    allowed_next: list[str] = Field(default_factory=list)
+    token: MintedToken | None = None
+    approval_id: str | None = None
+    task_completed: bool = False
+    recorded: bool = True
+
+    @property
+    def forward(self) -> bool:
+        """True when the call may go to the upstream (allow, or shadow-mode would_deny)."""
+        return self.outcome in ("allow", "would_deny") and self.token is not None
+
+
+class TaskStarted(BaseModel):
+    task_id: str
+    intent: str
+    intent_version: str
+    expires_at: float
+    start_steps: list[str]
+    decision_id: str
+
+
+class TaskEnded(BaseModel):
+    task_id: str
+    status: str
+    revoked_tokens: int
+    decision_id: str
+
+
+def explain(reasons: list[str], allowed: list[str]) -> str:
+    """One line a human or an agent can act on."""
+    if not reasons:
+        return "allowed"
+    code = reason_code_of(reasons[0])
+    detail = reasons[0].partition(":")[2]
+    nxt = f"; allowed next: {', '.join(allowed)}" if allowed else ""
+    match code:
+        case ReasonCode.STEP_OUT_OF_ORDER:
+            return f"step {detail!r} is not allowed at this point of the workflow{nxt}"
+        case ReasonCode.UNKNOWN_STEP:
+            return f"the intent has no step {detail!r}{nxt}"
+        case ReasonCode.TOOL_MISMATCH:
+            return f"tool {detail!r} is not the tool of this step{nxt}"
+        case ReasonCode.ARGUMENT_CONSTRAINT:
+            return f"argument {detail!r} does not meet the step's constraints"
+        case ReasonCode.ARGUMENT_MISSING:
+            return f"argument {detail!r} is required by this step"
+        case ReasonCode.ARGUMENT_NOT_ALLOWED:
+            return f"argument {detail!r} is not declared for this step"
+        case ReasonCode.BINDING_MISMATCH:
+            return f"argument {detail!r} must equal the value the task is bound to"
+        case ReasonCode.BINDING_UNRESOLVED:
+            return f"argument {detail!r} is bound to a step the task has not taken"
+        case ReasonCode.MAX_CALLS_EXCEEDED:
+            return f"step {detail!r} has been called as often as the intent allows{nxt}"
+        case ReasonCode.APPROVAL_REQUIRED | ReasonCode.POLICY_HOLD:
+            return "held for a reviewer's approval; retry the same call once it is approved"
+        case ReasonCode.POLICY_DENIED | ReasonCode.POLICY:
+            return "denied by policy: " + ", ".join(r.partition(":")[2] for r in reasons if ":" in r)
+        case ReasonCode.TASK_EXPIRED:
+            return "the task has expired; begin a new task"
+        case ReasonCode.TASK_ENDED:
+            return f"the task is {detail or 'ended'}; begin a new task"
+        case ReasonCode.MISSING_TASK_CONTEXT:
+            return "every call must name its task and workflow step"
+        case _:
+            return code.value.replace("_", " ")
+
+
+class _Clocked:
+    """Per-stage timings in microseconds."""
+
+    __slots__ = ("_last", "timings")
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter_ns()
+        self.timings: dict[str, int] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter_ns()
+        self.timings[stage] = (now - self._last) // 1000
+        self._last = now
+
+
+class Decider:
+    """Runs the pipeline against one set of intents, one policy engine and one store."""
+
+    def __init__(
+        self,
+        *,
+        intents: IntentRegistry,
+        policy: PolicyEngine,
+        store: Store,
+        issuer: ActionTokenIssuer,
+        clock: Clock | None = None,
+        environment: str = "prod",
+        mode: Literal["enforce", "shadow"] | None = None,
+        policy_timeout: float = 2.0,
+        approval_ttl: int = 3600,
+        audit_arguments: bool = True,
+    ) -> None:
+        self.intents = intents
+        self.policy = policy
+        self.store = store
+        self.issuer = issuer
+        self.clock = clock or SystemClock()
+        self.environment = environment
+        self.mode = mode
+        self.policy_timeout = policy_timeout
+        self.approval_ttl = approval_ttl
+        self.audit_arguments = audit_arguments
+
+    def set_intents(self, intents: IntentRegistry) -> None:
+        self.intents = intents
+        self.policy.set_intents(intents.data_document())
+
+    # ----- tasks ---------------------------------------------------------------------
+    async def begin_task(
+        self, agent: AgentIdentity, intent_name: str, params: dict[str, Any], task_reason: str
+    ) -> TaskStarted:
+        """Start a task; raises ``TaskError`` (recorded as a denied ``task/begin``)."""
+        now = self.clock.now()
+        decision_id = new_id("dec")
+        intent = self.intents.get(intent_name)
+        problem: tuple[ReasonCode, str] | None = None
+        if intent is None:
+            problem = (ReasonCode.UNKNOWN_INTENT, f"no intent named {intent_name!r}")
+        elif not intent.permits_agent(agent.id):
+            problem = (ReasonCode.AGENT_NOT_PERMITTED, f"agent may not declare intent {intent_name!r}")
+        elif errors := intent.param_errors(params):
+            problem = (ReasonCode.INVALID_PARAMS, "; ".join(errors))
+        elif not isinstance(task_reason, str) or not task_reason.strip() or len(task_reason) > 2000:
+            problem = (ReasonCode.INVALID_PARAMS, "reason must be a non-empty text of at most 2000 characters")
+        record = DecisionRecord(
+            id=decision_id,
+            at=now,
+            kind="task/begin",
+            agent=agent.id,
+            intent=intent_name[:64],
+            intent_version=intent.version if intent else None,
+            outcome="deny" if problem else "allow",
+            reasons=[reason(problem[0])] if problem else [],
+            policy_input={"params": params, "reason": task_reason} if self.audit_arguments else None,
+            intents_revision=self.intents.revision,
+        )
+        if problem or intent is None:
+            code, message = problem or (ReasonCode.UNKNOWN_INTENT, "unknown intent")
+            record.task_id = None
+            await self.store.commit_decision(record)
+            raise TaskError(message, code=code, decision_id=decision_id)
+        task = Task(
+            id=new_id("tsk"),
+            intent=intent.name,
+            intent_version=intent.version,
+            agent=agent.id,
+            params=params,
+            reason=task_reason,
+            created_at=now,
+            expires_at=now + intent.ttl_seconds,
+        )
+        record.task_id = task.id
+        await self.store.begin_task(task, record)
+        return TaskStarted(
+            task_id=task.id,
+            intent=intent.name,
+            intent_version=intent.version,
+            expires_at=task.expires_at,
+            start_steps=list(intent.start),
+            decision_id=decision_id,
+        )
+
+    async def end_task(self, agent: AgentIdentity, task_id: str) -> TaskEnded:
+        """End an agent's own task and revoke every unconsumed token it was issued."""
+        now = self.clock.now()
+        task = await self.store.get_task(task_id)
+        if task is None or task.agent != agent.id:
+            code = ReasonCode.UNKNOWN_TASK if task is None else ReasonCode.TASK_NOT_OWNED
+            record_id = new_id("dec")
+            await self.store.commit_decision(
+                DecisionRecord(
+                    id=record_id, at=now, kind="task/end", agent=agent.id, task_id=task_id[:64],
+                    outcome="deny", reasons=[reason(code)],
+                )
+            )
+            raise TaskError(f"cannot end task {task_id!r}", code=code, decision_id=record_id)
+        record = DecisionRecord(
+            id=new_id("dec"), at=now, kind="task/end", agent=agent.id, intent=task.intent,
+            intent_version=task.intent_version, task_id=task.id, outcome="allow", reasons=[],
+        )
+        result = await self.store.end_task(task.id, "ended", now, record)
+        if not result.committed:
+            raise TaskError(f"task {task_id!r} is already {task.status}", code=ReasonCode.TASK_ENDED)
+        return TaskEnded(task_id=task.id, status="ended", revoked_tokens=result.revoked, decision_id=record.id)
+
+    async def expire_tasks(self) -> int:
+        """Expire overdue tasks and revoke their tokens (run periodically by the server)."""
+        now = self.clock.now()
+
+        def record(task: Task) -> DecisionRecord:
+            return DecisionRecord(
+                id=new_id("dec"), at=now, kind="task/expire", agent=task.agent, intent=task.intent,
+                intent_version=task.intent_version, task_id=task.id, outcome="allow", reasons=[],
+            )
+
+        return await self.store.expire_tasks(now, record)
+
+    # ----- calls ---------------------------------------------------------------------
+    def policy_input(
+        self, call: CallRequest, intent: Intent, task: Task, wf: WorkflowResult, now: float, mode: str
+    ) -> dict[str, Any]:
+        return {
+            "agent": {"id": call.agent.id, "claims": call.agent.claims},
+            "intent": {"name": intent.name, "version": intent.version, "params": task.params},
+            "task": {
+                "id": task.id,
+                "started_at": iso(task.created_at),
+                "expires_at": iso(task.expires_at),
+                "history": [{"step": h.step, "tool": h.tool, "decision": h.decision} for h in task.history],
+            },
+            "call": {
+                "upstream": call.upstream,
+                "tool": call.tool,
+                "step": call.step,
+                "arguments": call.untrusted_arguments,
+            },
+            "workflow": {"ok": wf.ok, "violations": wf.violations},
+            "context": {"now": iso(now), "environment": self.environment, "mode": mode},
+        }
+
+    async def decide(self, call: CallRequest) -> Verdict:
+        """Decide on one call.  Never raises: every failure is a recorded deny."""
+        decision_id = new_id("dec")
+        now = self.clock.now()
+        clocked = _Clocked()
+        digest: str | None = None
+        record = DecisionRecord(
+            id=decision_id,
+            at=now,
+            agent=call.agent.id,
+            task_id=(call.task_id or None) and call.task_id[:64],
+            step=(call.step or None) and call.step[:64],
+            upstream=call.upstream,
+            tool=call.qualified_tool[:256],
+            outcome="deny",
+            reasons=[],
+            intents_revision=self.intents.revision,
+            timings_us=clocked.timings,
+        )
+        try:
+            digest = arguments_sha256(call.untrusted_arguments)
+            record.arguments_sha256 = digest
+            if self.audit_arguments:
+                record.arguments = call.untrusted_arguments
+            return await self._decide(call, record, clocked, digest)
+        except Exception as exc:  # noqa: BLE001 - fail closed, whatever happened
+            code = exc.code if isinstance(exc, GatewayError) else ReasonCode.INTERNAL_ERROR
+            log.error(
+                "decision failed closed",
+                extra={"decision_id": decision_id, "code": code.value, "error": type(exc).__name__},
+                exc_info=not isinstance(exc, GatewayError),
+            )
+            return await self._record_failure(record, code)
+
+    async def _record_failure(self, record: DecisionRecord, code: ReasonCode) -> Verdict:
+        record.outcome, record.reasons = "deny", [reason(code)]
+        record.token_jti = record.token_expires_at = None
+        recorded = True
+        try:
+            await self.store.commit_decision(record)
+        except Exception:  # noqa: BLE001 - the store itself is down: still deny
+            log.error("could not record a failed decision", extra={"decision_id": record.id}, exc_info=True)
+            recorded = False
+        return Verdict(
+            decision_id=record.id, outcome="deny", reasons=record.reasons,
+            explanation=explain(record.reasons, []), recorded=recorded,
+        )
+
+    async def _deny_early(self, record: DecisionRecord, code: ReasonCode, detail: str | None = None) -> Verdict:
+        record.outcome, record.reasons = "deny", [reason(code, detail)]
+        await self.store.commit_decision(record)
+        return Verdict(
+            decision_id=record.id, outcome="deny", reasons=record.reasons, explanation=explain(record.reasons, [])
+        )
+
+    async def _decide(self, call: CallRequest, record: DecisionRecord, clocked: _Clocked, digest: str) -> Verdict:
+        now = record.at
+        # --- task
+        if not call.task_id or not call.step:
+            return await self._deny_early(record, ReasonCode.MISSING_TASK_CONTEXT)
+        task = await self.store.get_task(call.task_id)
+        clocked.lap("task")
+        if task is None:
+            return await self._deny_early(record, ReasonCode.UNKNOWN_TASK)
+        intent = self.intents.get(task.intent)
+        record.intent, record.intent_version = task.intent, task.intent_version
+        if intent is None:
+            return await self._deny_early(record, ReasonCode.UNKNOWN_INTENT, task.intent)
+
+        # --- workflow
+        wf = check_call(
+            intent, task, agent_id=call.agent.id, step=call.step, tool=call.qualified_tool,
+            arguments=call.untrusted_arguments, now=now,
+        )
+        clocked.lap("workflow")
+
+        # --- policy
+        mode = self.mode or intent.mode
+        pinput = self.policy_input(call, intent, task, wf, now, mode)
+        record.policy_input = pinput if self.audit_arguments else _without_arguments(pinput)
+        await self.policy.reload_if_changed()
+        record.policy_revision = self.policy.revision
+        result: PolicyResult = await asyncio.wait_for(self.policy.evaluate(pinput), self.policy_timeout)
+        record.policy_result = result.model_dump()
+        clocked.lap("policy")
+
+        # --- verdict
+        step = intent.steps.get(call.step)
+        outcome, reasons = _verdict(wf, result, step.approval if step else "never")
+        hard = any(reason_code_of(r) in _HARD for r in reasons)
+        if mode == "shadow" and outcome != "allow" and not hard:
+            outcome = "would_deny"
+        record.outcome, record.reasons = outcome, reasons
+        nexts = wf.allowed_next
+
+        if outcome in ("deny", "hold"):
+            approval = None
+            if outcome == "hold":
+                approval = ApprovalRecord(
+                    id=new_id("apr"), decision_id=record.id, agent=call.agent.id, task_id=task.id,
+                    step=call.step, tool=call.qualified_tool, arguments_sha256=digest,
+                    policy_revision=self.policy.revision, reasons=reasons, created_at=now,
+                    expires_at=min(now + self.approval_ttl, task.expires_at),
+                )
+            await self.store.commit_decision(record, approval=approval)
+            clocked.lap("store")
+            return Verdict(
+                decision_id=record.id, outcome=outcome, reasons=reasons, explanation=explain(reasons, nexts),
+                allowed_next=nexts, approval_id=approval.id if approval else None,
+            )
+
+        # --- token (allow / would_deny): minted now, released only after the commit
+        assert step is not None or outcome == "would_deny"
+        minted = self.issuer.mint(
+            agent=call.agent.id, task_id=task.id, intent=intent.name, step=call.step,
+            upstream=call.upstream, tool=call.qualified_tool, arguments_sha256=digest,
+            task_expires_at=task.expires_at, ttl_seconds=result.ttl_seconds,
+        )
+        clocked.lap("token")
+        record.token_jti, record.token_expires_at = minted.jti, minted.expires_at
+        entry = HistoryEntry(
+            step=call.step, tool=call.qualified_tool, decision=outcome, decision_id=record.id, at=now,
+            arguments=call.untrusted_arguments,
+        )
+        complete = bool(step and step.terminal and outcome == "allow")
+        advance = TaskAdvance(task, entry, complete=complete)
+        token_row = TokenRecord(
+            jti=minted.jti, decision_id=record.id, task_id=task.id, agent=call.agent.id,
+            audience=call.upstream, tool=call.qualified_tool, arguments_sha256=digest,
+            issued_at=minted.issued_at, expires_at=minted.expires_at,
+        )
+        committed = await self.store.commit_decision(record, advance=advance, token=token_row)
+        clocked.lap("store")
+        if not committed.committed:
+            # another call moved the task on first: this one loses, and says so
+            record.id = new_id("dec")
+            record.token_jti = record.token_expires_at = None
+            return await self._deny_early(record, ReasonCode.CONCURRENT_STEP)
+        after = task.model_copy(update={"history": [*task.history, entry]})
+        return Verdict(
+            decision_id=record.id, outcome=outcome, reasons=reasons,
+            explanation=explain(reasons, nexts), allowed_next=[] if complete else allowed_next(intent, after),
+            token=minted, task_completed=complete,
+        )
+
+
+def _verdict(wf: WorkflowResult, result: PolicyResult, approval: str) -> tuple[Outcome, list[str]]:
+    policy_reasons = [reason(ReasonCode.POLICY, r) for r in result.reasons]
+    if not wf.ok:
+        return "deny", list(wf.violations)
+    if not result.allow:
+        return "deny", [reason(ReasonCode.POLICY_DENIED), *policy_reasons]
+    if approval == "required":
+        return "hold", [reason(ReasonCode.APPROVAL_REQUIRED), *policy_reasons]
+    if result.hold:
+        return "hold", [reason(ReasonCode.POLICY_HOLD), *policy_reasons]
+    return "allow", []
+
+
+def _without_arguments(pinput: dict[str, Any]) -> dict[str, Any]:
+    call = dict(pinput["call"])
+    call["arguments"] = {k: "<redacted>" for k in call["arguments"]}
+    return {**pinput, "call": call}
