@@ -16,3 +16,63 @@ POLICY_DIR = ROOT / "opa"
 @pytest.fixture(scope="session")
 def registry() -> IntentRegistry:
     return load_intents(INTENTS_DIR)
+
+
+# ----- stores: one suite for every backend -------------------------------------------
+import os  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from gateway.store import Store  # noqa: E402
+
+PG_URL = os.environ.get("INTENTGATE_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
+_pg_checked: dict[str, str | None] = {}
+
+
+def postgres_unavailable() -> str | None:
+    """Why PostgreSQL tests cannot run here, or None when they can."""
+    if "why" not in _pg_checked:
+        try:
+            eng = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+            with eng.connect() as c:
+                c.execute(text("select 1"))
+            eng.dispose()
+            _pg_checked["why"] = None
+        except Exception as exc:  # noqa: BLE001
+            _pg_checked["why"] = f"no PostgreSQL reachable at {PG_URL} ({type(exc).__name__})"
+    return _pg_checked["why"]
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    why = postgres_unavailable()
+    if why:
+        if os.environ.get("INTENTGATE_REQUIRE_PG"):
+            pytest.fail(why + " but INTENTGATE_REQUIRE_PG is set")
+        pytest.skip(why)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'intentgate.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = Store.open(db_url, timeout=10.0, pool_size=4)
+    yield s
+    s.close()

@@ -1,0 +1,140 @@
+"""Configuration: one YAML file (``intentgate.yaml``), validated at start.
+
+Unknown keys are errors.  ``${VAR}`` (or ``${VAR:-default}``) in any string value is read
+from the environment when the file is loaded; a variable that is not set is an error, so
+a missing secret never silently becomes an empty string.  Relative paths are relative to
+the config file's directory (or to the working directory without a file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+__all__ = [
+    "AuditConfig",
+    "GatewayConfig",
+    "PolicyConfig",
+    "StoreConfig",
+    "TokenConfig",
+    "expand_env",
+    "load_config",
+]
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyConfig(_Strict):
+    engine: Literal["embedded", "opa"] = "embedded"
+    url: str | None = Field(default=None, description="OPA server base URL (engine: opa)")
+    push_policy: bool = Field(default=True, description="upload opa/ to the OPA server at start")
+    timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+
+
+class StoreConfig(_Strict):
+    url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    pool_size: int = Field(default=8, ge=1, le=128)
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class TokenConfig(_Strict):
+    issuer: str = "intentgate"
+    ttl_seconds: int = Field(default=30, ge=1, le=3600)
+    leeway_seconds: float = Field(default=5.0, ge=0, le=300)
+
+
+class AuditConfig(_Strict):
+    arguments: bool = Field(default=True, description="store tool arguments in the decision log")
+
+
+class GatewayConfig(_Strict):
+    intents_dir: Path = Path("intents")
+    policy_dir: Path = Path("opa")
+    data_dir: Path = Field(default=Path("var"), description="keys and the default SQLite database")
+    environment: str = Field(default="prod", description="seen by policy as input.context.environment")
+    mode: Literal["enforce", "shadow"] | None = Field(
+        default=None, description="override every intent's mode (e.g. shadow for a trial run)"
+    )
+    approval_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    tokens: TokenConfig = Field(default_factory=TokenConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @property
+    def database_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'intentgate.db'}"
+
+    @property
+    def action_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "action"
+
+    def resolved(self, base: Path) -> GatewayConfig:
+        """Copy with relative paths made relative to ``base``."""
+
+        def fix(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p)
+
+        return self.model_copy(
+            update={
+                "intents_dir": fix(self.intents_dir),
+                "policy_dir": fix(self.policy_dir),
+                "data_dir": fix(self.data_dir),
+            }
+        )
+
+
+def expand_env(value: Any, env: dict[str, str] | None = None, where: str = "") -> Any:
+    """Replace ``${VAR}``/``${VAR:-default}`` in every string of a parsed YAML tree."""
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where or 'config'}: environment variable {name} is not set")
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> GatewayConfig:
+    """Load ``path`` (or defaults when None), apply non-None overrides, resolve paths."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}".replace("\n", " ")) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config file must hold one YAML mapping")
+        raw = expand_env(loaded or {})
+        base = path.resolve().parent
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path or 'config'}: " + "; ".join(lines)) from exc
+    return config.resolved(base)
