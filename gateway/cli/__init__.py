@@ -1,0 +1,24 @@
+"""The ``intentgate`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from .audit import audit_app
+from .core import register_core
+from .keys import keys_app
+from .policy import policy_app
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="intentgate",
+    help="IntentGate: an MCP gateway giving AI agents zero standing privilege.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+register_core(app)
+app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policy.")
+app.add_typer(keys_app, name="keys", help="Manage the action-token signing keys.")
+app.add_typer(audit_app, name="audit", help="Verify and export the decision log.")

@@ -1,0 +1,84 @@
+"""Wiring: build the decision core (intents, policy, store, keys, decider) from a config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .clock import Clock, SystemClock
+from .config import GatewayConfig
+from .decide import Decider
+from .intents import IntentRegistry, load_intents
+from .keys import KeySet
+from .policy import PolicyEngine, make_engine
+from .store import Store
+from .tokens import ActionTokenIssuer
+from .verify import ActionTokenVerifier
+
+__all__ = ["Runtime"]
+
+
+@dataclass
+class Runtime:
+    """Everything a front needs to decide and verify; close it when done."""
+
+    config: GatewayConfig
+    clock: Clock
+    intents: IntentRegistry
+    policy: PolicyEngine
+    store: Store
+    keys: KeySet
+    issuer: ActionTokenIssuer
+    verifier: ActionTokenVerifier
+    decider: Decider
+
+    @classmethod
+    async def open(cls, config: GatewayConfig, *, clock: Clock | None = None) -> Runtime:
+        clock = clock or SystemClock()
+        intents = load_intents(config.intents_dir)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        policy = make_engine(
+            config.policy.engine,
+            policy_dir=config.policy_dir,
+            intents_doc=intents.data_document(),
+            environment=config.environment,
+            url=config.policy.url,
+            push_policy=config.policy.push_policy,
+            timeout=config.policy.timeout_seconds,
+        )
+        store: Store | None = None
+        try:
+            store = Store.open(
+                config.database_url,
+                timeout=config.store.timeout_seconds,
+                pool_size=config.store.pool_size,
+                sqlite_synchronous=config.store.sqlite_synchronous,
+            )
+            keys = KeySet.open_or_create(config.action_keys_dir, clock=clock)
+            issuer = ActionTokenIssuer(
+                keys, issuer=config.tokens.issuer, clock=clock, default_ttl=config.tokens.ttl_seconds
+            )
+            verifier = ActionTokenVerifier(
+                keys, issuer=config.tokens.issuer, clock=clock, leeway=config.tokens.leeway_seconds
+            )
+            decider = Decider(
+                intents=intents,
+                policy=policy,
+                store=store,
+                issuer=issuer,
+                clock=clock,
+                environment=config.environment,
+                mode=config.mode,
+                policy_timeout=config.policy.timeout_seconds,
+                approval_ttl=config.approval_ttl_seconds,
+                audit_arguments=config.audit.arguments,
+            )
+        except BaseException:
+            if store is not None:
+                store.close()
+            await policy.aclose()
+            raise
+        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider)
+
+    async def aclose(self) -> None:
+        await self.policy.aclose()
+        self.store.close()
