@@ -220,8 +220,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> tuple[str | None, str | None]:
     return None, ".".join(parts) or None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML loader that refuses duplicate mapping keys (plain PyYAML keeps the last)."""
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML loader (libyaml when present) refusing duplicate mapping keys."""
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
