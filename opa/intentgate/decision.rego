@@ -1,0 +1,56 @@
+# IntentGate base policy.
+#
+# Queried at data.intentgate.decision with the input documented in DESIGN.md; answers
+# {"allow": bool, "reasons": [string], "hold": bool, "ttl_seconds": int} for every input.
+# Missing or malformed input denies. The workflow verdict is final: whenever the gateway's
+# graph check failed, the call is denied whatever other rules say.
+package intentgate
+
+import rego.v1
+
+decision := {
+	"allow": allow,
+	"reasons": sort([r | some r in reasons]),
+	"hold": hold,
+	"ttl_seconds": ttl_seconds,
+}
+
+default allow := false
+
+allow if count(deny) == 0
+
+reasons := deny | hold_reasons
+
+default hold := false
+
+hold if count(hold_reasons) > 0
+
+default ttl_seconds := 30
+
+ttl_seconds := t if {
+	t := data.intentgate.limits.token_ttl_seconds[input.call.upstream]
+	is_number(t)
+}
+
+# --- the workflow graph can never be bypassed ----------------------------------------
+
+deny contains "workflow_violation" if not input.workflow.ok == true
+
+# --- the intent and who may declare it -------------------------------------------------
+
+_intent := data.intentgate.intents[input.intent.name]
+
+deny contains "unknown_intent" if not _intent
+
+deny contains "agent_not_permitted" if {
+	_intent
+	not _agent_permitted
+}
+
+_agent_permitted if {
+	is_string(input.agent.id)
+	some pattern in _intent.agents
+	glob.match(pattern, null, input.agent.id)
+}
+
+_tool := concat(".", [input.call.upstream, input.call.tool])
