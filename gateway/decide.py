@@ -133,6 +133,8 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
             return "the task has expired; begin a new task"
         case ReasonCode.TASK_ENDED:
             return f"the task is {detail or 'ended'}; begin a new task"
+        case ReasonCode.MALFORMED_REQUEST:
+            return "the arguments are not canonical JSON (e.g. NaN or an integer beyond 2**53)"
         case ReasonCode.MISSING_TASK_CONTEXT:
             return "every call must name its task and workflow step"
         case _:
@@ -296,7 +298,12 @@ class Decider:
                 "arguments": call.untrusted_arguments,
             },
             "workflow": {"ok": wf.ok, "violations": wf.violations},
-            "context": {"now": iso(now), "environment": self.environment, "mode": mode},
+            "context": {
+                "now": iso(now),
+                "now_ms": int(now * 1000),
+                "environment": self.environment,
+                "mode": mode,
+            },
         }
 
     async def decide(self, call: CallRequest) -> Verdict:
@@ -316,10 +323,13 @@ class Decider:
             outcome="deny",
             reasons=[],
             intents_revision=self.intents.revision,
-            timings_us=clocked.timings,
         )
         try:
-            digest = arguments_sha256(call.untrusted_arguments)
+            try:
+                digest = arguments_sha256(call.untrusted_arguments)
+            except Exception:  # noqa: BLE001 - NaN, integers beyond 2**53, ...: not JSON we can sign
+                record.masked = ["/arguments"]
+                return await self._deny_early(record, ReasonCode.MALFORMED_REQUEST, "arguments")
             record.arguments_sha256 = digest
             if self.audit_arguments:
                 record.arguments = call.untrusted_arguments
@@ -403,6 +413,7 @@ class Decider:
                     policy_revision=self.policy.revision, reasons=reasons, created_at=now,
                     expires_at=min(now + self.approval_ttl, task.expires_at),
                 )
+            record.timings_us = dict(clocked.timings)
             await self.store.commit_decision(record, approval=approval)
             clocked.lap("store")
             return Verdict(
@@ -430,6 +441,7 @@ class Decider:
             audience=call.upstream, tool=call.qualified_tool, arguments_sha256=digest,
             issued_at=minted.issued_at, expires_at=minted.expires_at,
         )
+        record.timings_us = dict(clocked.timings)
         committed = await self.store.commit_decision(record, advance=advance, token=token_row)
         clocked.lap("store")
         if not committed.committed:

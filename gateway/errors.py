@@ -42,6 +42,8 @@ class ReasonCode(StrEnum):
 
     # identity
     UNAUTHENTICATED = "unauthenticated"
+    # requests
+    MALFORMED_REQUEST = "malformed_request"
     # intents and tasks
     UNKNOWN_INTENT = "unknown_intent"
     AGENT_NOT_PERMITTED = "agent_not_permitted"

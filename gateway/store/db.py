@@ -103,8 +103,8 @@ class Database:
                 pass
 
     def _in_transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        conn = self._connection()
         try:
+            conn = self._connection()
             with conn.begin():
                 return fn(conn, *args)
         except SQLAlchemyError as exc:

@@ -6,9 +6,9 @@ import rego.v1
 # rule references through that import alias incorrectly.
 
 # Monday 2027-01-04 10:00:00 UTC
-monday_10 := 1799056800000000000
+monday_10 := 1799056800000
 
-hour := 3600000000000
+hour := 3600000
 
 intents := {
 	"refund-order": {"agents": ["spiffe://example.org/agent/support-*"]},
@@ -21,7 +21,7 @@ base := {
 	"task": {"id": "tsk_1", "history": []},
 	"call": {"upstream": "orders", "tool": "get_order", "step": "lookup", "arguments": {"order_id": "ORD-7"}},
 	"workflow": {"ok": true, "violations": []},
-	"context": {"now": "2027-01-04T10:00:00.000000Z", "now_ns": monday_10, "environment": "prod", "mode": "enforce"},
+	"context": {"now": "2027-01-04T10:00:00.000000Z", "now_ms": monday_10, "environment": "prod", "mode": "enforce"},
 }
 
 refund(amount, currency) := object.union(base, {"call": {
@@ -29,11 +29,11 @@ refund(amount, currency) := object.union(base, {"call": {
 	"arguments": {"order_id": "ORD-7", "amount": amount, "currency": currency},
 }})
 
-rotation(now_ns, environment) := object.union(base, {
+rotation(now_ms, environment) := object.union(base, {
 	"agent": {"id": "spiffe://example.org/agent/ops-1", "claims": {}},
 	"intent": {"name": "rotate-credential", "version": "2", "params": {"service": "billing"}},
 	"call": {"upstream": "secrets", "tool": "rotate_credential", "step": "rotate", "arguments": {"service": "billing"}},
-	"context": {"now_ns": now_ns, "environment": environment, "mode": "enforce"},
+	"context": {"now_ms": now_ms, "environment": environment, "mode": "enforce"},
 })
 
 # `with` must sit in the test bodies (not in a helper function) to be portable across engines.
@@ -138,11 +138,11 @@ test_rotation_window_edges if {
 	# 08:00:00 opens, 17:59:59 is inside, 18:00:00 closes, 07:59:59 is outside
 	d18 := data.intentgate.decision with input as rotation(monday_10 - (2 * hour), "prod") with data.intentgate.intents as intents
 	d18.allow == true
-	d19 := data.intentgate.decision with input as rotation((monday_10 + (8 * hour)) - 1000000000, "prod") with data.intentgate.intents as intents
+	d19 := data.intentgate.decision with input as rotation((monday_10 + (8 * hour)) - 1000, "prod") with data.intentgate.intents as intents
 	d19.allow == true
 	d20 := data.intentgate.decision with input as rotation(monday_10 + (8 * hour), "prod") with data.intentgate.intents as intents
 	d20.reasons == ["outside_change_window"]
-	d21 := data.intentgate.decision with input as rotation((monday_10 - (2 * hour)) - 1000000000, "prod") with data.intentgate.intents as intents
+	d21 := data.intentgate.decision with input as rotation((monday_10 - (2 * hour)) - 1000, "prod") with data.intentgate.intents as intents
 	d21.reasons == ["outside_change_window"]
 }
 
@@ -160,7 +160,7 @@ test_rotation_anytime_outside_prod if {
 }
 
 test_rotation_without_clock_denied if {
-	inp := json.remove(rotation(monday_10, "prod"), ["context/now_ns"])
+	inp := json.remove(rotation(monday_10, "prod"), ["context/now_ms"])
 	d25 := data.intentgate.decision with input as inp with data.intentgate.intents as intents
 	d25.reasons == ["outside_change_window"]
 }

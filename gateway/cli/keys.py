@@ -1,0 +1,63 @@
+"""``intentgate keys``: the action-token signing keys."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import GatewayError
+from ..keys import KeySet
+from .common import ConfigOption, config_or_exit, console, err_console
+
+__all__ = ["keys_app"]
+
+keys_app = typer.Typer(no_args_is_help=True)
+
+KeyDir = Annotated[
+    Path | None, typer.Option("--dir", help="key directory (default: <data_dir>/keys/action from config)")
+]
+
+
+def _keyset(config: Path | None, directory: Path | None) -> KeySet:
+    path = directory or config_or_exit(config).action_keys_dir
+    try:
+        return KeySet(path)
+    except GatewayError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from exc
+
+
+@keys_app.command("rotate")
+def rotate(config: ConfigOption = None, directory: KeyDir = None) -> None:
+    """Create a new signing key; the previous one stays published for verification."""
+    keyset = _keyset(config, directory)
+    previous = keyset.current.kid if len(keyset) else None
+    new = keyset.rotate()
+    console.print(f"new signing key: {new.kid}")
+    if previous:
+        console.print(f"previous key {previous} stays in the JWKS until the next rotation")
+
+
+@keys_app.command("jwks")
+def jwks(config: ConfigOption = None, directory: KeyDir = None) -> None:
+    """Print the public JWKS (current and previous key)."""
+    print(json.dumps(_keyset(config, directory).jwks(), indent=2))
+
+
+@keys_app.command("list")
+def list_keys(config: ConfigOption = None, directory: KeyDir = None) -> None:
+    """List the signing keys on disk."""
+    keyset = _keyset(config, directory)
+    table = Table("kid", "created", "role")
+    published = keyset.published()
+    for i, key in enumerate(reversed(published)):
+        created = datetime.fromtimestamp(key.created / 1000, tz=UTC).isoformat(timespec="seconds")
+        table.add_row(key.kid, created, "current (signs)" if i == 0 else "previous (verifies)")
+    console.print(table)
+    if not published:
+        console.print("no keys yet; `intentgate keys rotate` creates one")
