@@ -149,12 +149,14 @@ async def run_demo(data_dir: Path | None = None) -> DemoReport:
 
 def print_report(report: DemoReport, console: Console) -> None:
     table = Table(title="IntentGate decision core demo", show_lines=False)
-    for col in ("agent", "what it tried", "step", "tool", "outcome", "reasons", "decision"):
+    for col in ("agent", "what it tried", "tool", "outcome", "reasons"):
         table.add_column(col, overflow="fold")
+    table.add_column("decision", overflow="fold", no_wrap=False)
     colours = {"allow": "green", "accepted": "green", "ended": "cyan", "hold": "yellow", "would_deny": "yellow"}
     for r in report.rows:
         colour = colours.get(r.outcome, "red")
-        table.add_row(r.who, r.what, r.step, r.tool, f"[{colour}]{r.outcome}[/{colour}]", r.reasons, r.decision_id)
+        reasons = r.reasons.replace(", ", "\n")
+        table.add_row(r.who, r.what, r.tool, f"[{colour}]{r.outcome}[/{colour}]", reasons, r.decision_id)
     console.print(table)
     by = report.counts.get("by_outcome", {})
     tokens = report.counts.get("tokens", {})

@@ -1,0 +1,5 @@
+"""``python -m gateway`` runs the ``intentgate`` CLI."""
+
+from .cli import app
+
+app()

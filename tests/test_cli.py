@@ -1,0 +1,133 @@
+"""The ``intentgate`` CLI, run as users run it: the real console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import expand_env, load_config
+from gateway.errors import ConfigError
+from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
+
+
+def intentgate(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def test_help_lists_commands() -> None:
+    out = intentgate("--help")
+    assert out.returncode == 0
+    for cmd in ("check", "demo", "policy", "keys", "audit"):
+        assert cmd in out.stdout
+
+
+def test_check_passes_on_project() -> None:
+    out = intentgate("check")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 intents" in out.stdout and "0 error(s)" in out.stdout and "compiles" in out.stdout
+
+
+def test_check_fails_and_locates_problems(tmp_path: Path) -> None:
+    intents = tmp_path / "intents"
+    shutil.copytree(INTENTS_DIR, intents)
+    text = (intents / "refund-order.yaml").read_text().replace("next: [refund]", "next: [refnud]")
+    (intents / "refund-order.yaml").write_text(text)
+    out = intentgate("check", "--intents", str(intents), "--policy", str(POLICY_DIR))
+    assert out.returncode == 1
+    assert "refund-order.yaml" in out.stdout
+    assert "intent 'refund-order', step 'lookup', field 'next': next step 'refnud' does not exist" in out.stdout
+
+
+def test_check_fails_on_broken_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "opa"
+    shutil.copytree(POLICY_DIR, policy)
+    (policy / "intentgate" / "refunds.rego").write_text("package intentgate\n\nhold if {\n")
+    out = intentgate("check", "--intents", str(INTENTS_DIR), "--policy", str(policy))
+    assert out.returncode == 1
+    assert "does not compile" in out.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    out = intentgate("demo", "--data-dir", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "tool calls: 11" in out.stdout
+    assert "allowed 6, denied 4, held 1" in out.stdout
+    assert "token_replayed" in out.stdout and "unknown_step:exfiltrate" in out.stdout
+    assert "binding_mismatch:order_id" in out.stdout and "policy:large_refund" in out.stdout
+    assert "hash chain verified" in out.stdout
+    # the audit log the demo left behind verifies from the CLI too
+    verify = intentgate("audit", "verify", env={"INTENTGATE_CONFIG": str(write_config(tmp_path))})
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "audit chain OK" in verify.stdout
+
+
+def write_config(data_dir: Path) -> Path:
+    cfg = data_dir / "intentgate.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""
+            intents_dir: {INTENTS_DIR}
+            policy_dir: {POLICY_DIR}
+            data_dir: {data_dir}
+            """
+        )
+    )
+    return cfg
+
+
+def test_audit_verify_detects_tampering(tmp_path: Path) -> None:
+    assert intentgate("demo", "--data-dir", str(tmp_path)).returncode == 0
+    cfg = write_config(tmp_path)
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    db.execute("UPDATE decisions SET outcome='allow', reasons='[]' WHERE outcome='deny'")
+    db.commit()
+    db.close()
+    out = intentgate("audit", "verify", "--config", str(cfg))
+    assert out.returncode == 1
+    assert "BROKEN" in out.stdout and "edited" in out.stdout
+
+
+def test_keys_rotate_and_jwks(tmp_path: Path) -> None:
+    d = tmp_path / "keys"
+    first = intentgate("keys", "rotate", "--dir", str(d))
+    assert first.returncode == 0 and "new signing key" in first.stdout
+    second = intentgate("keys", "rotate", "--dir", str(d))
+    assert "stays in the JWKS" in second.stdout
+    jwks = json.loads(intentgate("keys", "jwks", "--dir", str(d)).stdout)
+    assert len(jwks["keys"]) == 2 and all("d" not in k for k in jwks["keys"])
+    listing = intentgate("keys", "list", "--dir", str(d))
+    assert "current (signs)" in listing.stdout and "previous (verifies)" in listing.stdout
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "intentgate.yaml"
+    cfg.write_text("intents_dir: intents\ncolour: blue\n")
+    out = intentgate("check", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "colour" in out.stderr and "Extra inputs are not permitted" in out.stderr
+
+
+def test_config_env_expansion(tmp_path: Path) -> None:
+    assert expand_env({"a": ["${X}", "pre-${Y:-dflt}"]}, {"X": "1"}) == {"a": ["1", "pre-dflt"]}
+    with pytest.raises(ConfigError, match="store.url: environment variable DB_URL is not set"):
+        expand_env({"store": {"url": "${DB_URL}"}}, {})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("store:\n  url: ${IG_TEST_URL}\ndata_dir: state\n")
+    os.environ["IG_TEST_URL"] = "sqlite:////tmp/x.db"
+    try:
+        loaded = load_config(cfg)
+    finally:
+        del os.environ["IG_TEST_URL"]
+    assert loaded.database_url == "sqlite:////tmp/x.db"
+    assert loaded.data_dir == tmp_path / "state"  # relative to the config file
