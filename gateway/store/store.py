@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
@@ -34,7 +34,40 @@ tokens_t = TokenRow.__table__
 approvals_t = ApprovalRow.__table__
 outcomes_t = OutcomeRow.__table__
 
-_DECISION_COLUMNS = [c.name for c in decisions_t.columns]
+# Statements built once with bind parameters: SQLAlchemy compiles each once and caches it,
+# so the hot path costs a cache lookup instead of building and coercing literal values.
+_GET_TASK = select(tasks_t).where(tasks_t.c.id == bindparam("task_id"))
+_CHAIN_HEAD = select(chain_t.c.seq, chain_t.c.hash).where(chain_t.c.id == 1)
+_CHAIN_HEAD_LOCKED = _CHAIN_HEAD.with_for_update()
+_CHAIN_INIT = insert(chain_t)
+_CHAIN_MOVE = (
+    update(chain_t).where(chain_t.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_INSERT_DECISION = insert(decisions_t)
+_INSERT_TOKEN = insert(tokens_t)
+_INSERT_APPROVAL = insert(approvals_t)
+_ADVANCE_TASK = (
+    update(tasks_t)
+    .where(
+        and_(
+            tasks_t.c.id == bindparam("task_id"),
+            tasks_t.c.version == bindparam("expected_version"),
+            tasks_t.c.status == "active",
+        )
+    )
+    .values(
+        history=bindparam("new_history"),
+        version=bindparam("new_version"),
+        status=bindparam("new_status"),
+        ended_at=bindparam("new_ended_at"),
+    )
+)
+_CONSUME_TOKEN = (
+    update(tokens_t)
+    .where(and_(tokens_t.c.jti == bindparam("token_jti"), tokens_t.c.status == "issued"))
+    .values(status="consumed", consumed_at=bindparam("now"))
+)
+_TOKEN_STATUS = select(tokens_t.c.status).where(tokens_t.c.jti == bindparam("token_jti"))
 
 
 class TaskAdvance:
@@ -79,12 +112,10 @@ def _task_from_row(row: Any) -> Task:
 
 def _append_decision(conn: Connection, record: DecisionRecord) -> int:
     """Append one decision to the chain; caller holds the transaction."""
-    head_q = select(chain_t.c.seq, chain_t.c.hash).where(chain_t.c.id == 1)
-    if conn.dialect.name != "sqlite":  # SQLite: BEGIN IMMEDIATE already holds the write lock
-        head_q = head_q.with_for_update()
-    head = conn.execute(head_q).first()
+    # SQLite: BEGIN IMMEDIATE already holds the write lock; elsewhere lock the head row
+    head = conn.execute(_CHAIN_HEAD if conn.dialect.name == "sqlite" else _CHAIN_HEAD_LOCKED).first()
     if head is None:
-        conn.execute(insert(chain_t).values(id=1, seq=0, hash=GENESIS_HASH))
+        conn.execute(_CHAIN_INIT, {"id": 1, "seq": 0, "hash": GENESIS_HASH})
         prev_seq, prev_hash = 0, GENESIS_HASH
     else:
         prev_seq, prev_hash = head
@@ -92,8 +123,8 @@ def _append_decision(conn: Connection, record: DecisionRecord) -> int:
     row["seq"] = prev_seq + 1
     row["prev_hash"] = prev_hash
     row["hash"] = chain_hash(row)
-    conn.execute(insert(decisions_t).values(**row))
-    conn.execute(update(chain_t).where(chain_t.c.id == 1).values(seq=row["seq"], hash=row["hash"]))
+    conn.execute(_INSERT_DECISION, row)
+    conn.execute(_CHAIN_MOVE, {"new_seq": row["seq"], "new_hash": row["hash"]})
     record.seq, record.prev_hash, record.hash = row["seq"], prev_hash, row["hash"]
     return row["seq"]
 
@@ -124,7 +155,7 @@ class Store:
     # ----- tasks ---------------------------------------------------------------------
     async def get_task(self, task_id: str) -> Task | None:
         def op(conn: Connection) -> Task | None:
-            row = conn.execute(select(tasks_t).where(tasks_t.c.id == task_id)).first()
+            row = conn.execute(_GET_TASK, {"task_id": task_id}).first()
             return _task_from_row(row) if row else None
 
         return await self.db.run(op)
@@ -192,22 +223,16 @@ class Store:
         def op(conn: Connection) -> CommitResult:
             revoked = 0
             if advance is not None:
-                values: dict[str, Any] = {
-                    "history": advance.history,
-                    "version": advance.expected_version + 1,
-                }
-                if advance.complete:
-                    values.update(status="completed", ended_at=record.at)
                 res = conn.execute(
-                    update(tasks_t)
-                    .where(
-                        and_(
-                            tasks_t.c.id == advance.task_id,
-                            tasks_t.c.version == advance.expected_version,
-                            tasks_t.c.status == "active",
-                        )
-                    )
-                    .values(**values)
+                    _ADVANCE_TASK,
+                    {
+                        "task_id": advance.task_id,
+                        "expected_version": advance.expected_version,
+                        "new_history": advance.history,
+                        "new_version": advance.expected_version + 1,
+                        "new_status": "completed" if advance.complete else "active",
+                        "new_ended_at": record.at if advance.complete else None,
+                    },
                 )
                 if res.rowcount != 1:
                     return CommitResult(False)  # nothing written in this transaction
@@ -215,9 +240,9 @@ class Store:
                     revoked = _revoke_task_tokens(conn, advance.task_id, record.at)
             seq = _append_decision(conn, record)
             if token is not None:
-                conn.execute(insert(tokens_t).values(**token.model_dump()))
+                conn.execute(_INSERT_TOKEN, token.model_dump())
             if approval is not None:
-                conn.execute(insert(approvals_t).values(**approval.model_dump()))
+                conn.execute(_INSERT_APPROVAL, approval.model_dump())
             return CommitResult(True, seq, revoked)
 
         return await self.db.run(op)
@@ -292,14 +317,10 @@ class Store:
         """Burn a jti: one conditional UPDATE, so a token is used at most once."""
 
         def op(conn: Connection) -> ConsumeOutcome:
-            res = conn.execute(
-                update(tokens_t)
-                .where(and_(tokens_t.c.jti == jti, tokens_t.c.status == "issued"))
-                .values(status="consumed", consumed_at=now)
-            )
+            res = conn.execute(_CONSUME_TOKEN, {"token_jti": jti, "now": now})
             if res.rowcount == 1:
                 return ConsumeOutcome.CONSUMED
-            status = conn.execute(select(tokens_t.c.status).where(tokens_t.c.jti == jti)).scalar()
+            status = conn.execute(_TOKEN_STATUS, {"token_jti": jti}).scalar()
             if status == "consumed":
                 return ConsumeOutcome.REPLAYED
             if status == "revoked":
