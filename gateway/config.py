@@ -47,6 +47,9 @@ class StoreConfig(_Strict):
     timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     pool_size: int = Field(default=8, ge=1, le=128)
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    sqlite_inline: bool = Field(
+        default=True, description="run uncontended SQLite transactions on the event loop (no thread hop)"
+    )
 
 
 class TokenConfig(_Strict):

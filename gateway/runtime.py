@@ -52,6 +52,7 @@ class Runtime:
                 timeout=config.store.timeout_seconds,
                 pool_size=config.store.pool_size,
                 sqlite_synchronous=config.store.sqlite_synchronous,
+                inline=config.store.sqlite_inline,
             )
             keys = KeySet.open_or_create(config.action_keys_dir, clock=clock)
             issuer = ActionTokenIssuer(

@@ -5,6 +5,13 @@ SQLAlchemy Core over a connection held by each worker thread keeps the hot path 
 ``BEGIN IMMEDIATE`` transactions so that another process writing at the same time waits
 on the busy timeout instead of failing a lock upgrade.  PostgreSQL gets a worker per pooled
 connection.  Every operation has a timeout; any database failure becomes a ``StoreError``.
+
+SQLite fast path (``inline=True``, the default): a thread hop costs more than a whole SQLite
+WAL transaction here, so a transaction first runs on the calling (event-loop) thread over a
+connection with ``busy_timeout=0`` and automatic checkpoints off; it can therefore never wait
+on a lock.  If the write lock is taken (another process is writing), the transaction is
+rolled back and rerun on the worker, which may wait up to the timeout.  WAL checkpoints run
+on the worker, in the background.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
 
@@ -38,6 +45,7 @@ class Database:
         timeout: float = 5.0,
         pool_size: int = 8,
         sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        inline: bool = True,
     ) -> None:
         parsed = make_url(url)
         self.url = url
@@ -53,11 +61,16 @@ class Database:
             )
             self._install_sqlite_hooks(self.engine, sqlite_synchronous, timeout)
             workers = 1
+            self.inline = inline
         else:
             self.engine = create_engine(
                 parsed, pool_size=pool_size, max_overflow=0, pool_timeout=timeout, pool_pre_ping=True
             )
             workers = pool_size
+            self.inline = False
+        self._inline_conn: Connection | None = None
+        self._inline_commits = 0
+        self.inline_fallbacks = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="intentgate-db")
         self._local = threading.local()
         self._held: list[Connection] = []
@@ -78,7 +91,10 @@ class Database:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # writers take the lock up front; readers never lock anything (WAL snapshot)
+            # (on the DBAPI connection directly: a full SQLAlchemy execution costs more than BEGIN)
+            raw = conn.connection.driver_connection
+            raw.execute("BEGIN" if conn.info.get("read_only") else "BEGIN IMMEDIATE")
 
     def _connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)
@@ -102,9 +118,10 @@ class Database:
             except Exception:  # noqa: BLE001 - best effort on a broken connection
                 pass
 
-    def _in_transaction(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _in_transaction(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False) -> T:
         try:
             conn = self._connection()
+            conn.info["read_only"] = read_only
             with conn.begin():
                 return fn(conn, *args)
         except SQLAlchemyError as exc:
@@ -115,11 +132,60 @@ class Database:
         """Run ``fn(conn, *args)`` in one transaction on a worker, blocking (CLI, tests)."""
         return self._executor.submit(self._in_transaction, fn, args).result()
 
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """Run ``fn(conn, *args)`` in one transaction on a worker thread, with a timeout."""
+    def _inline_connection(self) -> Connection:
+        conn = self._inline_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect()
+            raw = conn.connection.dbapi_connection
+            raw.execute("PRAGMA busy_timeout=0")  # never wait on the event loop
+            raw.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints happen on the worker
+            self._inline_conn = conn
+            with self._held_lock:
+                self._held.append(conn)
+        return conn
+
+    def _try_inline(
+        self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False
+    ) -> tuple[bool, T | None]:
+        """(True, result) when done inline; (False, None) when the write lock was taken."""
+        try:
+            conn = self._inline_connection()
+            conn.info["read_only"] = read_only
+            with conn.begin():
+                result = fn(conn, *args)
+        except OperationalError as exc:
+            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+                self.inline_fallbacks += 1
+                return False, None
+            self._inline_conn = None
+            raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        except SQLAlchemyError as exc:
+            self._inline_conn = None
+            raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        if read_only:
+            return True, result
+        self._inline_commits += 1
+        if self._inline_commits % 512 == 0:
+            self._executor.submit(self._checkpoint)
+        return True, result
+
+    def _checkpoint(self) -> None:
+        try:
+            self._connection().connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:  # noqa: BLE001 - a missed checkpoint is retried at the next one
+            log.warning("WAL checkpoint failed", exc_info=True)
+
+    async def run(
+        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, read_only: bool = False
+    ) -> T:
+        """Run ``fn(conn, *args)`` in one transaction (see the module doc), with a timeout."""
         if self._closed:
             raise StoreError("store is closed")
-        future = self._executor.submit(self._in_transaction, fn, args)
+        if self.inline:
+            done, result = self._try_inline(fn, args, read_only)
+            if done:
+                return result  # type: ignore[return-value]
+        future = self._executor.submit(self._in_transaction, fn, args, read_only)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout or self.timeout)
         except TimeoutError as exc:
@@ -130,6 +196,8 @@ class Database:
         if self._closed:
             return
         self._closed = True
+        if self._inline_conn is not None:
+            self._executor.submit(self._checkpoint)
         self._executor.shutdown(wait=True)
         with self._held_lock:
             held, self._held = self._held, []

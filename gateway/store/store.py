@@ -158,7 +158,7 @@ class Store:
             row = conn.execute(_GET_TASK, {"task_id": task_id}).first()
             return _task_from_row(row) if row else None
 
-        return await self.db.run(op)
+        return await self.db.run(op, read_only=True)
 
     async def begin_task(self, task: Task, record: DecisionRecord) -> CommitResult:
         """Insert a new task together with the decision that allowed it."""
@@ -264,7 +264,7 @@ class Store:
             row = conn.execute(select(decisions_t).where(decisions_t.c.id == decision_id)).first()
             return DecisionRecord.model_validate(dict(row._mapping)) if row else None
 
-        return await self.db.run(op)
+        return await self.db.run(op, read_only=True)
 
     async def list_decisions(
         self,
@@ -288,7 +288,7 @@ class Store:
             q = q.order_by(decisions_t.c.seq.desc()).limit(limit)
             return [DecisionRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
 
-        return await self.db.run(op)
+        return await self.db.run(op, read_only=True)
 
     async def counts(self) -> dict[str, Any]:
         """Figures for summaries: decisions by outcome and by reason, tokens by status."""
@@ -310,7 +310,7 @@ class Store:
             tokens = dict(conn.execute(select(tokens_t.c.status, func.count()).group_by(tokens_t.c.status)).all())
             return {"by_outcome": by_outcome, "by_reason": by_reason, "tokens": tokens}
 
-        return await self.db.run(op)
+        return await self.db.run(op, read_only=True)
 
     # ----- tokens --------------------------------------------------------------------
     async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome:
@@ -334,7 +334,7 @@ class Store:
             row = conn.execute(select(tokens_t).where(tokens_t.c.jti == jti)).first()
             return TokenRecord.model_validate(dict(row._mapping)) if row else None
 
-        return await self.db.run(op)
+        return await self.db.run(op, read_only=True)
 
     # ----- approvals -----------------------------------------------------------------
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
@@ -342,7 +342,7 @@ class Store:
             row = conn.execute(select(approvals_t).where(approvals_t.c.id == approval_id)).first()
             return ApprovalRecord.model_validate(dict(row._mapping)) if row else None
 
-        return await self.db.run(op)
+        return await self.db.run(op, read_only=True)
 
     # ----- audit chain ---------------------------------------------------------------
     def iter_decisions(self, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
