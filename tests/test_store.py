@@ -200,3 +200,32 @@ async def test_unreachable_database_is_a_store_error() -> None:
 def test_in_memory_sqlite_is_refused() -> None:
     with pytest.raises(StoreError, match="in-memory"):
         Database("sqlite://")
+
+
+async def test_sqlite_lock_held_elsewhere_falls_back_then_fails_closed(tmp_path) -> None:
+    """Another process holds SQLite's write lock: the inline fast path must not wait on the
+    event loop; the worker waits up to the timeout, then the store fails closed and recovers."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "locked.db"
+    store = Store.open(f"sqlite:///{path}", timeout=1.0)
+    try:
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, other.execute, args=("COMMIT",))
+        release.start()
+        result = await store.commit_decision(a_decision(1))  # waits on the worker, then succeeds
+        assert result.committed and store.db.inline_fallbacks == 1
+        release.join()
+
+        other.execute("BEGIN IMMEDIATE")  # now hold it past the timeout
+        with pytest.raises(StoreError):
+            await store.commit_decision(a_decision(2))
+        other.execute("COMMIT")
+        other.close()
+        assert (await store.commit_decision(a_decision(3))).committed  # recovered, no restart
+        assert [d.id for d in await store.list_decisions()] == ["dec_3", "dec_1"]
+        assert store.verify_chain().ok
+    finally:
+        store.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -124,7 +125,7 @@ class Database:
             conn.info["read_only"] = read_only
             with conn.begin():
                 return fn(conn, *args)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             self._drop_connection()
             raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
@@ -153,13 +154,15 @@ class Database:
             conn.info["read_only"] = read_only
             with conn.begin():
                 result = fn(conn, *args)
-        except OperationalError as exc:
-            if "locked" in str(exc.orig) or "busy" in str(exc.orig):
+        except (OperationalError, sqlite3.OperationalError) as exc:
+            # BEGIN IMMEDIATE runs on the DBAPI connection, so its error arrives unwrapped
+            text = str(getattr(exc, "orig", exc))
+            if "locked" in text or "busy" in text:
                 self.inline_fallbacks += 1
                 return False, None
             self._inline_conn = None
             raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             self._inline_conn = None
             raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
         if read_only:
