@@ -9,6 +9,8 @@ decision pipeline and the Rego policy (as ``data.intentgate.intents``) see.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -239,6 +241,23 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+@functools.lru_cache(maxsize=4096)
+def _validator_for(schema_json: str) -> Draft202012Validator:
+    """A checked, compiled validator per distinct schema (checking against the metaschema is slow)."""
+    schema = json.loads(schema_json)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    """Raises ``SchemaError`` for an invalid schema, including one that is not JSON at all."""
+    try:
+        text = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError) as exc:  # YAML dates, NaN...: not a JSON Schema
+        raise SchemaError(f"not plain JSON ({exc})") from exc
+    return _validator_for(text)
+
+
 def _compile(intent: Intent, file: str) -> list[Problem]:
     """Compile JSON Schemas and bindings into the intent; return problems found."""
     problems: list[Problem] = []
@@ -246,14 +265,11 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
     def err(message: str, step: str | None = None, field: str | None = None) -> None:
         problems.append(Problem(Severity.ERROR, file, message, intent.name, step, field))
 
-    checker = Draft202012Validator.FORMAT_CHECKER
     for pname, pschema in intent.params.items():
         try:
-            Draft202012Validator.check_schema(pschema)
+            intent._param_validators[pname] = _validator(pschema)
         except SchemaError as exc:
             err(f"invalid JSON Schema: {exc.message}", field=f"params.{pname}")
-            continue
-        intent._param_validators[pname] = Draft202012Validator(pschema, format_checker=checker)
 
     for sname, step in intent.steps.items():
         rules: dict[str, ArgumentRule] = {}
@@ -293,14 +309,14 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
                             f"{field}.bind",
                         )
             try:
-                Draft202012Validator.check_schema(schema)
+                validator = _validator(schema)
             except SchemaError as exc:
                 err(f"invalid JSON Schema: {exc.message}", sname, field)
                 continue
             rules[aname] = ArgumentRule(
                 name=aname,
                 schema=schema,
-                validator=Draft202012Validator(schema, format_checker=checker),
+                validator=validator,
                 bind=bind,
                 optional=optional,
             )

@@ -161,3 +161,9 @@ def test_parse_tool() -> None:
     for bad in ("refund", "pay_ments.refund", ".refund", "payments."):
         with pytest.raises(ValueError):
             parse_tool(bad)
+
+
+def test_schema_that_is_not_json_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "demo.yaml", GOOD.replace("maximum: 10", "maximum: 10, default: 2024-01-01"))
+    found = problems_of(tmp_path)
+    assert any("field 'arguments.amount': invalid JSON Schema: not plain JSON" in p for p in found), found
