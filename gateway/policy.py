@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,38 @@ class _Reloading:
             return None
 
 
+_ORPHANS: dict[int, list[Any]] = {}
+_ORPHANS_LOCK = threading.Lock()
+
+
+class _ThreadBoundVM:
+    """Owns a regorus ``Rvm``, which must be freed on the thread that created it.
+
+    If the last reference goes away on another thread (e.g. a garbage-collector run that a
+    worker thread triggered), the VM is parked instead of freed, and released the next time
+    its own thread builds or runs a VM.
+    """
+
+    __slots__ = ("owner", "vm")
+
+    def __init__(self, vm: Any) -> None:
+        self.vm = vm
+        self.owner = threading.get_ident()
+
+    def __del__(self) -> None:
+        if threading.get_ident() != self.owner:
+            with _ORPHANS_LOCK:
+                _ORPHANS.setdefault(self.owner, []).append(self.vm)
+
+    @staticmethod
+    def release_orphans() -> None:
+        me = threading.get_ident()
+        if _ORPHANS.get(me):
+            with _ORPHANS_LOCK:
+                parked = _ORPHANS.pop(me, [])
+            del parked  # freed here, on their own thread
+
+
 class EmbeddedEngine(_Reloading):
     """regorus compiled program, in process."""
 
@@ -198,6 +231,7 @@ class EmbeddedEngine(_Reloading):
 
     @staticmethod
     def _compile(bundle: PolicyBundle, intents_doc: dict[str, Any]) -> tuple[Any, str]:
+        _ThreadBoundVM.release_orphans()
         data_json = json.dumps(bundle.data_with(intents_doc))
         try:
             program = regorus.Program.compile_from_modules(data_json, bundle.modules, [DECISION_PATH])
@@ -206,15 +240,20 @@ class EmbeddedEngine(_Reloading):
             vm.set_data_json(data_json)
         except Exception as exc:  # noqa: BLE001 - regorus raises RuntimeError with a located message
             raise ConfigError(f"policy does not compile: {str(exc).split('Stack backtrace')[0].strip()}") from exc
-        return vm, bundle.revision(intents_doc)
+        return _ThreadBoundVM(vm), bundle.revision(intents_doc)
 
     async def evaluate(self, input: dict[str, Any]) -> PolicyResult:
         return self.evaluate_sync(input)
 
     def evaluate_sync(self, input: dict[str, Any]) -> PolicyResult:
+        bound = self._vm
+        if bound is None:
+            raise PolicyError("policy engine is closed")
+        if bound.owner != threading.get_ident():
+            raise PolicyError("embedded policy engine used from a thread other than its own")
         try:
-            self._vm.set_input_json(json.dumps(input))
-            raw = json.loads(self._vm.execute())
+            bound.vm.set_input_json(json.dumps(input))
+            raw = json.loads(bound.vm.execute())
         except Exception as exc:  # noqa: BLE001 - any engine failure denies
             raise PolicyError(f"embedded policy evaluation failed: {type(exc).__name__}") from exc
         return parse_result(raw)
@@ -238,7 +277,7 @@ class EmbeddedEngine(_Reloading):
         return True
 
     async def aclose(self) -> None:
-        return None
+        self._vm = None  # type: ignore[assignment]
 
 
 class OpaServerEngine(_Reloading):
