@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 import pytest
 from typer.testing import CliRunner
 
-from gateway import policy as policy_mod
 from gateway.cli import app
 from gateway.errors import ConfigError, PolicyError
 from gateway.policy import EmbeddedEngine, OpaServerEngine, load_policy_dir, make_engine, run_rego_tests
@@ -124,10 +123,9 @@ def copy_policy(tmp_path: Path) -> Path:
     return dst
 
 
-async def test_reload_on_change(tmp_path: Path, registry, monkeypatch) -> None:
-    monkeypatch.setattr(policy_mod, "RELOAD_CHECK_INTERVAL", 0.0)
+async def test_reload_on_change(tmp_path: Path, registry) -> None:
     pdir = copy_policy(tmp_path)
-    eng = EmbeddedEngine(pdir, registry.data_document())
+    eng = EmbeddedEngine(pdir, registry.data_document(), reload_interval=0)
     before = eng.revision
     assert (await eng.evaluate(refund_input(2000))).allow
     data = json.loads((pdir / "intentgate" / "data.json").read_text())
@@ -141,10 +139,9 @@ async def test_reload_on_change(tmp_path: Path, registry, monkeypatch) -> None:
     assert await eng.reload_if_changed() is False  # nothing changed since
 
 
-async def test_broken_edit_keeps_old_policy(tmp_path: Path, registry, monkeypatch) -> None:
-    monkeypatch.setattr(policy_mod, "RELOAD_CHECK_INTERVAL", 0.0)
+async def test_broken_edit_keeps_old_policy(tmp_path: Path, registry) -> None:
     pdir = copy_policy(tmp_path)
-    eng = EmbeddedEngine(pdir, registry.data_document())
+    eng = EmbeddedEngine(pdir, registry.data_document(), reload_interval=0)
     before = eng.revision
     (pdir / "intentgate" / "refunds.rego").write_text("package intentgate\n\ndeny contains if {{{\n")
     assert await eng.reload_if_changed() is False

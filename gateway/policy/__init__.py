@@ -1,0 +1,41 @@
+"""Policy engines: the same Rego files answered in process or by an OPA server.
+
+Both engines answer ``data.intentgate.decision`` for an input (see DESIGN.md, "The policy
+contract") with a :class:`PolicyResult`; anything else (error, timeout, undefined or
+off-contract answer) raises ``PolicyError`` so that the caller denies.  Policy and data are
+loaded once and reloaded when the files change, never per call.
+
+- :class:`EmbeddedEngine`: regorus compiled program on its VM, in process (the default).
+- :class:`OpaServerEngine`: a real OPA server over its REST Data API.
+- :func:`run_rego_tests`: the policy's ``*_test.rego`` unit tests, like ``opa test``.
+
+Modules::
+
+    _result     PolicyResult, PolicyEngine (the contract)
+    _bundle     reading a policy dir, data documents by directory, change detection
+    _embedded   EmbeddedEngine
+    _opa        OpaServerEngine
+    _factory    make_engine
+    _regotest   run_rego_tests
+"""
+
+from ._bundle import PolicyBundle, load_policy_dir
+from ._embedded import EmbeddedEngine
+from ._factory import make_engine
+from ._opa import OpaServerEngine
+from ._regotest import RegoTestResult, run_rego_tests
+from ._result import DECISION_PATH, PolicyEngine, PolicyResult, parse_result
+
+__all__ = [
+    "DECISION_PATH",
+    "EmbeddedEngine",
+    "OpaServerEngine",
+    "PolicyBundle",
+    "PolicyEngine",
+    "PolicyResult",
+    "RegoTestResult",
+    "load_policy_dir",
+    "make_engine",
+    "parse_result",
+    "run_rego_tests",
+]
