@@ -64,8 +64,22 @@ class Database:
             workers = 1
             self.inline = inline
         else:
+            connect_args: dict[str, Any] = {}
+            if self.dialect == "postgresql":
+                # the server ends anything that would outlast our timeout, so a worker never
+                # sits in a statement after its caller has failed closed
+                ms = int(timeout * 1000)
+                extra = f"-c statement_timeout={ms} -c lock_timeout={ms}"
+                given = parsed.query.get("options")
+                given = given if isinstance(given, str) else " ".join(given or ())
+                connect_args = {"connect_timeout": max(1, int(timeout)), "options": f"{given} {extra}".strip()}
             self.engine = create_engine(
-                parsed, pool_size=pool_size, max_overflow=0, pool_timeout=timeout, pool_pre_ping=True
+                parsed,
+                pool_size=pool_size,
+                max_overflow=0,
+                pool_timeout=timeout,
+                pool_pre_ping=True,
+                connect_args=connect_args,
             )
             workers = pool_size
             self.inline = False
@@ -119,12 +133,23 @@ class Database:
             except Exception:  # noqa: BLE001 - best effort on a broken connection
                 pass
 
-    def _in_transaction(self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False) -> T:
+    def _in_transaction(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        read_only: bool = False,
+        abandoned: threading.Event | None = None,
+    ) -> T:
         try:
             conn = self._connection()
             conn.info["read_only"] = read_only
-            with conn.begin():
-                return fn(conn, *args)
+            with conn.begin() as tx:
+                result = fn(conn, *args)
+                if abandoned is not None and abandoned.is_set():
+                    # the caller timed out and has already failed closed: write nothing
+                    tx.rollback()
+                    raise StoreError("database operation abandoned after its timeout")
+                return result
         except (SQLAlchemyError, sqlite3.Error) as exc:
             self._drop_connection()
             raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
@@ -188,12 +213,18 @@ class Database:
             done, result = self._try_inline(fn, args, read_only)
             if done:
                 return result  # type: ignore[return-value]
-        future = self._executor.submit(self._in_transaction, fn, args, read_only)
+        abandoned = threading.Event()
+        future = self._executor.submit(self._in_transaction, fn, args, read_only, abandoned)
+        limit = timeout or self.timeout
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout or self.timeout)
+            # the worker gives up on its own after `limit` (busy/lock timeouts); the grace
+            # covers the hop, and anything still running after it is rolled back, not committed
+            async with asyncio.timeout(limit + 1.0):
+                return await asyncio.wrap_future(future)
         except TimeoutError as exc:
+            abandoned.set()
             future.cancel()
-            raise StoreError(f"database operation timed out after {timeout or self.timeout}s") from exc
+            raise StoreError(f"database operation timed out after {limit}s") from exc
 
     def close(self) -> None:
         if self._closed:
