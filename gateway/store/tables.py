@@ -46,16 +46,16 @@ class DecisionRow(SQLModel, table=True):
     """One verdict.  Never updated or deleted; ``hash`` chains it to the previous row."""
 
     __tablename__ = "decisions"
+    # Every index costs a page write per decision on the hot path: keep the ones the
+    # reviewer's queries (outcome or agent, newest first) and task pages need.
     __table_args__ = (
-        Index("ix_decisions_outcome_at", "outcome", "at"),
-        Index("ix_decisions_agent_at", "agent", "at"),
-        Index("ix_decisions_intent_at", "intent", "at"),
-        Index("ix_decisions_tool_at", "tool", "at"),
+        Index("ix_decisions_outcome_seq", "outcome", "seq"),
+        Index("ix_decisions_agent_seq", "agent", "seq"),
     )
 
     seq: int = Field(primary_key=True)
     id: str = Field(max_length=40, unique=True)
-    at: float = Field(index=True)
+    at: float
     kind: str = Field(max_length=16)  # tools/call | task/begin | task/end | resources/read ...
     agent: str = Field(max_length=512)
     intent: str | None = Field(default=None, max_length=64)
