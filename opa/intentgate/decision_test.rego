@@ -2,8 +2,9 @@ package intentgate_test
 
 import rego.v1
 
-# Full data.intentgate paths rather than `import data.intentgate`: regorus 0.13 resolves
-# rule references through that import alias incorrectly.
+# Full data.intentgate references rather than `import data.intentgate`: regorus 0.13's
+# interpreter (which runs these tests) evaluates rules reached through such an import wrongly
+# when the package spans several files (`intentgate.allow` came out true for a denied input).
 
 # Monday 2027-01-04 10:00:00 UTC
 monday_10 := 1799056800000
@@ -13,6 +14,7 @@ hour := 3600000
 intents := {
 	"refund-order": {"agents": ["spiffe://example.org/agent/support-*"]},
 	"rotate-credential": {"agents": ["spiffe://example.org/agent/ops-*"]},
+	"triage-ticket": {"agents": ["spiffe://example.org/agent/support-*", "spiffe://example.org/agent/triage"]},
 }
 
 base := {
@@ -76,6 +78,22 @@ test_unknown_intent if {
 test_agent_not_permitted if {
 	d := data.intentgate.decision with input as object.union(base, {"agent": {"id": "spiffe://evil.example/agent/support-1"}}) with data.intentgate.intents as intents
 	d.allow == false
+	d.reasons == ["agent_not_permitted"]
+}
+
+test_any_agent_pattern_of_the_intent_permits if {
+	inp := object.union(base, {
+		"agent": {"id": "spiffe://example.org/agent/triage"},
+		"intent": {"name": "triage-ticket"},
+	})
+	d := data.intentgate.decision with input as inp with data.intentgate.intents as intents
+	d.allow == true
+	d2 := data.intentgate.decision with input as object.union(inp, {"agent": {"id": "spiffe://example.org/agent/triage-2"}}) with data.intentgate.intents as intents
+	d2.reasons == ["agent_not_permitted"]
+}
+
+test_agent_id_must_be_a_string if {
+	d := data.intentgate.decision with input as object.union(base, {"agent": {"id": ["spiffe://example.org/agent/support-1"]}}) with data.intentgate.intents as intents
 	d.reasons == ["agent_not_permitted"]
 }
 
@@ -163,4 +181,30 @@ test_rotation_without_clock_denied if {
 	inp := json.remove(rotation(monday_10, "prod"), ["context/now_ms"])
 	d25 := data.intentgate.decision with input as inp with data.intentgate.intents as intents
 	d25.reasons == ["outside_change_window"]
+}
+
+test_rotation_without_environment_counts_as_prod if {
+	saturday_10 := monday_10 - (2 * 24 * hour)
+	inp := json.remove(rotation(saturday_10, "prod"), ["context/environment"])
+	d := data.intentgate.decision with input as inp with data.intentgate.intents as intents
+	d.reasons == ["outside_change_window"]
+	d2 := data.intentgate.decision with input as rotation(saturday_10, 7) with data.intentgate.intents as intents
+	d2.reasons == ["outside_change_window"]
+}
+
+test_rotation_clock_must_be_whole_milliseconds_in_range if {
+	d := data.intentgate.decision with input as rotation(monday_10 + 0.5, "prod") with data.intentgate.intents as intents
+	d.reasons == ["outside_change_window"]
+	d2 := data.intentgate.decision with input as rotation(monday_10 * 1000000, "prod") with data.intentgate.intents as intents
+	d2.reasons == ["outside_change_window"]
+	d3 := data.intentgate.decision with input as rotation("2027-01-04T10:00:00Z", "prod") with data.intentgate.intents as intents
+	d3.reasons == ["outside_change_window"]
+}
+
+test_decision_shape_for_any_input if {
+	d := data.intentgate.decision with input as {"input": base} with data.intentgate.intents as intents
+	object.keys(d) == {"allow", "reasons", "hold", "ttl_seconds"}
+	d.allow == false
+	is_array(d.reasons)
+	is_number(d.ttl_seconds)
 }
