@@ -126,7 +126,7 @@ async def main() -> None:
     ap.add_argument("--intents", default="10,10000", help="comma-separated intent counts")
     args = ap.parse_args()
     counts = [int(x) for x in args.intents.split(",")]
-    console = Console()
+    console = Console(width=120)
     with tempfile.TemporaryDirectory(prefix="intentgate-bench-") as tmp:
         work = Path(tmp)
         results = {}

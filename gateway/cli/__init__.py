@@ -21,4 +21,4 @@ app = typer.Typer(
 register_core(app)
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policy.")
 app.add_typer(keys_app, name="keys", help="Manage the action-token signing keys.")
-app.add_typer(audit_app, name="audit", help="Verify and export the decision log.")
+app.add_typer(audit_app, name="audit", help="Verify the decision log's hash chain.")
