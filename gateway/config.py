@@ -17,10 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
+from .identity import IssuerConfig
 
 __all__ = [
     "AuditConfig",
     "GatewayConfig",
+    "IdentityConfig",
     "PolicyConfig",
     "StoreConfig",
     "TokenConfig",
@@ -58,6 +60,14 @@ class TokenConfig(_Strict):
     leeway_seconds: float = Field(default=5.0, ge=0, le=300)
 
 
+class IdentityConfig(_Strict):
+    dev_issuer: bool = Field(
+        default=True, description="trust agent tokens from `intentgate agent-token` (turn off in production)"
+    )
+    issuers: list[IssuerConfig] = Field(default_factory=list, description="SPIFFE / OIDC issuers")
+    leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+
+
 class AuditConfig(_Strict):
     arguments: bool = Field(default=True, description="store tool arguments in the decision log")
 
@@ -75,6 +85,7 @@ class GatewayConfig(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     tokens: TokenConfig = Field(default_factory=TokenConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
 
     @property
     def database_url(self) -> str:
@@ -83,6 +94,10 @@ class GatewayConfig(_Strict):
     @property
     def action_keys_dir(self) -> Path:
         return self.data_dir / "keys" / "action"
+
+    @property
+    def agent_issuer_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "agent-issuer"
 
     def resolved(self, base: Path) -> GatewayConfig:
         """Copy with relative paths made relative to ``base``."""

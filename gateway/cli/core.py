@@ -69,7 +69,41 @@ def demo(
         raise typer.Exit(1)
 
 
+
+
+
+def agent_token(
+    agent: Annotated[str, typer.Option(help="agent id, e.g. spiffe://example.org/agent/support-1")],
+    ttl: Annotated[str, typer.Option(help="lifetime: seconds, or with a unit: 90s, 15m, 1h, 1d")] = "1h",
+    config: ConfigOption = None,
+) -> None:
+    """Mint a workload token for AGENT from the gateway's development issuer (prints the JWT)."""
+    from ..identity import DevIssuer
+    from ..keys import KeySet
+
+    cfg = config_or_exit(config)
+    if not cfg.identity.dev_issuer:
+        err_console.print("[red]error:[/red] the development issuer is disabled (identity.dev_issuer: false)")
+        raise typer.Exit(2)
+    try:
+        seconds = _duration(ttl)
+        token = DevIssuer(KeySet.open_or_create(cfg.agent_issuer_keys_dir)).mint(agent, seconds)
+    except (GatewayError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}")
+        raise typer.Exit(2) from exc
+    print(token)
+
+
+def _duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    value = int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
+    if not 1 <= value <= 30 * 86400:
+        raise ValueError("ttl must be between 1 second and 30 days")
+    return value
+
+
 def register_core(app: typer.Typer) -> None:
     app.command()(check)
     app.command()(demo)
-
+    app.command("agent-token")(agent_token)
