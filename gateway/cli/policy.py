@@ -1,4 +1,4 @@
-"""``intentgate policy``: run the Rego tests, evaluate one input."""
+"""``intentgate policy``: run the Rego unit tests, evaluate the policy on one input."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["policy_app"]
 
-policy_app = typer.Typer(no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Test and evaluate the Rego policy (data.intentgate.decision) with the embedded engine.",
+    no_args_is_help=True,
+)
 
 PolicyDir = Annotated[Path | None, typer.Option("--policy", help="policy directory (default: from config, else ./opa)")]
 IntentsDir = Annotated[
@@ -30,32 +33,37 @@ def test(
     intents: IntentsDir = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="list passing tests too")] = False,
 ) -> None:
-    """Run every test_* rule in the policy's *_test.rego files, like `opa test`."""
+    """Run every test_* rule in the policy's *_test.rego files, like `opa test`.
+
+    Exit 1 if a test fails or none is found, 2 if the policy or intents do not load.
+    """
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
         registry = load_intents(cfg.intents_dir)
         results = run_rego_tests(cfg.policy_dir, registry.data_document())
     except GatewayError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(2) from exc
     if not results:
         err_console.print(f"[red]no Rego tests (test_* rules in *_test.rego) found in {cfg.policy_dir}[/red]")
         raise typer.Exit(1)
     failed = [r for r in results if not r.passed]
-    for r in results:
-        if r.passed and not verbose:
-            continue
+    shown = results if verbose else failed
+    current_file = None
+    for r in shown:
+        if r.file != current_file:
+            current_file = r.file
+            console.print(f"{r.file}:", highlight=False)
         mark = "[green]PASS[/green]" if r.passed else "[red]FAIL[/red]"
-        where = f"{r.file}:{r.line}"
-        console.print(f"{mark} data.{r.package}.{r.name} ({where}, {r.duration_ms:.1f} ms)", highlight=False)
+        console.print(f"{r.ref}: {mark} ({r.duration_ms:.1f}ms, line {r.line})", highlight=False, soft_wrap=True)
         if r.error:
-            console.print(f"     {r.error}", highlight=False)
-    console.print("-" * 60)
-    summary = f"PASS: {len(results) - len(failed)}/{len(results)}"
+            console.print(f"    {r.error}", highlight=False, markup=False, soft_wrap=True)
+    if shown:
+        console.print("-" * 80)
+    console.print(f"[green]PASS[/green]: {len(results) - len(failed)}/{len(results)}", highlight=False)
     if failed:
-        console.print(f"[red]{summary}, FAIL: {len(failed)}/{len(results)}[/red]")
+        console.print(f"[red]FAIL[/red]: {len(failed)}/{len(results)}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"[green]{summary}[/green]")
 
 
 @policy_app.command("eval")
@@ -65,18 +73,25 @@ def evaluate(
     policy: PolicyDir = None,
     intents: IntentsDir = None,
 ) -> None:
-    """Evaluate data.intentgate.decision for one input and print the decision as JSON."""
+    """Evaluate data.intentgate.decision for one input and print the decision as JSON.
+
+    Exit 1 if the policy fails or answers off-contract, 2 if a file does not load.
+    """
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
         document = json.loads(input_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        err_console.print(f"[red]error:[/red] {input_file}: {exc}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        err_console.print(f"[red]error:[/red] {input_file}: {exc}", highlight=False)
         raise typer.Exit(2) from exc
     try:
         registry = load_intents(cfg.intents_dir)
         engine = EmbeddedEngine(cfg.policy_dir, registry.data_document(), environment=cfg.environment)
+    except GatewayError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from exc
+    try:
         result = engine.evaluate_sync(document)
     except GatewayError as exc:
-        err_console.print(f"[red]error ({exc.code.value}):[/red] {exc.message}")
+        err_console.print(f"[red]error ({exc.code.value}):[/red] {exc.message}", highlight=False)
         raise typer.Exit(1) from exc
-    console.print_json(json.dumps({"revision": engine.revision, **result.model_dump()}))
+    console.print_json(result.model_dump_json())

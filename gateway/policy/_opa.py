@@ -1,9 +1,9 @@
 """The OPA-server engine: a real OPA over its REST Data API (opa-python-client, aiohttp).
 
-With ``push_policy`` the engine uploads the policy modules (``PUT /v1/policies/...``) and
-the data documents, intents included (``PUT /v1/data/<top-level key>``), before its first
-query and again whenever the revision changes; modules that disappeared from the policy
-dir are deleted.  Without it, the server is expected to have the policy and data from its
+With ``push_policy`` the engine uploads the policy modules (``PUT /v1/policies/intentgate/
+<path>``) and the data documents, intents included (``PUT /v1/data/<top-level key>``),
+before its first query and again whenever the revision changes; other policies under the
+``intentgate/`` id prefix are deleted, so the server runs exactly the policy dir.  Without it, the server is expected to have the policy and data from its
 own bundles, and ``revision`` describes the local files only.
 
 Every failure (connection refused, timeout, HTTP error, undefined or off-contract result)
@@ -14,12 +14,14 @@ deny fast rather than retry into the timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from opa_client import AsyncOpaClient
+from opa_client.errors import DeletePolicyError
 
 from ..errors import ConfigError, PolicyError
 from ._bundle import PolicyBundle, PolicyWatcher, load_policy_dir
@@ -31,6 +33,12 @@ __all__ = ["OpaServerEngine"]
 log = logging.getLogger("intentgate.policy")
 
 POLICY_ID_PREFIX = "intentgate"
+
+
+def _retrieve_exception(task: asyncio.Task[None]) -> None:
+    """Mark a failed upload's exception as seen (callers that gave up never await it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class OpaServerEngine:
@@ -69,8 +77,7 @@ class OpaServerEngine:
         )
         self._session_open = False
         self._pushed_revision: str | None = None
-        self._pushed_modules: set[str] = set()
-        self._lock = asyncio.Lock()
+        self._push_task: asyncio.Task[None] | None = None
 
     def _check_pushable(self, bundle: PolicyBundle, intents_doc: dict[str, Any]) -> None:
         """What will be uploaded must compile (checked with regorus) and map onto data paths."""
@@ -81,35 +88,59 @@ class OpaServerEngine:
                 raise ConfigError(f"{bundle.root}: top-level data key {key!r} must hold an object to push to OPA")
         check_compiles(bundle, intents_doc)
 
-    async def _prepare(self) -> None:
-        """Open the HTTP session, and upload the policy if it is not there at this revision."""
-        if self._session_open and (not self.push_policy or self._pushed_revision == self.revision):
-            return
-        async with self._lock:
-            if not self._session_open:
-                await self._client.__aenter__()
-                self._session_open = True
-            if not self.push_policy or self._pushed_revision == self.revision:
-                return
-            revision, bundle, intents_doc = self.revision, self.bundle, self.intents_doc
+    async def _ensure_ready(self) -> None:
+        """Open the HTTP session, and upload the policy unless the server has this revision.
+
+        The upload runs as its own task, shielded from the caller: a query that gives up
+        (its timeout, or the caller's) does not cancel an upload half-way, and the next
+        query waits for the same upload instead of starting another.
+        """
+        if not self._session_open:  # no suspension point inside: never two sessions
+            await self._client.__aenter__()
+            self._session_open = True
+        while self.push_policy and self._pushed_revision != self.revision:
+            task = self._push_task
+            if task is None or task.done():
+                task = self._push_task = asyncio.create_task(self._push_current())
+                task.add_done_callback(_retrieve_exception)
+            await asyncio.shield(task)
+
+    async def _push_current(self) -> None:
+        revision, bundle, intents_doc = self.revision, self.bundle, self.intents_doc
+        try:
+            await self._push(bundle.modules, bundle.data_with(intents_doc))
+        except Exception as exc:  # noqa: BLE001 - any upload failure is a policy failure
+            raise PolicyError(f"could not push the policy to OPA at {self.url}: {type(exc).__name__}: {exc}") from exc
+        self._pushed_revision = revision
+        log.info("policy revision %s pushed to OPA at %s", revision, self.url)
+
+    async def _push(self, modules: list[tuple[str, str]], data: dict[str, Any]) -> None:
+        """Make the server's ``intentgate/…`` policies exactly ``modules``, then write the data.
+
+        Modules under the prefix that are not in the bundle (a file removed, or left by an
+        earlier run) are deleted: first, so that they cannot conflict with the new ones, and,
+        should OPA refuse because a module still needs them, again after the upload.
+        """
+        wanted = {f"{POLICY_ID_PREFIX}/{module_id}": text for module_id, text in modules}
+        on_server = {p for p in await self._client.get_policies_list() if p.startswith(f"{POLICY_ID_PREFIX}/")}
+        stale = sorted(on_server - wanted.keys())
+        refused = []
+        for policy_id in stale:
             try:
-                module_ids = {f"{POLICY_ID_PREFIX}/{module_id}": text for module_id, text in bundle.modules}
-                for policy_id, text in module_ids.items():
-                    await self._client.update_policy_from_string(text, policy_id, rego_compat=False)
-                for policy_id in sorted(self._pushed_modules - module_ids.keys()):
-                    await self._client.delete_policy(policy_id)
-                self._pushed_modules = set(module_ids)
-                for key, value in bundle.data_with(intents_doc).items():
-                    await self._client.update_or_create_data(value, key)
-            except Exception as exc:  # noqa: BLE001 - any upload failure is a policy failure
-                raise PolicyError(f"could not push the policy to OPA at {self.url}: {type(exc).__name__}: {exc}") from exc
-            self._pushed_revision = revision
-            log.info("policy revision %s pushed to OPA at %s", revision, self.url)
+                await self._client.delete_policy(policy_id)
+            except DeletePolicyError:
+                refused.append(policy_id)
+        for policy_id, text in wanted.items():
+            await self._client.update_policy_from_string(text, policy_id, rego_compat=False)
+        for policy_id in refused:
+            await self._client.delete_policy(policy_id)
+        for key, value in data.items():
+            await self._client.update_or_create_data(value, key)
 
     async def evaluate(self, input: dict[str, Any]) -> PolicyResult:
         try:
+            await self._ensure_ready()
             async with asyncio.timeout(self.timeout):
-                await self._prepare()
                 response = await self._client.query_rule(input, "intentgate", "decision")
         except PolicyError:
             raise
@@ -147,6 +178,10 @@ class OpaServerEngine:
         return changed
 
     async def aclose(self) -> None:
+        if self._push_task is not None and not self._push_task.done():
+            self._push_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._push_task
         if self._session_open:
             await self._client.close_connection()
             self._session_open = False
