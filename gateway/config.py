@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .identity import IssuerConfig
@@ -26,6 +26,7 @@ __all__ = [
     "PolicyConfig",
     "StoreConfig",
     "TokenConfig",
+    "UpstreamConfig",
     "expand_env",
     "load_config",
 ]
@@ -68,6 +69,30 @@ class IdentityConfig(_Strict):
     leeway_seconds: float = Field(default=30.0, ge=0, le=300)
 
 
+class UpstreamConfig(_Strict):
+    """An MCP server the gateway fronts: a stdio command or a Streamable HTTP URL."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}$", description="short name; tools appear as <name>__<tool>")
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="brokered secrets go here, never to agents")
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> UpstreamConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(f"upstream {self.name!r}: give exactly one of command or url")
+        return self
+
+
+class FrontConfig(_Strict):
+    max_request_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
+    max_argument_bytes: int = Field(default=256_000, ge=256, le=64_000_000)
+
+
 class AuditConfig(_Strict):
     arguments: bool = Field(default=True, description="store tool arguments in the decision log")
 
@@ -86,6 +111,18 @@ class GatewayConfig(_Strict):
     tokens: TokenConfig = Field(default_factory=TokenConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    front: FrontConfig = Field(default_factory=FrontConfig)
+
+    @model_validator(mode="after")
+    def _unique_upstreams(self) -> GatewayConfig:
+        names = [u.name for u in self.upstreams]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate upstream names: {dupes}")
+        if "intentgate" in names:
+            raise ValueError("the upstream name 'intentgate' is reserved for the gateway's own tools")
+        return self
 
     @property
     def database_url(self) -> str:
@@ -105,11 +142,15 @@ class GatewayConfig(_Strict):
         def fix(p: Path) -> Path:
             return p if p.is_absolute() else (base / p)
 
+        upstreams = [
+            u.model_copy(update={"cwd": fix(u.cwd) if u.cwd is not None else None}) for u in self.upstreams
+        ]
         return self.model_copy(
             update={
                 "intents_dir": fix(self.intents_dir),
                 "policy_dir": fix(self.policy_dir),
                 "data_dir": fix(self.data_dir),
+                "upstreams": upstreams,
             }
         )
 

@@ -135,6 +135,10 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
             return f"the task is {detail or 'ended'}; begin a new task"
         case ReasonCode.MALFORMED_REQUEST:
             return "the arguments are not canonical JSON (e.g. NaN or an integer beyond 2**53)"
+        case ReasonCode.UNKNOWN_TOOL:
+            return f"no tool {detail!r} behind this gateway"
+        case ReasonCode.PAYLOAD_TOO_LARGE:
+            return "the arguments are larger than this gateway accepts"
         case ReasonCode.MISSING_TASK_CONTEXT:
             return "every call must name its task and workflow step"
         case _:
@@ -342,6 +346,31 @@ class Decider:
                 exc_info=not isinstance(exc, GatewayError),
             )
             return await self._record_failure(record, code)
+
+    async def refuse(
+        self, call: CallRequest, code: ReasonCode, detail: str | None = None, *, keep_arguments: bool = True
+    ) -> Verdict:
+        """Record and return a deny decided before the pipeline (unknown tool, oversized call)."""
+        record = DecisionRecord(
+            id=new_id("dec"), at=self.clock.now(), agent=call.agent.id,
+            task_id=(call.task_id or None) and call.task_id[:64], step=(call.step or None) and call.step[:64],
+            upstream=call.upstream, tool=call.qualified_tool[:256], outcome="deny", reasons=[],
+            intents_revision=self.intents.revision,
+        )
+        if keep_arguments and self.audit_arguments:
+            try:
+                record.arguments_sha256 = arguments_sha256(call.untrusted_arguments)
+                record.arguments = call.untrusted_arguments
+            except Exception:  # noqa: BLE001 - not canonical JSON: keep it out of the log
+                record.masked = ["/arguments"]
+        else:
+            record.masked = ["/arguments"]
+        try:
+            return await self._deny_early(record, code, detail)
+        except Exception:  # noqa: BLE001 - the store is down: still deny
+            log.error("could not record a refusal", extra={"decision_id": record.id}, exc_info=True)
+            return Verdict(decision_id=record.id, outcome="deny", reasons=[reason(code, detail)],
+                           explanation=explain([reason(code, detail)], []), recorded=False)
 
     async def _record_failure(self, record: DecisionRecord, code: ReasonCode) -> Verdict:
         record.outcome, record.reasons = "deny", [reason(code)]

@@ -44,6 +44,8 @@ class ReasonCode(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     # requests
     MALFORMED_REQUEST = "malformed_request"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNKNOWN_TOOL = "unknown_tool"
     # intents and tasks
     UNKNOWN_INTENT = "unknown_intent"
     AGENT_NOT_PERMITTED = "agent_not_permitted"
@@ -80,6 +82,9 @@ class ReasonCode(StrEnum):
     TOKEN_ARGUMENTS = "token_arguments"
     TOKEN_REPLAYED = "token_replayed"
     TOKEN_REVOKED = "token_revoked"
+    # upstream tool servers
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
     # infrastructure
     STORE_ERROR = "store_error"
     INTERNAL_ERROR = "internal_error"

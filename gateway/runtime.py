@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .decide import Decider
+from .identity import DevIssuer, IdentityVerifier
 from .intents import IntentRegistry, load_intents
 from .keys import KeySet
 from .policy import PolicyEngine, make_engine
@@ -79,6 +80,16 @@ class Runtime:
             await policy.aclose()
             raise
         return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider)
+
+    def identity_verifier(self) -> IdentityVerifier:
+        """Verifier for agents' workload tokens: configured issuers, plus the dev issuer if enabled."""
+        issuers = list(self.config.identity.issuers)
+        if self.config.identity.dev_issuer:
+            issuers.append(self.dev_issuer().issuer_config())
+        return IdentityVerifier(issuers, clock=self.clock, leeway=self.config.identity.leeway_seconds)
+
+    def dev_issuer(self) -> DevIssuer:
+        return DevIssuer(KeySet.open_or_create(self.config.agent_issuer_keys_dir, clock=self.clock), clock=self.clock)
 
     async def aclose(self) -> None:
         await self.policy.aclose()

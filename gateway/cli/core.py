@@ -107,3 +107,6 @@ def register_core(app: typer.Typer) -> None:
     app.command()(check)
     app.command()(demo)
     app.command("agent-token")(agent_token)
+    from .serve import stdio
+
+    app.command()(stdio)

@@ -1,0 +1,72 @@
+"""``intentgate stdio``: the gateway as an MCP server on stdin/stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import GatewayError
+from .common import ConfigOption, config_or_exit, err_console
+
+__all__ = ["stdio"]
+
+
+def _log_to_stderr(level: int = logging.WARNING) -> None:
+    """stdout carries the protocol: every log line goes to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def stdio(
+    config: ConfigOption = None,
+    agent_token: Annotated[
+        str | None,
+        typer.Option(envvar="INTENTGATE_AGENT_TOKEN", help="the agent's workload token (JWT)", show_default=False),
+    ] = None,
+) -> None:
+    """Serve the gateway over stdio to one agent, identified by its workload token."""
+    from mcp.server.stdio import stdio_server
+
+    from ..front import Front
+    from ..runtime import Runtime
+    from ..upstreams import UpstreamPool
+
+    _log_to_stderr()
+    cfg = config_or_exit(config)
+
+    async def main() -> None:
+        rt = await Runtime.open(cfg)
+        try:
+            try:
+                identity = rt.identity_verifier().verify(agent_token)
+            except GatewayError as exc:
+                logging.getLogger("intentgate.front").warning("stdio agent rejected: %s", exc.message)
+                err_console.print("[red]error:[/red] no valid workload token (--agent-token / INTENTGATE_AGENT_TOKEN)")
+                raise typer.Exit(2) from exc
+
+            async def identify(_ctx: Any) -> Any:
+                return identity
+
+            pool = UpstreamPool(cfg.upstreams)
+            try:
+                front = Front(rt, pool, identify)
+                async with stdio_server() as (read, write):
+                    await front.server.run(read, write, front.server.create_initialization_options())
+            finally:
+                await pool.aclose()
+        finally:
+            await rt.aclose()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

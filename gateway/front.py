@@ -1,0 +1,261 @@
+"""The MCP front: agents connect here; every ``tools/call`` goes through the decision core.
+
+A low-level ``mcp.server.Server`` with a dynamic tool list: the tools of every upstream that
+the calling agent's intents use, as ``<upstream>__<tool>``, each with two extra optional
+arguments (``intent_task``, ``intent_step``) for clients that cannot set ``_meta``; plus the
+gateway's own ``intentgate__list_intents``, ``intentgate__begin_task`` and
+``intentgate__end_task``.  An allowed call is forwarded with its action token; anything else
+comes back as a tool error whose structured content names the decision and its reasons.
+Internal error text never reaches an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import mcp_types as types
+from mcp.server.lowlevel import Server
+
+from .decide import CallRequest, Verdict
+from .errors import GatewayError, ReasonCode, TokenError, reason
+from .identity import AgentIdentity
+from .runtime import Runtime
+from .upstreams import UpstreamError, UpstreamPool
+
+__all__ = ["META_STEP", "META_TASK", "META_TOKEN", "Front"]
+
+log = logging.getLogger("intentgate.front")
+
+META_TASK = "intentgate/task"
+META_STEP = "intentgate/step"
+META_TOKEN = "intentgate/token"
+ARG_TASK = "intent_task"
+ARG_STEP = "intent_step"
+SEP = "__"
+GATEWAY = "intentgate"
+
+_CONTEXT_PROPERTIES = {
+    ARG_TASK: {"type": "string", "description": "IntentGate task id (from intentgate__begin_task)"},
+    ARG_STEP: {"type": "string", "description": "the intent's workflow step this call performs"},
+}
+
+_GATEWAY_TOOLS = [
+    types.Tool(
+        name=f"{GATEWAY}{SEP}list_intents",
+        description="List the intents this agent may declare, with their parameters and workflow steps.",
+        input_schema={"type": "object", "properties": {}, "additionalProperties": False},
+    ),
+    types.Tool(
+        name=f"{GATEWAY}{SEP}begin_task",
+        description="Declare an intent and begin a task; returns the task id, its expiry and the start steps.",
+        input_schema={
+            "type": "object",
+            "properties": {
+                "intent": {"type": "string"},
+                "params": {"type": "object"},
+                "reason": {"type": "string", "description": "why the task is needed (free text)"},
+            },
+            "required": ["intent", "params", "reason"],
+            "additionalProperties": False,
+        },
+    ),
+    types.Tool(
+        name=f"{GATEWAY}{SEP}end_task",
+        description="End a task; every token it was issued and not yet used is revoked.",
+        input_schema={
+            "type": "object",
+            "properties": {"task": {"type": "string"}},
+            "required": ["task"],
+            "additionalProperties": False,
+        },
+    ),
+]
+
+Identify = Callable[[Any], Awaitable[AgentIdentity]]
+
+
+def _error_result(payload: dict[str, Any]) -> types.CallToolResult:
+    text = f"{payload.get('explanation', 'refused')} (decision {payload.get('decision_id') or '-'}; " + (
+        ", ".join(payload.get("reasons", [])) or "no reason"
+    ) + ")"
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content=payload, is_error=True
+    )
+
+
+def _ok_result(payload: dict[str, Any]) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=json.dumps(payload))], structured_content=payload
+    )
+
+
+def _verdict_payload(v: Verdict) -> dict[str, Any]:
+    return {
+        "decision_id": v.decision_id,
+        "outcome": v.outcome,
+        "reasons": v.reasons,
+        "explanation": v.explanation,
+        "allowed_next": v.allowed_next,
+        "approval_id": v.approval_id,
+    }
+
+
+class Front:
+    """Serves one gateway (runtime + upstreams) to agents over MCP."""
+
+    def __init__(self, runtime: Runtime, pool: UpstreamPool, identify: Identify) -> None:
+        self.rt = runtime
+        self.pool = pool
+        self.identify = identify
+        self.server: Server[Any] = Server(
+            "intentgate",
+            version="0.1.0",
+            instructions=(
+                "Tools are gated by IntentGate. Begin a task with intentgate__begin_task, then call tools "
+                "with the task id and workflow step, in _meta (intentgate/task, intentgate/step) or in the "
+                "intent_task / intent_step arguments."
+            ),
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+
+    # ----- tools/list ----------------------------------------------------------------
+    async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
+        agent = await self.identify(ctx)
+        allowed = {tool for intent in self.rt.intents.for_agent(agent.id) for tool in intent.tools()}
+        tools = list(_GATEWAY_TOOLS)
+        for up in self.pool.upstreams.values():
+            try:
+                await up.ensure()
+            except UpstreamError as exc:
+                log.warning("listing tools: %s", exc.message)
+                continue
+            for tool in up.tools:
+                if f"{up.name}.{tool.name}" not in allowed:
+                    continue
+                name = f"{up.name}{SEP}{tool.name}"
+                if len(name) > 64:
+                    log.warning("tool %s skipped: exposed name longer than 64 characters", name)
+                    continue
+                schema = dict(tool.input_schema or {"type": "object"})
+                schema["properties"] = {**schema.get("properties", {}), **_CONTEXT_PROPERTIES}
+                tools.append(tool.model_copy(update={"name": name, "input_schema": schema}))
+        return types.ListToolsResult(tools=tools)
+
+    # ----- tools/call ----------------------------------------------------------------
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        try:
+            agent = await self.identify(ctx)
+        except GatewayError:
+            return _error_result({"outcome": "deny", "reasons": [ReasonCode.UNAUTHENTICATED.value],
+                                  "explanation": "no valid workload identity", "decision_id": None})
+        try:
+            upstream, _, tool = params.name.partition(SEP)
+            if upstream == GATEWAY:
+                return await self._gateway_tool(agent, tool, params.arguments or {})
+            return await self._gated_call(agent, upstream, tool, params)
+        except Exception:  # noqa: BLE001 - never let internal error text reach an agent
+            log.exception("tools/call failed")
+            return _error_result({"outcome": "deny", "reasons": [ReasonCode.INTERNAL_ERROR.value],
+                                  "explanation": "internal error", "decision_id": None})
+
+    async def _gateway_tool(self, agent: AgentIdentity, name: str, args: dict[str, Any]) -> types.CallToolResult:
+        decider = self.rt.decider
+        try:
+            if name == "list_intents":
+                intents = [
+                    {
+                        "name": i.name, "version": i.version, "description": i.description, "params": i.params,
+                        "start": i.start, "ttl_seconds": i.ttl_seconds,
+                        "steps": {s: {"tool": st.tool.replace(".", SEP, 1), "next": st.next,
+                                      "description": st.description, "approval": st.approval}
+                                  for s, st in i.steps.items()},
+                    }
+                    for i in self.rt.intents.for_agent(agent.id)
+                ]
+                return _ok_result({"intents": intents})
+            if name == "begin_task":
+                params = args.get("params")
+                if not isinstance(args.get("intent"), str) or not isinstance(params, dict):
+                    raise GatewayError("begin_task needs intent (string) and params (object)",
+                                       code=ReasonCode.INVALID_PARAMS)
+                started = await decider.begin_task(agent, args["intent"], params, args.get("reason", ""))
+                return _ok_result({"task": started.task_id, "intent": started.intent,
+                                   "version": started.intent_version, "expires_at": started.expires_at,
+                                   "start_steps": started.start_steps, "decision_id": started.decision_id})
+            if name == "end_task":
+                if not isinstance(args.get("task"), str):
+                    raise GatewayError("end_task needs task (string)", code=ReasonCode.INVALID_PARAMS)
+                ended = await decider.end_task(agent, args["task"])
+                return _ok_result({"task": ended.task_id, "status": ended.status,
+                                   "revoked_tokens": ended.revoked_tokens, "decision_id": ended.decision_id})
+        except GatewayError as exc:
+            return _error_result({"outcome": "deny", "reasons": [exc.code.value], "explanation": exc.message,
+                                  "decision_id": exc.decision_id})
+        return _error_result({"outcome": "deny", "reasons": [ReasonCode.UNKNOWN_TOOL.value],
+                              "explanation": f"no gateway tool {name!r}", "decision_id": None})
+
+    async def _gated_call(
+        self, agent: AgentIdentity, upstream_name: str, tool: str, params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        decider = self.rt.decider
+        untrusted_args = dict(params.arguments or {})
+        meta = dict(params.meta or {})
+        # task context: _meta first, else the two injected arguments (always stripped)
+        arg_task, arg_step = untrusted_args.pop(ARG_TASK, None), untrusted_args.pop(ARG_STEP, None)
+        task_id = meta.get(META_TASK, arg_task)
+        step = meta.get(META_STEP, arg_step)
+        request = CallRequest(
+            agent=agent,
+            task_id=task_id if isinstance(task_id, str) else None,
+            step=step if isinstance(step, str) else None,
+            upstream=upstream_name[:64] or "-",
+            tool=tool[:128] or "-",
+            untrusted_arguments=untrusted_args,
+        )
+        upstream = self.pool.get(upstream_name) if tool else None
+        if upstream is None:
+            verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, params.name[:128])
+            return _error_result(_verdict_payload(verdict))
+        size = len(json.dumps(untrusted_args, default=str))
+        if size > self.rt.config.front.max_argument_bytes:
+            verdict = await decider.refuse(request, ReasonCode.PAYLOAD_TOO_LARGE, str(size), keep_arguments=False)
+            return _error_result(_verdict_payload(verdict))
+
+        verdict = await decider.decide(request)
+        if not verdict.forward:
+            return _error_result(_verdict_payload(verdict))
+        assert verdict.token is not None
+        try:  # burn the token here: it is used exactly once, for exactly these arguments
+            await self.rt.verifier.verify_and_consume(
+                verdict.token.token, tool=request.qualified_tool, arguments=untrusted_args,
+                audience=upstream_name, ledger=self.rt.store,
+            )
+        except TokenError as exc:
+            log.error("minted token failed verification", extra={"decision_id": verdict.decision_id,
+                                                                 "code": exc.code.value})
+            return _error_result({**_verdict_payload(verdict), "outcome": "deny",
+                                  "reasons": [reason(exc.code)], "explanation": "token could not be used"})
+        started = time.perf_counter()
+        status, detail = "ok", None
+        try:
+            result = await upstream.call_tool(tool, untrusted_args, {META_TOKEN: verdict.token.token})
+            if result.is_error:
+                status = "tool_error"
+            return result
+        except UpstreamError as exc:
+            status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
+            return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
+                                  "explanation": exc.message})
+        finally:
+            try:
+                await self.rt.store.record_outcome(
+                    verdict.decision_id, at=self.rt.clock.now(), status=status,
+                    latency_ms=(time.perf_counter() - started) * 1000, detail=detail,
+                )
+            except GatewayError:
+                log.error("could not record the outcome of %s", verdict.decision_id)

