@@ -426,7 +426,10 @@ def test_embedded_engine_refuses_other_threads_and_is_freed_anywhere(registry) -
 
 
 class _Misbehaving(http.server.BaseHTTPRequestHandler):
-    """Answers like an OPA that fails in one way; records what it was sent."""
+    """Test double for an OPA server, which cannot run on this machine (no OPA binary can be
+    installed here). It never evaluates policy: it answers the real REST client the way a
+    failing OPA would (HTTP 500, undefined, off-contract, not JSON, slow) and records the
+    requests, so the engine's fail-closed handling is tested on the wire."""
 
     mode = "http_500"
     seen: list[tuple[str, str, str]] = []
