@@ -107,6 +107,7 @@ def register_core(app: typer.Typer) -> None:
     app.command()(check)
     app.command()(demo)
     app.command("agent-token")(agent_token)
-    from .serve import stdio
+    from .serve import serve, stdio
 
+    app.command()(serve)
     app.command()(stdio)

@@ -12,7 +12,7 @@ import typer
 from ..errors import GatewayError
 from .common import ConfigOption, config_or_exit, err_console
 
-__all__ = ["stdio"]
+__all__ = ["serve", "stdio"]
 
 
 def _log_to_stderr(level: int = logging.WARNING) -> None:
@@ -70,3 +70,19 @@ def stdio(
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+
+
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Serve the gateway over HTTP: MCP at /mcp, /v1/decide, /.well-known/jwks.json, /healthz."""
+    import uvicorn
+
+    from ..web import create_app
+
+    _log_to_stderr()
+    cfg = config_or_exit(config)
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level, lifespan="on")

@@ -1,0 +1,162 @@
+"""The HTTP front: one FastAPI app on one port.
+
+- ``/mcp``: the MCP Streamable HTTP endpoint (the SDK's session manager), behind a bearer
+  check: no valid workload token, no MCP (401, one opaque answer);
+- ``POST /v1/decide``: the same pipeline for enforcement points that are not MCP clients
+  (an ext-authz hook, say); the answer carries the action token on allow;
+- ``/.well-known/jwks.json``: the public keys that verify action tokens;
+- ``/healthz``: liveness plus a database round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .config import GatewayConfig
+from .decide import CallRequest
+from .errors import GatewayError, ReasonCode
+from .front import Front
+from .identity import AgentIdentity, IdentityError
+from .runtime import Runtime
+from .upstreams import UpstreamPool
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("intentgate.web")
+
+_UNAUTHENTICATED = {"error": ReasonCode.UNAUTHENTICATED.value, "message": "a valid workload token is required"}
+
+
+class DecideRequest(BaseModel):
+    """A call to decide on, from an enforcement point that is not an MCP client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(max_length=64)
+    step: str = Field(max_length=64)
+    upstream: str = Field(max_length=64)
+    tool: str = Field(max_length=128)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class DecideResponse(BaseModel):
+    decision_id: str
+    outcome: str
+    reasons: list[str]
+    explanation: str
+    allowed_next: list[str]
+    approval_id: str | None = None
+    token: str | None = Field(default=None, description="the action token, on allow")
+    token_expires_at: int | None = None
+
+
+def _bearer(headers: Any) -> str | None:
+    value = headers.get("authorization") or ""
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class _McpEndpoint:
+    """ASGI app for /mcp: authenticate, then hand over to the SDK's session manager."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.app.state
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        try:
+            identity = state.verify(_bearer(headers))
+        except IdentityError as exc:
+            log.info("mcp request refused: %s", exc.message)
+            response = JSONResponse(_UNAUTHENTICATED, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})["intentgate_agent"] = identity
+        await state.session_manager.handle_request(scope, receive, send)
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    """The gateway as an ASGI app; everything starts in the lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = await Runtime.open(config)
+        pool = UpstreamPool(config.upstreams)
+        try:
+            failures = await pool.start()
+            for name, message in failures.items():
+                log.warning("upstream %s not available yet: %s", name, message)
+            verifier = rt.identity_verifier()
+
+            async def identify(ctx: Any) -> AgentIdentity:
+                request = getattr(ctx, "request", None)
+                agent = request.scope.get("state", {}).get("intentgate_agent") if request is not None else None
+                if not isinstance(agent, AgentIdentity):
+                    raise IdentityError("no authenticated agent on this request")
+                return agent
+
+            front = Front(rt, pool, identify)
+            manager = StreamableHTTPSessionManager(
+                app=front.server, max_request_body_size=config.front.max_request_bytes
+            )
+            app.state.runtime, app.state.front = rt, front
+            app.state.verify, app.state.session_manager = verifier.verify, manager
+            async with manager.run():
+                yield
+        finally:
+            await pool.aclose()
+            await rt.aclose()
+
+    app = FastAPI(
+        title="IntentGate",
+        version="0.1.0",
+        description="MCP gateway: intent-scoped, policy-checked, single-use action tokens for AI agents.",
+        lifespan=lifespan,
+    )
+
+    @app.get("/healthz")
+    async def healthz(request: Request) -> JSONResponse:
+        rt: Runtime = request.app.state.runtime
+        try:
+            await rt.store.get_task("tsk_healthcheck")
+        except GatewayError:
+            return JSONResponse({"status": "degraded", "database": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok", "policy_revision": rt.policy.revision,
+                             "intents_revision": rt.intents.revision})
+
+    @app.get("/.well-known/jwks.json")
+    async def jwks(request: Request) -> dict[str, Any]:
+        return request.app.state.runtime.keys.jwks()
+
+    @app.post("/v1/decide", response_model=DecideResponse, responses={401: {"description": "no valid workload token"}})
+    async def decide(body: DecideRequest, request: Request) -> Any:
+        try:
+            agent = request.app.state.verify(_bearer(request.headers))
+        except IdentityError:
+            return JSONResponse(_UNAUTHENTICATED, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        rt: Runtime = request.app.state.runtime
+        verdict = await rt.decider.decide(
+            CallRequest(agent=agent, task_id=body.task, step=body.step, upstream=body.upstream, tool=body.tool,
+                        untrusted_arguments=body.arguments)
+        )
+        return DecideResponse(
+            decision_id=verdict.decision_id, outcome=verdict.outcome, reasons=verdict.reasons,
+            explanation=verdict.explanation, allowed_next=verdict.allowed_next, approval_id=verdict.approval_id,
+            token=verdict.token.token if verdict.token else None,
+            token_expires_at=verdict.token.expires_at if verdict.token else None,
+        )
+
+    # a Route, not a Mount: the endpoint is exactly /mcp, no redirect to /mcp/
+    app.router.routes.append(Route("/mcp", endpoint=_McpEndpoint(app), methods=["GET", "POST", "DELETE"]))
+    return app

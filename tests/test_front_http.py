@@ -1,0 +1,167 @@
+"""End to end over Streamable HTTP: `intentgate serve` as a subprocess on 127.0.0.1, a real
+MCP client with a bearer workload token, real subprocess upstreams."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from gateway.identity import DevIssuer
+from gateway.keys import KeySet
+from tests.conftest import ROOT
+from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One gateway (and its four upstream servers) for the whole module: starting them is slow."""
+    tmp_path = tmp_path_factory.mktemp("http-gateway")
+    make_gateway(tmp_path)  # writes intentgate.yaml, keys and the upstreams' JWKS
+    port = free_port()
+    log = open(tmp_path / "gateway.log", "w")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "intentgate.yaml"),
+         "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            log.close()
+            raise RuntimeError(f"gateway did not start: {(tmp_path / 'gateway.log').read_text()[-2000:]}")
+        time.sleep(0.2)
+    try:
+        yield base, tmp_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def agent_token(data_dir: Path, agent: str = SUPPORT) -> str:
+    return DevIssuer(KeySet.open_or_create(data_dir / "keys" / "agent-issuer")).mint(agent)
+
+
+@asynccontextmanager
+async def mcp_client(base: str, token: str | None, mode: str = "auto"):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        async with Client(streamable_http_client(f"{base}/mcp", http_client=http), mode=mode) as client:
+            yield client
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_workflow_over_http(gateway, mode: str) -> None:
+    base, data_dir = gateway
+    async with mcp_client(base, agent_token(data_dir), mode) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert {"tickets__get_ticket", "payments__refund", "intentgate__begin_task"} <= names
+        r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
+                                                              "reason": "customer asked"})
+        task = r.structured_content["task"]
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                   meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
+        assert not r.is_error and r.structured_content["verified_jti"]
+        r = await client.call_tool("payments__refund", {"order_id": "ORD-7", "amount": 5, "currency": "EUR"},
+                                   meta={"intentgate/task": task, "intentgate/step": "refund"})
+        assert r.is_error and "step_out_of_order:refund" in r.structured_content["reasons"]
+
+
+async def test_another_agents_task_over_http(gateway) -> None:
+    base, data_dir = gateway
+    async with mcp_client(base, agent_token(data_dir)) as owner:
+        r = await owner.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
+                                                             "reason": "x"})
+        task = r.structured_content["task"]
+    async with mcp_client(base, agent_token(data_dir, "spiffe://example.org/agent/support-2")) as other:
+        r = await other.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                  meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
+        assert r.is_error and "task_not_owned" in r.structured_content["reasons"]
+
+
+@pytest.mark.parametrize("token", [None, "not-a-jwt"])
+def test_no_or_bad_identity_gets_401(gateway, token) -> None:
+    base, _ = gateway
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    r = httpx2.post(f"{base}/mcp", json=body, headers=headers, timeout=10)
+    assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_forged_identity_gets_401(gateway, tmp_path_factory) -> None:
+    base, _ = gateway
+    forged = DevIssuer(KeySet.open_or_create(tmp_path_factory.mktemp("forger"))).mint(SUPPORT)
+    r = httpx2.post(f"{base}/v1/decide", json={"task": "t", "step": "s", "upstream": "u", "tool": "x"},
+                    headers={"Authorization": f"Bearer {forged}"}, timeout=10)
+    assert r.status_code == 401
+
+
+def test_malformed_json_rpc_is_refused_and_gateway_survives(gateway) -> None:
+    base, data_dir = gateway
+    headers = {"Authorization": f"Bearer {agent_token(data_dir)}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    for payload in (b"{not json", b"[]", b'{"jsonrpc": "1.0"}', json.dumps({"jsonrpc": "2.0", "id": 1}).encode()):
+        r = httpx2.post(f"{base}/mcp", content=payload, headers=headers, timeout=10)
+        assert 400 <= r.status_code < 500, (payload, r.status_code, r.text)
+    assert httpx2.get(f"{base}/healthz", timeout=5).status_code == 200
+
+
+def test_oversized_request_is_refused(gateway) -> None:
+    base, data_dir = gateway
+    headers = {"Authorization": f"Bearer {agent_token(data_dir)}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream"}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "tickets__get_ticket", "arguments": {"ticket_id": "x" * 2_000_000}}})
+    r = httpx2.post(f"{base}/mcp", content=body.encode(), headers=headers, timeout=10)
+    assert r.status_code == 413
+    assert httpx2.get(f"{base}/healthz", timeout=5).status_code == 200
+
+
+def test_rest_decide_and_jwks(gateway) -> None:
+    base, data_dir = gateway
+    auth = {"Authorization": f"Bearer {agent_token(data_dir)}"}
+    jwks = httpx2.get(f"{base}/.well-known/jwks.json", timeout=5).json()
+    assert jwks["keys"] and all("d" not in k for k in jwks["keys"])
+    r = httpx2.post(f"{base}/v1/decide", json={"task": "tsk_nope", "step": "lookup", "upstream": "orders",
+                                               "tool": "get_order", "arguments": {"order_id": "ORD-7"}},
+                    headers=auth, timeout=10)
+    assert r.status_code == 200 and r.json()["outcome"] == "deny" and r.json()["reasons"] == ["unknown_task"]
+    assert r.json()["token"] is None
+    bad = httpx2.post(f"{base}/v1/decide", json={"task": "t", "extra": 1}, headers=auth, timeout=10)
+    assert bad.status_code == 422
+    assert os.path.exists(data_dir / "intentgate.db")
