@@ -15,7 +15,7 @@ from contextlib import suppress
 from typing import Any
 
 import mcp_types as types
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
 
 from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
@@ -109,9 +109,12 @@ class Upstream:
                 f"upstream {self.name!r} did not answer within {self.config.timeout_seconds}s",
                 code=ReasonCode.UPSTREAM_TIMEOUT,
             ) from exc
-        except Exception as exc:  # noqa: BLE001 - crash, protocol error, closed stream
-            if not self.alive():
-                await self._shutdown()
+        except MCPError as exc:
+            if exc.code == types.CONNECTION_CLOSED or not self.alive():
+                await self._shutdown()  # the server went away: restart it on next use
+            raise UpstreamError(f"upstream {self.name!r} failed: {type(exc).__name__}") from exc
+        except Exception as exc:  # noqa: BLE001 - crash, broken stream, garbage on the wire
+            await self._shutdown()
             raise UpstreamError(f"upstream {self.name!r} failed: {type(exc).__name__}") from exc
 
     async def _shutdown(self) -> None:

@@ -24,18 +24,21 @@ SUPPORT = "spiffe://example.org/agent/support-1"
 PARAMS = {"ticket_id": "TCK-1", "order_id": "ORD-7"}
 
 
-def make_gateway(tmp_path: Path, agent: str = SUPPORT, token: str | None = None) -> StdioServerParameters:
+def make_gateway(
+    tmp_path: Path, agent: str = SUPPORT, token: str | None = None, intents_dir: Path = INTENTS_DIR,
+    upstream_timeout: float = 10,
+) -> StdioServerParameters:
     keys = KeySet.open_or_create(tmp_path / "keys" / "action")
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(keys.jwks()))
     upstreams = [
         {"name": n, "command": sys.executable, "args": [str(SERVER), "--name", n],
-         "env": {"INTENTGATE_JWKS": str(jwks)}, "timeout_seconds": 10}
+         "env": {"INTENTGATE_JWKS": str(jwks)}, "timeout_seconds": upstream_timeout}
         for n in ("tickets", "orders", "payments", "email")
     ]
     cfg = tmp_path / "intentgate.yaml"
     cfg.write_text(yaml.safe_dump({
-        "intents_dir": str(INTENTS_DIR), "policy_dir": str(POLICY_DIR), "data_dir": str(tmp_path),
+        "intents_dir": str(intents_dir), "policy_dir": str(POLICY_DIR), "data_dir": str(tmp_path),
         "upstreams": upstreams,
     }))
     if token is None:
@@ -166,3 +169,49 @@ async def test_forged_identity_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception):  # noqa: B017
         async with Client(params) as client:
             await client.list_tools()
+
+
+FAULTS_INTENT = """
+name: faults
+version: "1"
+agents: ["spiffe://example.org/agent/support-*"]
+start: [crash, hang, read]
+steps:
+  crash: {tool: tickets.crash, next: [read]}
+  hang: {tool: tickets.hang, next: [read]}
+  read:
+    tool: tickets.get_ticket
+    arguments: {ticket_id: {type: string}}
+"""
+
+
+async def test_upstream_crash_and_hang_fail_clearly_and_recover(tmp_path: Path) -> None:
+    intents = tmp_path / "intents"
+    intents.mkdir()
+    (intents / "faults.yaml").write_text(FAULTS_INTENT)
+    params = make_gateway(tmp_path, intents_dir=intents, upstream_timeout=3)
+
+    async def begin_faults(client: Client) -> str:
+        r = await client.call_tool("intentgate__begin_task", {"intent": "faults", "params": {}, "reason": "chaos"})
+        return r.structured_content["task"]
+
+    async with Client(params) as client:
+        task = await begin_faults(client)
+        r = await client.call_tool("tickets__crash", {}, meta={"intentgate/task": task, "intentgate/step": "crash"})
+        assert r.is_error and r.structured_content["reasons"] == ["upstream_error"]
+        assert r.structured_content["decision_id"].startswith("dec_")
+        # the crashed upstream is restarted on next use
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                   meta={"intentgate/task": task, "intentgate/step": "read"})
+        assert not r.is_error and r.structured_content["verified_jti"]
+
+        task = await begin_faults(client)
+        r = await client.call_tool("tickets__hang", {}, meta={"intentgate/task": task, "intentgate/step": "hang"})
+        assert r.is_error and r.structured_content["reasons"] == ["upstream_timeout"]
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-2"},
+                                   meta={"intentgate/task": task, "intentgate/step": "read"})
+        assert not r.is_error
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    outcomes = dict(db.execute("SELECT status, count(*) FROM call_outcomes GROUP BY status").fetchall())
+    db.close()
+    assert outcomes == {"upstream_error": 1, "timeout": 1, "ok": 2}
