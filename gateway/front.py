@@ -121,7 +121,24 @@ class Front:
             ),
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_list_prompts=self._list_prompts,
         )
+
+    # Resources and prompts are not passed through yet (they need their own policy gate);
+    # the lists are answered, empty, so clients never see "method not found".
+    async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
+        await self.identify(ctx)
+        return types.ListResourcesResult(resources=[])
+
+    async def _list_resource_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        await self.identify(ctx)
+        return types.ListResourceTemplatesResult(resource_templates=[])
+
+    async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
+        await self.identify(ctx)
+        return types.ListPromptsResult(prompts=[])
 
     # ----- tools/list ----------------------------------------------------------------
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
