@@ -105,7 +105,15 @@ def build(name: str) -> Server[Any]:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True, choices=sorted(TOOLS))
-    server = build(parser.parse_args().name)
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT/mcp")
+    args = parser.parse_args()
+    server = build(args.name)
+    if args.http:
+        import uvicorn
+
+        config = uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=args.http, log_level="warning")
+        await uvicorn.Server(config).serve()
+        return
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
 

@@ -1,0 +1,197 @@
+"""End-to-end benchmark: the same tool call on the same upstream, three ways, in one run.
+
+(a) direct to the upstream over Streamable HTTP;
+(b) through FastMCP's proxy (`create_proxy(url, mode="auto")`, fastmcp 4.1.2), which gates nothing;
+(c) through IntentGate (`intentgate serve`), gating every call: workflow, Rego, token mint,
+    durable decision, token burn, forward.
+
+Each way: N sequential calls from one client, then 8 concurrent clients.  Prints p50/p99 and
+calls/s, and the ratios to direct and to FastMCP.  Needs `pip install -e '.[bench]'`.
+Usage: ``python bench/e2e.py [--calls 1000] [--clients 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.identity import DevIssuer  # noqa: E402
+from gateway.keys import KeySet  # noqa: E402
+
+AGENT = "spiffe://example.org/agent/bench-1"
+INTENT = {
+    "name": "bench-lookup", "version": "1", "agents": ["spiffe://example.org/agent/bench-*"],
+    "params": {"order_id": {"type": "string"}}, "ttl_seconds": 3600, "start": ["lookup"],
+    "steps": {"lookup": {"tool": "orders.get_order", "arguments": {"order_id": {"bind": "params.order_id"}},
+                         "next": ["lookup", "done"], "max_calls": 1000},
+              "done": {"tool": "orders.get_order", "arguments": {"order_id": {"bind": "params.order_id"}}}},
+}
+
+FASTMCP_PROXY = """
+import sys
+from fastmcp.server import create_proxy
+proxy = create_proxy(sys.argv[1], mode="auto")
+proxy.run(transport="http", host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", show_banner=False)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode})")
+        try:
+            httpx2.get(url, timeout=1)
+            return
+        except httpx2.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not come up at {url}")
+
+
+def summarize(samples: list[float], wall: float) -> dict[str, float]:
+    ms = sorted(samples)
+    return {"p50": statistics.median(ms), "p99": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+            "rps": len(ms) / wall}
+
+
+async def run_client(url: str, headers: dict[str, str], calls: int, make_call: Callable[[Client, int], Awaitable[Any]],
+                     setup: Callable[[Client], Awaitable[Any]] | None = None) -> list[float]:
+    out = []
+    async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+        async with Client(streamable_http_client(url, http_client=http)) as client:
+            await client.list_tools()
+            ctx = await setup(client) if setup else None
+            for i in range(calls):
+                t = time.perf_counter()
+                r = await make_call(client, i) if ctx is None else await make_call(client, ctx)  # type: ignore[arg-type]
+                out.append((time.perf_counter() - t) * 1000)
+                if r.is_error:
+                    raise RuntimeError(f"call failed: {r.content}")
+    return out
+
+
+async def measure(url: str, headers: dict[str, str], tool: str, calls: int, clients: int, gated: bool) -> dict:
+    async def setup(client: Client) -> str:
+        r = await client.call_tool("intentgate__begin_task", {"intent": "bench-lookup",
+                                                              "params": {"order_id": "ORD-7"}, "reason": "bench"})
+        return r.structured_content["task"]
+
+    async def call(client: Client, task: Any) -> Any:
+        meta = {"intentgate/task": task, "intentgate/step": "lookup"} if gated else None
+        return await client.call_tool(tool, {"order_id": "ORD-7"}, meta=meta)
+
+    # warm up
+    await run_client(url, headers, 20, call, setup if gated else None)
+    t = time.perf_counter()
+    seq = await run_client(url, headers, calls, call, setup if gated else None)
+    seq_stats = summarize(seq, time.perf_counter() - t)
+    per = max(1, calls // clients)
+    t = time.perf_counter()
+    conc = await asyncio.gather(*(run_client(url, headers, per, call, setup if gated else None) for _ in range(clients)))
+    conc_stats = summarize([x for c in conc for x in c], time.perf_counter() - t)
+    return {"seq": seq_stats, "conc": conc_stats}
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=8)
+    args = ap.parse_args()
+    console = Console(width=120)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="intentgate-e2e-") as tmp:
+        work = Path(tmp)
+        try:
+            up_port, gw_port, fm_port = free_port(), free_port(), free_port()
+            upstream = f"http://127.0.0.1:{up_port}/mcp"
+            procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/servers/tool_server.py"),
+                                           "--name", "orders", "--http", str(up_port)]))
+            wait_http(upstream, procs[-1], "upstream")
+
+            (work / "intents").mkdir()
+            (work / "intents" / "bench.yaml").write_text(yaml.safe_dump(INTENT))
+            (work / "intentgate.yaml").write_text(yaml.safe_dump({
+                "intents_dir": str(work / "intents"), "policy_dir": str(ROOT / "opa"), "data_dir": str(work),
+                "upstreams": [{"name": "orders", "url": upstream}],
+            }))
+            token = DevIssuer(KeySet.open_or_create(work / "keys" / "agent-issuer")).mint(AGENT)
+            procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
+                                           str(work / "intentgate.yaml"), "--port", str(gw_port)], cwd=ROOT))
+            wait_http(f"http://127.0.0.1:{gw_port}/healthz", procs[-1], "intentgate")
+
+            results: dict[str, dict] = {}
+            console.print(f"direct: {args.calls} sequential calls, then {args.clients} clients ...")
+            results["direct"] = await measure(upstream, {}, "get_order", args.calls, args.clients, gated=False)
+            try:
+                import fastmcp  # noqa: F401
+
+                procs.append(subprocess.Popen([sys.executable, "-c", FASTMCP_PROXY, upstream, str(fm_port)]))
+                wait_http(f"http://127.0.0.1:{fm_port}/mcp", procs[-1], "fastmcp proxy")
+                console.print("FastMCP proxy ...")
+                results["fastmcp proxy (no gating)"] = await measure(
+                    f"http://127.0.0.1:{fm_port}/mcp", {}, "get_order", args.calls, args.clients, gated=False)
+            except ImportError:
+                console.print("[yellow]fastmcp not installed (pip install -e '.[bench]'): skipping (b)[/yellow]")
+            console.print("IntentGate ...")
+            results["intentgate (gating every call)"] = await measure(
+                f"http://127.0.0.1:{gw_port}/mcp", {"Authorization": f"Bearer {token}"}, "orders__get_order",
+                args.calls, args.clients, gated=True)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    table = Table(title=f"tools/call over Streamable HTTP: {args.calls} sequential, {args.clients} concurrent clients")
+    for col in ("path", "seq p50 ms", "seq p99 ms", "seq calls/s", f"{args.clients}x p50 ms", f"{args.clients}x p99 ms",
+                f"{args.clients}x calls/s"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for name, r in results.items():
+        s, c = r["seq"], r["conc"]
+        table.add_row(name, f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['rps']:.0f}", f"{c['p50']:.2f}",
+                      f"{c['p99']:.2f}", f"{c['rps']:.0f}")
+    console.print(table)
+    gate = results["intentgate (gating every call)"]
+    direct = results["direct"]
+    console.print(f"IntentGate added p50 over direct: {gate['seq']['p50'] - direct['seq']['p50']:.2f} ms")
+    fm = results.get("fastmcp proxy (no gating)")
+    if fm:
+        console.print(
+            f"IntentGate / FastMCP: p50 ratio {gate['seq']['p50'] / fm['seq']['p50']:.2f} (target <= 1.0), "
+            f"throughput ratio {gate['seq']['rps'] / fm['seq']['rps']:.2f} sequential, "
+            f"{gate['conc']['rps'] / fm['conc']['rps']:.2f} concurrent (target >= 1.0)"
+        )
+    print(json.dumps({k: v for k, v in results.items()}, indent=None))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
