@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .decide import Decider
+from .errors import GatewayError
 from .identity import DevIssuer, IdentityVerifier
 from .intents import IntentRegistry, load_intents
 from .keys import KeySet
@@ -16,6 +19,8 @@ from .tokens import ActionTokenIssuer
 from .verify import ActionTokenVerifier
 
 __all__ = ["Runtime"]
+
+log = logging.getLogger("intentgate.runtime")
 
 
 @dataclass
@@ -90,6 +95,17 @@ class Runtime:
 
     def dev_issuer(self) -> DevIssuer:
         return DevIssuer(KeySet.open_or_create(self.config.agent_issuer_keys_dir, clock=self.clock), clock=self.clock)
+
+    async def sweep_forever(self, interval: float = 30.0) -> None:
+        """Expire overdue tasks (revoking their tokens) every ``interval`` seconds; run as a task."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                expired = await self.decider.expire_tasks()
+                if expired:
+                    log.info("expired %d task(s) and revoked their tokens", expired)
+            except GatewayError as exc:
+                log.warning("task expiry sweep failed: %s", exc.message)
 
     async def aclose(self) -> None:
         await self.policy.aclose()

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -112,8 +113,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
             )
             app.state.runtime, app.state.front = rt, front
             app.state.verify, app.state.session_manager = verifier.verify, manager
-            async with manager.run():
-                yield
+            sweeper = asyncio.create_task(rt.sweep_forever(), name="task-expiry")
+            try:
+                async with manager.run():
+                    yield
+            finally:
+                sweeper.cancel()
         finally:
             await pool.aclose()
             await rt.aclose()

@@ -57,11 +57,13 @@ def stdio(
                 return identity
 
             pool = UpstreamPool(cfg.upstreams)
+            sweeper = asyncio.create_task(rt.sweep_forever(), name="task-expiry")
             try:
                 front = Front(rt, pool, identify)
                 async with stdio_server() as (read, write):
                     await front.server.run(read, write, front.server.create_initialization_options())
             finally:
+                sweeper.cancel()
                 await pool.aclose()
         finally:
             await rt.aclose()
