@@ -7,30 +7,44 @@ Shape (RFC 9068 access token, RFC 9396 authorization details)::
              "authorization_details": [{"type": "mcp_tool_call", "tool": "upstream.tool",
                                         "arguments_sha256", "task", "intent", "step"}]}
 
-``exp`` is ``iat + ttl`` (default 30 s) but never later than the task's expiry.
+``exp`` is ``iat + ttl`` (default 30 s) but never later than the task's expiry; a token that
+would have no lifetime left is refused rather than minted.
+
+Minting is on the hot path of every allowed call, so the issuer serialises the compact JWS
+itself (RFC 7515 §7.1: ``b64url(header) . b64url(claims) . b64url(signature)``) with the
+encoded header cached per key, and signs with the loaded key object.  The signature is
+cryptography's Ed25519; every token is read back by pyjwt in :mod:`gateway.verify`.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import secrets
 from typing import Any
 
-import jwt
 from pydantic import BaseModel, ConfigDict
 
 from .clock import Clock, SystemClock
 from .errors import ReasonCode, TokenError
-from .keys import KeySet
+from .keys import KeySet, SigningKey
 
 __all__ = ["AUTHZ_TYPE", "TOKEN_TYP", "ActionTokenIssuer", "MintedToken"]
 
 AUTHZ_TYPE = "mcp_tool_call"
 TOKEN_TYP = "at+jwt"
+JTI_BYTES = 18  # 144 random bits, 24 url-safe characters
+
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 class MintedToken(BaseModel):
-    """A freshly minted token.  ``token`` is a bearer secret: never log it."""
+    """A freshly minted token.  ``token`` is a bearer secret: never log it (the repr omits it)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,8 +54,8 @@ class MintedToken(BaseModel):
     expires_at: int
     claims: dict[str, Any]
 
-    def __repr__(self) -> str:  # keep the secret out of reprs and tracebacks
-        return f"MintedToken(jti={self.jti!r}, expires_at={self.expires_at})"
+    def __repr__(self) -> str:
+        return f"MintedToken(jti={self.jti!r}, issued_at={self.issued_at}, expires_at={self.expires_at})"
 
     __str__ = __repr__
 
@@ -52,10 +66,20 @@ class ActionTokenIssuer:
     def __init__(
         self, keyset: KeySet, *, issuer: str = "intentgate", clock: Clock | None = None, default_ttl: int = 30
     ) -> None:
+        if default_ttl < 1:
+            raise ValueError("default_ttl must be at least one second")
         self.keyset = keyset
         self.issuer = issuer
         self.clock = clock or SystemClock()
         self.default_ttl = default_ttl
+        self._header: tuple[SigningKey, bytes] | None = None
+
+    def _encoded_header(self, key: SigningKey) -> bytes:
+        cached = self._header
+        if cached is None or cached[0] is not key:
+            header = {"alg": "EdDSA", "typ": TOKEN_TYP, "kid": key.kid}
+            cached = self._header = (key, _b64url(_dumps(header).encode("ascii")))
+        return cached[1]
 
     def mint(
         self,
@@ -70,12 +94,22 @@ class ActionTokenIssuer:
         task_expires_at: float,
         ttl_seconds: int | None = None,
     ) -> MintedToken:
+        """Mint the token for one allowed call.
+
+        ``tool`` is the qualified name ``<upstream>.<tool>``; ``arguments_sha256`` the hex
+        digest of the canonical arguments (:func:`gateway.canonical.arguments_sha256`).
+        Raises ``TokenError`` (``task_expired``) if the task leaves the token no lifetime.
+        """
+        if not tool.startswith(f"{upstream}.") or len(tool) <= len(upstream) + 1:
+            raise ValueError(f"tool {tool!r} is not a tool of upstream {upstream!r}")
+        ttl = self.default_ttl if ttl_seconds is None else ttl_seconds
+        if ttl < 1:
+            raise ValueError("ttl_seconds must be at least one second")
         now = int(self.clock.now())
-        ttl = self.default_ttl if ttl_seconds is None else int(ttl_seconds)
         exp = min(now + ttl, math.floor(task_expires_at))
-        if ttl <= 0 or exp <= now:
+        if exp <= now:
             raise TokenError("refusing to mint a token that would outlive its task", code=ReasonCode.TASK_EXPIRED)
-        jti = secrets.token_urlsafe(18)
+        jti = secrets.token_urlsafe(JTI_BYTES)
         claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": agent,
@@ -97,5 +131,6 @@ class ActionTokenIssuer:
             ],
         }
         key = self.keyset.current
-        token = jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid, "typ": TOKEN_TYP})
-        return MintedToken(token=token, jti=jti, issued_at=now, expires_at=exp, claims=claims)
+        signing_input = self._encoded_header(key) + b"." + _b64url(_dumps(claims).encode("ascii"))
+        token = signing_input + b"." + _b64url(key.private.sign(signing_input))
+        return MintedToken(token=token.decode("ascii"), jti=jti, issued_at=now, expires_at=exp, claims=claims)

@@ -1,33 +1,44 @@
 """Verifying action tokens: for the gateway, and for tool servers that trust nothing else.
 
-``ActionTokenVerifier.verify`` checks, in order: the header (``alg`` pinned to EdDSA, ``typ``
-``at+jwt``, a known ``kid``), the signature, required claims, issuer, audience, the time
-claims against an injectable clock with leeway, and the single ``mcp_tool_call``
-authorization detail (tool, and the SHA-256 of the arguments actually received).
+``ActionTokenVerifier.verify`` checks, in order: the token's form; the header (``alg``
+pinned to EdDSA, ``typ`` ``at+jwt``, a ``kid`` that names a trusted key); the signature,
+required claims, issuer and audience (pyjwt); the shape of the claims; ``exp``/``nbf``/``iat``
+against an injectable clock with leeway; and the single ``mcp_tool_call`` authorization
+detail (the tool, and the SHA-256 of the canonical arguments actually received).
 ``verify_and_consume`` then burns the ``jti`` in a :class:`JtiLedger`, so a token works once.
 
-Failures raise ``TokenError`` with a specific code for logs; callers facing an agent should
-show only ``invalid_token``.  This module imports nothing from the gateway's serving side, so
-a tool server can use it with just the gateway's JWKS.
+Every refusal is a ``TokenError`` whatever the input, with a specific code for the audit log;
+callers facing an agent show only ``invalid_token``.  This module imports nothing from the
+gateway's serving side, so a tool server can use it with just the gateway's JWKS::
+
+    verifier = ActionTokenVerifier(PublicKeySet.from_file("jwks.json"))
+    ledger = SqliteJtiLedger("var/jti.db")
+    claims = await verifier.verify_and_consume(
+        token, tool="payments.refund", arguments=arguments, audience="payments", ledger=ledger
+    )
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import json
+import logging
+import re
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import jwt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
 from .canonical import arguments_sha256
 from .clock import Clock, SystemClock
-from .errors import ReasonCode, TokenError
-from .keys import KeySet, PublicKeySet
+from .errors import ReasonCode, StoreError, TokenError
+from .keys import VerificationKeys
 
 __all__ = [
     "ActionClaims",
@@ -38,14 +49,26 @@ __all__ = [
     "SqliteJtiLedger",
 ]
 
-_REQUIRED = ["exp", "iat", "nbf", "sub", "aud", "iss", "jti"]
+log = logging.getLogger(__name__)
+
+MAX_TOKEN_CHARS = 8192
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_DECODE_OPTIONS: jwt.types.Options = {
+    "require": ["exp", "iat", "nbf", "sub", "aud", "iss", "jti"],
+    "verify_exp": False,  # the time claims are checked against the injected clock instead
+    "verify_nbf": False,
+    "verify_iat": False,
+    "strict_aud": True,  # aud must be exactly one string, the upstream's name
+}
 
 
 class ConsumeOutcome(Enum):
-    CONSUMED = "consumed"
-    REPLAYED = "replayed"
-    REVOKED = "revoked"
-    UNKNOWN = "unknown"
+    """What a ledger says when asked to burn a ``jti``."""
+
+    CONSUMED = "consumed"  # first use: go ahead
+    REPLAYED = "replayed"  # used before
+    REVOKED = "revoked"  # the gateway revoked it (its task ended, failed or expired)
+    UNKNOWN = "unknown"  # the ledger never issued it (only ledgers that record issuance say this)
 
 
 class JtiLedger(Protocol):
@@ -54,26 +77,33 @@ class JtiLedger(Protocol):
     async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome: ...
 
 
-class AuthorizationDetail(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+NumericDate = Annotated[int | FiniteFloat, Field(ge=0)]
 
-    type: str
-    tool: str
+
+class AuthorizationDetail(BaseModel):
+    """The RFC 9396 ``authorization_details`` entry of an action token."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+
+    type: Literal["mcp_tool_call"]
+    tool: str = Field(min_length=3)
     arguments_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    task: str
-    intent: str
-    step: str
+    task: str = Field(min_length=1)
+    intent: str = Field(min_length=1)
+    step: str = Field(min_length=1)
 
 
 class ActionClaims(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    """The verified claims of an action token."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
 
     iss: str
-    sub: str
-    aud: str | list[str]
-    iat: int | float
-    nbf: int | float
-    exp: int | float
+    sub: str = Field(min_length=1)
+    aud: str
+    iat: NumericDate
+    nbf: NumericDate
+    exp: NumericDate
     jti: str = Field(min_length=16, max_length=64)
     client_id: str | None = None
     authorization_details: list[AuthorizationDetail] = Field(min_length=1, max_length=1)
@@ -83,149 +113,177 @@ class ActionClaims(BaseModel):
         return self.authorization_details[0]
 
 
-def _fail(code: ReasonCode, message: str) -> TokenError:
-    return TokenError(message, code=code)
+def _invalid(message: str) -> TokenError:
+    return TokenError(message, code=ReasonCode.INVALID_TOKEN)
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header, read only to choose the key; pyjwt reads it again under the signature."""
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError) as exc:  # binascii, UTF-8 and JSON errors are ValueErrors
+        raise _invalid("unreadable header") from exc
+    if not isinstance(header, dict):
+        raise _invalid("header is not a JSON object")
+    return header
 
 
 class ActionTokenVerifier:
-    """Verify action tokens against the gateway's public keys."""
+    """Verify action tokens against the gateway's public keys (a JWKS or the gateway's key set)."""
 
     def __init__(
         self,
-        keys: PublicKeySet | KeySet,
+        keys: VerificationKeys,
         *,
         issuer: str = "intentgate",
         clock: Clock | None = None,
         leeway: float = 5.0,
     ) -> None:
+        if leeway < 0:
+            raise ValueError("leeway must not be negative")
         self.keys = keys
         self.issuer = issuer
         self.clock = clock or SystemClock()
         self.leeway = leeway
 
     def verify(self, token: str, *, tool: str, arguments: dict[str, Any], audience: str) -> ActionClaims:
+        """Check ``token`` for exactly this call; raise ``TokenError`` with the reason otherwise."""
         try:
             return self._verify(token, tool=tool, arguments=arguments, audience=audience)
         except TokenError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any parsing failure is an invalid token
-            raise _fail(ReasonCode.INVALID_TOKEN, f"malformed token ({type(exc).__name__})") from exc
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything not foreseen below
+            raise _invalid(f"unexpected {type(exc).__name__} while verifying") from exc
 
     def _verify(self, token: str, *, tool: str, arguments: dict[str, Any], audience: str) -> ActionClaims:
-        if not isinstance(token, str) or not token or len(token) > 16384:
-            raise _fail(ReasonCode.INVALID_TOKEN, "not a token")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
-            raise _fail(ReasonCode.INVALID_TOKEN, f"bad header: {exc}") from exc
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _COMPACT_JWS.fullmatch(token):
+            raise _invalid("not a compact JWS")
+        header = _unverified_header(token)
         if header.get("alg") != "EdDSA":
-            raise _fail(ReasonCode.INVALID_TOKEN, f"algorithm {header.get('alg')!r} is not accepted")
+            raise _invalid(f"algorithm {str(header.get('alg'))[:20]!r} is not accepted")
         if header.get("typ") != "at+jwt":
-            raise _fail(ReasonCode.INVALID_TOKEN, f"typ {header.get('typ')!r} is not at+jwt")
+            raise _invalid(f"typ {str(header.get('typ'))[:20]!r} is not at+jwt")
         kid = header.get("kid")
         key = self.keys.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise _fail(ReasonCode.INVALID_TOKEN, f"unknown key id {kid!r}")
+            raise _invalid(f"unknown key id {str(kid)[:64]!r}")
         try:
-            raw = jwt.decode(
-                token,
-                key,
-                algorithms=["EdDSA"],
-                audience=audience,
-                issuer=self.issuer,
-                options={
-                    "require": _REQUIRED,
-                    "verify_exp": False,  # checked below against the injected clock
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
+            decoded = jwt.decode_complete(
+                token, key, algorithms=["EdDSA"], audience=audience, issuer=self.issuer, options=_DECODE_OPTIONS
             )
         except jwt.InvalidAudienceError as exc:
-            raise _fail(ReasonCode.TOKEN_AUDIENCE, f"token is not for {audience!r}") from exc
+            raise TokenError(f"token is not for {audience!r}", code=ReasonCode.TOKEN_AUDIENCE) from exc
         except jwt.InvalidTokenError as exc:
-            raise _fail(ReasonCode.INVALID_TOKEN, f"{type(exc).__name__}: {exc}") from exc
+            raise _invalid(f"{type(exc).__name__}: {exc}") from exc
+        if decoded["header"] != header:  # the same bytes, so never; but only the signed one counts
+            raise _invalid("header differs from the signed header")
         try:
-            claims = ActionClaims.model_validate(raw)
+            claims = ActionClaims.model_validate(decoded["payload"])
         except ValidationError as exc:
-            raise _fail(ReasonCode.INVALID_TOKEN, "claims do not have the action-token shape") from exc
-        for name in ("iat", "nbf", "exp"):
-            if isinstance(raw[name], bool):
-                raise _fail(ReasonCode.INVALID_TOKEN, f"claim {name} is not a number")
+            fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)})
+            raise _invalid(f"claims do not have the action-token shape: {', '.join(fields)}") from exc
 
         now = self.clock.now()
-        if now >= claims.exp + self.leeway:
-            raise _fail(ReasonCode.TOKEN_EXPIRED, "token expired")
-        if now + self.leeway < claims.nbf or now + self.leeway < claims.iat:
-            raise _fail(ReasonCode.TOKEN_NOT_YET_VALID, "token not valid yet")
+        if now - self.leeway >= claims.exp:
+            raise TokenError("token expired", code=ReasonCode.TOKEN_EXPIRED)
+        if claims.nbf > now + self.leeway or claims.iat > now + self.leeway:
+            raise TokenError("token not valid yet", code=ReasonCode.TOKEN_NOT_YET_VALID)
 
         detail = claims.detail
-        if detail.type != "mcp_tool_call":
-            raise _fail(ReasonCode.INVALID_TOKEN, f"authorization_details type {detail.type!r}")
         if detail.tool != tool:
-            raise _fail(ReasonCode.TOKEN_TOOL, f"token is for tool {detail.tool!r}, not {tool!r}")
+            raise TokenError(f"token is for tool {detail.tool!r}, not {tool!r}", code=ReasonCode.TOKEN_TOOL)
         try:
             digest = arguments_sha256(arguments)
-        except Exception as exc:  # noqa: BLE001 - arguments that cannot be canonicalised
-            raise _fail(ReasonCode.TOKEN_ARGUMENTS, "arguments cannot be canonicalised") from exc
+        except Exception as exc:  # noqa: BLE001 - NaN, huge integers, non-JSON types: cannot match
+            raise TokenError("arguments cannot be canonicalised", code=ReasonCode.TOKEN_ARGUMENTS) from exc
         if not hmac.compare_digest(digest, detail.arguments_sha256):
-            raise _fail(ReasonCode.TOKEN_ARGUMENTS, "arguments differ from the ones the token was minted for")
+            raise TokenError("arguments differ from those the token was minted for", code=ReasonCode.TOKEN_ARGUMENTS)
         return claims
 
     async def verify_and_consume(
         self, token: str, *, tool: str, arguments: dict[str, Any], audience: str, ledger: JtiLedger
     ) -> ActionClaims:
+        """Verify, then burn the ``jti``: a second use raises ``TokenError`` (``token_replayed``).
+
+        Ledger failures (database down) propagate as the ledger's own errors, never as a pass.
+        """
         claims = self.verify(token, tool=tool, arguments=arguments, audience=audience)
         outcome = await ledger.consume(claims.jti, expires_at=float(claims.exp), now=self.clock.now())
         if outcome is ConsumeOutcome.CONSUMED:
             return claims
         if outcome is ConsumeOutcome.REPLAYED:
-            raise _fail(ReasonCode.TOKEN_REPLAYED, f"token {claims.jti} was already used")
+            raise TokenError(f"token {claims.jti} was already used", code=ReasonCode.TOKEN_REPLAYED)
         if outcome is ConsumeOutcome.REVOKED:
-            raise _fail(ReasonCode.TOKEN_REVOKED, f"token {claims.jti} was revoked")
-        raise _fail(ReasonCode.INVALID_TOKEN, f"token {claims.jti} was never issued")
+            raise TokenError(f"token {claims.jti} was revoked", code=ReasonCode.TOKEN_REVOKED)
+        raise _invalid(f"token {claims.jti} is unknown to the ledger")
 
 
 class SqliteJtiLedger:
     """A tool server's own replay ledger: one SQLite file, one INSERT per consumption.
 
-    A primary-key conflict means the jti was seen before.  Rows are purged an hour after
-    the token expired, long after the verifier would reject the token as expired anyway.
+    A primary-key conflict means the ``jti`` was seen before; SQLite makes that atomic across
+    threads and processes sharing the file.  The blocking work runs on one worker thread, off
+    the event loop.  Rows are purged (at most once a minute) an hour after their token
+    expired, long after the verifier refuses the token as expired anyway.
     """
 
     PURGE_AFTER = 3600.0
+    PURGE_EVERY = 60.0
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, timeout: float = 5.0) -> None:
         self.path = str(path)
+        self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jti-ledger")
         self._conn: sqlite3.Connection | None = None
-        self._inserts = 0
+        self._last_purge = float("-inf")
+        self._closed = False
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute("CREATE TABLE IF NOT EXISTS seen_jti (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL)")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS seen_jti (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID"
+                )
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
     def _consume(self, jti: str, expires_at: float, now: float) -> ConsumeOutcome:
-        db = self._db()
         try:
+            db = self._db()
             db.execute("INSERT INTO seen_jti (jti, expires_at) VALUES (?, ?)", (jti, expires_at))
         except sqlite3.IntegrityError:
             return ConsumeOutcome.REPLAYED
-        self._inserts += 1
-        if self._inserts % 1000 == 0:
-            db.execute("DELETE FROM seen_jti WHERE expires_at < ?", (now - self.PURGE_AFTER,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"jti ledger {self.path}: {exc}") from exc
+        if now - self._last_purge >= self.PURGE_EVERY:
+            self._last_purge = now
+            try:
+                db.execute("DELETE FROM seen_jti WHERE expires_at < ?", (now - self.PURGE_AFTER,))
+            except sqlite3.Error as exc:  # the jti is burnt; the purge is retried next time
+                log.warning("jti ledger purge failed", extra={"path": self.path, "error": str(exc)})
         return ConsumeOutcome.CONSUMED
 
     async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome:
+        if self._closed:
+            raise StoreError(f"jti ledger {self.path} is closed")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._consume, jti, expires_at, now)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+    def _close_conn(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def close(self) -> None:
+        """Close the database on its own thread, then stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.submit(self._close_conn).result()
+        self._executor.shutdown(wait=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -16,7 +16,7 @@ from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["keys_app"]
 
-keys_app = typer.Typer(no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the action-token signing keys.", no_args_is_help=True)
 
 KeyDir = Annotated[
     Path | None, typer.Option("--dir", help="key directory (default: <data_dir>/keys/action from config)")
@@ -28,8 +28,12 @@ def _keyset(config: Path | None, directory: Path | None) -> KeySet:
     try:
         return KeySet(path)
     except GatewayError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from exc
+        _fail(exc.message)
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
 
 
 @keys_app.command("rotate")
@@ -37,7 +41,10 @@ def rotate(config: ConfigOption = None, directory: KeyDir = None) -> None:
     """Create a new signing key; the previous one stays published for verification."""
     keyset = _keyset(config, directory)
     previous = keyset.current.kid if len(keyset) else None
-    new = keyset.rotate()
+    try:
+        new = keyset.rotate()
+    except OSError as exc:
+        _fail(f"cannot write a key to {keyset.directory}: {exc.strerror or exc}")
     console.print(f"new signing key: {new.kid}")
     if previous:
         console.print(f"previous key {previous} stays in the JWKS until the next rotation")
