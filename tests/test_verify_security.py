@@ -232,6 +232,11 @@ def test_not_yet_valid_within_leeway_is_accepted(keyset, verifier) -> None:
     assert accepted(verifier, mint(ahead).token)
 
 
+def test_nbf_in_the_future(issuer, verifier, keyset) -> None:
+    claims = {**unverified_claims(mint(issuer).token), "nbf": int(NOW) + LEEWAY + 1}
+    assert code_of(verifier, resign(keyset, claims)) is ReasonCode.TOKEN_NOT_YET_VALID
+
+
 def test_iat_in_the_future(issuer, verifier, keyset) -> None:
     claims = {**unverified_claims(mint(issuer).token), "iat": int(NOW) + 60}
     assert code_of(verifier, resign(keyset, claims)) is ReasonCode.TOKEN_NOT_YET_VALID
@@ -469,7 +474,9 @@ def test_mutated_header_and_claims_are_always_token_errors(issuer, verifier, key
     header, payload, sig = mint(issuer).token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     head = json.loads(base64.urlsafe_b64decode(header + "=="))
-    values: list[Any] = [None, True, False, 0, -1, 2**64, 1e308, "", "x" * 5000, [], {}, [1], {"a": 1}, "payments", [None]]
+    values: list[Any] = [
+        None, True, False, 0, -1, 2**64, 1e308, "", "x" * 5000, [], {}, [1], {"a": 1}, "payments", [None],
+    ]
     resigned_samples: list[object] = []
     samples: list[object] = []
     for key in [*claims, "extra"]:
