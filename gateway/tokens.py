@@ -10,38 +10,28 @@ Shape (RFC 9068 access token, RFC 9396 authorization details)::
 ``exp`` is ``iat + ttl`` (default 30 s) but never later than the task's expiry; a token that
 would have no lifetime left is refused rather than minted.
 
-Minting is on the hot path of every allowed call, so the issuer serialises the compact JWS
-itself (RFC 7515 §7.1: ``b64url(header) . b64url(claims) . b64url(signature)``) with the
-encoded header cached per key, and signs with the loaded key object.  The signature is
-cryptography's Ed25519; every token is read back by pyjwt in :mod:`gateway.verify`.
+Minting is on the hot path of every allowed call: pyjwt signs with the already-loaded key
+object (about 60 µs here), and :mod:`gateway.verify` reads every token back with pyjwt.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import secrets
 from typing import Any
 
+import jwt
 from pydantic import BaseModel, ConfigDict
 
 from .clock import Clock, SystemClock
 from .errors import ReasonCode, TokenError
-from .keys import KeySet, SigningKey
+from .keys import KeySet
 
 __all__ = ["AUTHZ_TYPE", "TOKEN_TYP", "ActionTokenIssuer", "MintedToken"]
 
 AUTHZ_TYPE = "mcp_tool_call"
 TOKEN_TYP = "at+jwt"
 JTI_BYTES = 18  # 144 random bits, 24 url-safe characters
-
-_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
-
-
-def _b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
 
 class MintedToken(BaseModel):
     """A freshly minted token.  ``token`` is a bearer secret: never log it (the repr omits it)."""
@@ -72,14 +62,6 @@ class ActionTokenIssuer:
         self.issuer = issuer
         self.clock = clock or SystemClock()
         self.default_ttl = default_ttl
-        self._header: tuple[SigningKey, bytes] | None = None
-
-    def _encoded_header(self, key: SigningKey) -> bytes:
-        cached = self._header
-        if cached is None or cached[0] is not key:
-            header = {"alg": "EdDSA", "typ": TOKEN_TYP, "kid": key.kid}
-            cached = self._header = (key, _b64url(_dumps(header).encode("ascii")))
-        return cached[1]
 
     def mint(
         self,
@@ -131,6 +113,5 @@ class ActionTokenIssuer:
             ],
         }
         key = self.keyset.current
-        signing_input = self._encoded_header(key) + b"." + _b64url(_dumps(claims).encode("ascii"))
-        token = signing_input + b"." + _b64url(key.private.sign(signing_input))
-        return MintedToken(token=token.decode("ascii"), jti=jti, issued_at=now, expires_at=exp, claims=claims)
+        token = jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid, "typ": TOKEN_TYP})
+        return MintedToken(token=token, jti=jti, issued_at=now, expires_at=exp, claims=claims)
