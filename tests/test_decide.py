@@ -274,3 +274,19 @@ async def test_store_failure_fails_closed(rt: Runtime) -> None:
     v = await rt.decider.decide(call(task_id, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}))
     assert v.outcome == "deny" and v.reasons == ["store_error"] and v.token is None
     assert v.recorded is False
+
+
+async def test_arguments_can_be_kept_out_of_the_audit_log(tmp_path: Path, clock: FrozenClock) -> None:
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR,
+                         audit={"arguments": False})
+    rt = await Runtime.open(config, clock=clock)
+    try:
+        task_id = await begin_refund(rt)
+        v = await rt.decider.decide(call(task_id, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}))
+        assert v.outcome == "allow"  # the policy still saw the real arguments
+        stored = await rt.store.get_decision(v.decision_id)
+        assert stored.arguments is None and stored.arguments_sha256
+        assert stored.policy_input["call"]["arguments"] == {"ticket_id": "<redacted>"}
+        assert rt.store.verify_chain().ok
+    finally:
+        await rt.aclose()
