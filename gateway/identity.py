@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,18 +128,34 @@ class DevIssuer:
 class IdentityVerifier:
     """Verify workload tokens against the trusted issuers."""
 
-    def __init__(self, issuers: list[IssuerConfig], *, clock: Clock | None = None, leeway: float = 30.0) -> None:
+    def __init__(
+        self, issuers: list[IssuerConfig], *, clock: Clock | None = None, leeway: float = 30.0, cache_size: int = 4096
+    ) -> None:
         self._issuers = {c.issuer: _TrustedIssuer(c) for c in issuers}
         self.clock = clock or SystemClock()
         self.leeway = leeway
+        # token -> identity, for tokens that verified: an HTTP agent sends the same token on
+        # every request, and a signature check costs more than the rest of the request's auth
+        self._cache: OrderedDict[str, AgentIdentity] = OrderedDict()
+        self._cache_size = cache_size
 
     def verify(self, token: str | None) -> AgentIdentity:
+        if token and (hit := self._cache.get(token)) is not None:
+            if self.clock.now() < hit.claims["exp"] + self.leeway:
+                self._cache.move_to_end(token)
+                return hit
+            del self._cache[token]
         try:
-            return self._verify(token)
+            identity = self._verify(token)
         except IdentityError:
             raise
         except Exception as exc:  # noqa: BLE001 - anything odd about a token is a failed login
             raise IdentityError(f"malformed workload token ({type(exc).__name__})") from exc
+        if self._cache_size:
+            self._cache[token] = identity  # type: ignore[index]
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return identity
 
     def _verify(self, token: str | None) -> AgentIdentity:
         if not token or not isinstance(token, str) or len(token) > 16384:

@@ -149,3 +149,12 @@ def test_cli_agent_token_verifies(tmp_path: Path) -> None:
     ident = IdentityVerifier([issuer.issuer_config()]).verify(token)
     claims = ident.claims
     assert ident.id == "spiffe://example.org/agent/x" and claims["exp"] - claims["iat"] == 900
+
+
+def test_cached_identity_still_expires(dev, verifier, clock) -> None:
+    token = dev.mint("spiffe://example.org/agent/a", ttl_seconds=60)
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first  # second use served from the cache
+    clock.advance(60 + 31)
+    with pytest.raises(IdentityError, match="expired"):
+        verifier.verify(token)
