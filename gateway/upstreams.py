@@ -97,6 +97,8 @@ class Upstream:
                 await self._shutdown()
                 raise UpstreamError(f"upstream {self.name!r} could not be started: {type(exc).__name__}") from exc
             self.restarts += 1
+            log.info("upstream %s %s with %d tools", self.name, "restarted" if self.restarts else "started",
+                     len(self.tools))
             return self._client  # type: ignore[return-value]
 
     async def call_tool(self, tool: str, arguments: dict[str, Any], meta: dict[str, Any]) -> types.CallToolResult:

@@ -3,6 +3,7 @@ tool servers as stdio subprocesses (which verify every action token themselves).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
@@ -26,14 +28,14 @@ PARAMS = {"ticket_id": "TCK-1", "order_id": "ORD-7"}
 
 def make_gateway(
     tmp_path: Path, agent: str = SUPPORT, token: str | None = None, intents_dir: Path = INTENTS_DIR,
-    upstream_timeout: float = 10,
+    upstream_timeout: float = 10, upstream_env: dict[str, str] | None = None, gateway_env: dict[str, str] | None = None,
 ) -> StdioServerParameters:
     keys = KeySet.open_or_create(tmp_path / "keys" / "action")
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(keys.jwks()))
     upstreams = [
         {"name": n, "command": sys.executable, "args": [str(SERVER), "--name", n],
-         "env": {"INTENTGATE_JWKS": str(jwks)}, "timeout_seconds": upstream_timeout}
+         "env": {"INTENTGATE_JWKS": str(jwks), **(upstream_env or {})}, "timeout_seconds": upstream_timeout}
         for n in ("tickets", "orders", "payments", "email")
     ]
     cfg = tmp_path / "intentgate.yaml"
@@ -45,7 +47,7 @@ def make_gateway(
         token = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(agent)
     return StdioServerParameters(
         command=sys.executable, args=["-m", "gateway", "stdio", "--config", str(cfg)], cwd=str(ROOT),
-        env={**os.environ, "INTENTGATE_AGENT_TOKEN": token},
+        env={**os.environ, "INTENTGATE_AGENT_TOKEN": token, **(gateway_env or {})},
     )
 
 
@@ -217,3 +219,29 @@ async def test_upstream_crash_and_hang_fail_clearly_and_recover(tmp_path: Path) 
     outcomes = dict(db.execute("SELECT status, count(*) FROM call_outcomes GROUP BY status").fetchall())
     db.close()
     assert outcomes == {"upstream_error": 1, "timeout": 1, "ok": 2}
+
+
+async def test_brokered_secret_reaches_upstream_and_nothing_else(tmp_path: Path) -> None:
+    secret = "brokered-s3cret-7f1c9e"
+    params = make_gateway(
+        tmp_path, upstream_env={"BROKERED_SECRET": "${IG_TEST_BROKERED}"},
+        gateway_env={"IG_TEST_BROKERED": secret, "INTENTGATE_LOG_LEVEL": "INFO"},
+    )
+    errlog = tmp_path / "gateway-stderr.log"
+    with errlog.open("w") as err:
+        async with Client(stdio_client(params, errlog=err)) as client:
+            tools = (await client.list_tools()).tools
+            task = await begin(client)
+            r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                       meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
+            denied = await client.call_tool("orders__get_order", {"order_id": "ORD-7"},
+                                            meta={"intentgate/task": task, "intentgate/step": "refund"})
+    assert r.structured_content["brokered_secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
+    seen_by_agent = json.dumps([t.model_dump(mode="json") for t in tools]) + r.model_dump_json() + denied.model_dump_json()
+    assert secret not in seen_by_agent
+    assert secret.encode() not in (tmp_path / "intentgate.db").read_bytes()
+    for wal in tmp_path.glob("intentgate.db-*"):
+        assert secret.encode() not in wal.read_bytes()
+    logged = errlog.read_text()
+    assert "upstream tickets started" in logged  # the log was captured
+    assert secret not in logged

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import Annotated, Any
 
@@ -15,8 +16,9 @@ from .common import ConfigOption, config_or_exit, err_console
 __all__ = ["serve", "stdio"]
 
 
-def _log_to_stderr(level: int = logging.WARNING) -> None:
-    """stdout carries the protocol: every log line goes to stderr."""
+def _log_to_stderr() -> None:
+    """stdout carries the protocol: every log line goes to stderr (level: INTENTGATE_LOG_LEVEL)."""
+    level = os.environ.get("INTENTGATE_LOG_LEVEL", "WARNING").upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -94,6 +95,8 @@ def build(name: str) -> Server[Any]:
         echo = {
             "upstream": name, "tool": params.name, "arguments": args, "had_token": bool(token),
             "verified_jti": verified, "meta_keys": sorted(meta),
+            # proves a brokered secret arrived without ever echoing it
+            "brokered_secret_sha256": hashlib.sha256(os.environ.get("BROKERED_SECRET", "").encode()).hexdigest(),
         }
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=json.dumps(echo))], structured_content=echo
