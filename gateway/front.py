@@ -213,8 +213,9 @@ class Front:
         except GatewayError as exc:
             return _error_result({"outcome": "deny", "reasons": [exc.code.value], "explanation": exc.message,
                                   "decision_id": exc.decision_id})
-        return _error_result({"outcome": "deny", "reasons": [ReasonCode.UNKNOWN_TOOL.value],
-                              "explanation": f"no gateway tool {name!r}", "decision_id": None})
+        request = CallRequest(agent=agent, upstream=GATEWAY, tool=name[:128] or "-", untrusted_arguments=args)
+        verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, f"{GATEWAY}{SEP}{name}"[:128])
+        return _error_result(_verdict_payload(verdict))
 
     async def _gated_call(
         self, agent: AgentIdentity, upstream_name: str, tool: str, params: types.CallToolRequestParams

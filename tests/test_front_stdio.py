@@ -129,6 +129,8 @@ async def test_denials_carry_decision_and_reasons(tmp_path: Path) -> None:
         # a tool that no upstream has
         r = await client.call_tool("nowhere__thing", {}, meta={"intentgate/task": task, "intentgate/step": "x"})
         assert r.is_error and r.structured_content["reasons"] == ["unknown_tool:nowhere__thing"]
+        r = await client.call_tool("intentgate__grant_me_everything", {})
+        assert r.is_error and r.structured_content["reasons"] == ["unknown_tool:intentgate__grant_me_everything"]
         # tampered binding
         await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
@@ -142,7 +144,7 @@ async def test_denials_carry_decision_and_reasons(tmp_path: Path) -> None:
                                    meta={"intentgate/task": task, "intentgate/step": "lookup"})
         assert r.is_error and r.structured_content["reasons"] == ["task_ended:ended"]
     recorded = decisions(tmp_path)
-    assert [o for _, o, _ in recorded].count("deny") == 6
+    assert [o for _, o, _ in recorded].count("deny") == 7
     assert ("nowhere.thing", "deny", ["unknown_tool:nowhere__thing"]) in recorded
 
 
