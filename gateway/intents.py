@@ -12,7 +12,7 @@ import fnmatch
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,6 +47,18 @@ BIND_RE = re.compile(
 )
 # keys of an argument rule that belong to IntentGate, not to the JSON Schema
 _RULE_KEYS = ("bind", "optional")
+
+
+def _closure(frontier: Iterable[str], neighbours: Callable[[str], Iterable[str]]) -> set[str]:
+    """Every node reached from ``frontier`` (included) by following ``neighbours``."""
+    seen: set[str] = set()
+    todo = list(frontier)
+    while todo:
+        cur = todo.pop()
+        if cur not in seen:
+            seen.add(cur)
+            todo.extend(neighbours(cur))
+    return seen
 
 
 def parse_tool(qualified: str) -> tuple[str, str]:
@@ -185,26 +197,18 @@ class Intent(BaseModel):
         for name, step in self.steps.items():
             for nxt in step.next:
                 reverse.setdefault(nxt, set()).add(name)
-        seen: set[str] = set()
-        frontier = list(reverse.get(target, ()))
-        while frontier:
-            cur = frontier.pop()
-            if cur in seen:
-                continue
-            seen.add(cur)
-            frontier.extend(reverse.get(cur, ()))
-        return seen
+        return _closure(reverse.get(target, ()), lambda cur: reverse.get(cur, ()))
+
+    def successors(self, name: str) -> set[str]:
+        """Every step reachable from ``name`` by one or more edges."""
+        return _closure(self._next_of(name), self._next_of)
 
     def reachable(self) -> set[str]:
-        seen: set[str] = set()
-        frontier = [s for s in self.start if s in self.steps]
-        while frontier:
-            cur = frontier.pop()
-            if cur in seen:
-                continue
-            seen.add(cur)
-            frontier.extend(n for n in self.steps[cur].next if n in self.steps)
-        return seen
+        """Every step reachable from the start steps (start steps included)."""
+        return _closure((s for s in self.start if s in self.steps), self._next_of)
+
+    def _next_of(self, name: str) -> list[str]:
+        return [n for n in self.steps[name].next if n in self.steps]
 
     def tools(self) -> set[str]:
         return {step.tool for step in self.steps.values()}
@@ -363,22 +367,11 @@ def _lint_graph(intent: Intent, file: str) -> list[Problem]:
             )
         )
     for sname in reachable:
-        if not any(intent.steps[t].terminal for t in ({sname} | _descendants(intent, sname))):
+        if not any(intent.steps[t].terminal for t in ({sname} | intent.successors(sname))):
             problems.append(
                 Problem(Severity.WARNING, file, "no terminal step is reachable from this step", intent.name, sname, "next")
             )
     return problems
-
-
-def _descendants(intent: Intent, name: str) -> set[str]:
-    seen: set[str] = set()
-    frontier = [n for n in intent.steps[name].next if n in intent.steps]
-    while frontier:
-        cur = frontier.pop()
-        if cur not in seen:
-            seen.add(cur)
-            frontier.extend(n for n in intent.steps[cur].next if n in intent.steps)
-    return seen
 
 
 def _load_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
