@@ -310,15 +310,11 @@ class Decider:
             },
         }
 
-    async def decide(self, call: CallRequest) -> Verdict:
-        """Decide on one call.  Never raises: every failure is a recorded deny."""
-        decision_id = new_id("dec")
-        now = self.clock.now()
-        clocked = _Clocked()
-        digest: str | None = None
-        record = DecisionRecord(
-            id=decision_id,
-            at=now,
+    def _call_record(self, call: CallRequest) -> DecisionRecord:
+        """A fresh decision record for a tool call, outcome ``deny`` until decided otherwise."""
+        return DecisionRecord(
+            id=new_id("dec"),
+            at=self.clock.now(),
             agent=call.agent.id,
             task_id=(call.task_id or None) and call.task_id[:64],
             step=(call.step or None) and call.step[:64],
@@ -328,6 +324,13 @@ class Decider:
             reasons=[],
             intents_revision=self.intents.revision,
         )
+
+    async def decide(self, call: CallRequest) -> Verdict:
+        """Decide on one call.  Never raises: every failure is a recorded deny."""
+        clocked = _Clocked()
+        digest: str | None = None
+        record = self._call_record(call)
+        decision_id = record.id
         try:
             try:
                 digest = arguments_sha256(call.untrusted_arguments)
@@ -351,12 +354,7 @@ class Decider:
         self, call: CallRequest, code: ReasonCode, detail: str | None = None, *, keep_arguments: bool = True
     ) -> Verdict:
         """Record and return a deny decided before the pipeline (unknown tool, oversized call)."""
-        record = DecisionRecord(
-            id=new_id("dec"), at=self.clock.now(), agent=call.agent.id,
-            task_id=(call.task_id or None) and call.task_id[:64], step=(call.step or None) and call.step[:64],
-            upstream=call.upstream, tool=call.qualified_tool[:256], outcome="deny", reasons=[],
-            intents_revision=self.intents.revision,
-        )
+        record = self._call_record(call)
         if keep_arguments and self.audit_arguments:
             try:
                 record.arguments_sha256 = arguments_sha256(call.untrusted_arguments)
