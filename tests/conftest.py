@@ -6,16 +6,38 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import FrozenClock
 from gateway.intents import IntentRegistry, load_intents
+from gateway.keys import KeySet
+from gateway.tokens import ActionTokenIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 INTENTS_DIR = ROOT / "intents"
 POLICY_DIR = ROOT / "opa"
 
 
+# a fixed "now" for token, key and identity tests (2027-01-15T08:00:00Z)
+NOW = 1_800_000_000.0
+
+
 @pytest.fixture(scope="session")
 def registry() -> IntentRegistry:
     return load_intents(INTENTS_DIR)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(NOW)
+
+
+@pytest.fixture
+def keyset(tmp_path: Path, clock: FrozenClock) -> KeySet:
+    return KeySet.open_or_create(tmp_path / "keys", clock=clock)
+
+
+@pytest.fixture
+def issuer(keyset: KeySet, clock: FrozenClock) -> ActionTokenIssuer:
+    return ActionTokenIssuer(keyset, clock=clock)
 
 
 # ----- stores: one suite for every backend -------------------------------------------

@@ -18,15 +18,9 @@ from pydantic import ValidationError
 from gateway.clock import FrozenClock
 from gateway.identity import DevIssuer, IdentityError, IdentityVerifier, IssuerConfig
 from gateway.keys import KeySet
-from tests.conftest import ROOT
+from tests.conftest import NOW, ROOT
 
-NOW = 1_800_000_000.0
 SPIFFE_ISS = "https://spire.example.org"
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(NOW)
 
 
 @pytest.fixture

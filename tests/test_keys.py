@@ -19,19 +19,9 @@ from gateway.cli.keys import keys_app
 from gateway.clock import FrozenClock
 from gateway.errors import ConfigError
 from gateway.keys import KeySet, PublicKeySet, jwk_thumbprint
+from tests.conftest import NOW
 
-NOW = 1_800_000_000.0
 KEY_FILE = re.compile(r"^\d{13}-[A-Za-z0-9_-]{43}\.pem$")
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(NOW)
-
-
-@pytest.fixture
-def keyset(tmp_path: Path, clock: FrozenClock) -> KeySet:
-    return KeySet.open_or_create(tmp_path / "keys", clock=clock)
 
 
 def raw_x(jwk: dict) -> bytes:

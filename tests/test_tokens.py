@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-from pathlib import Path
 
 import jwt
 import pytest
@@ -14,25 +13,10 @@ from gateway.clock import FrozenClock
 from gateway.errors import ReasonCode, TokenError
 from gateway.keys import KeySet
 from gateway.tokens import ActionTokenIssuer, MintedToken
+from tests.conftest import NOW
 
-NOW = 1_800_000_000.0
 AGENT = "spiffe://example.org/agent/support-1"
 ARGS = {"order_id": "ORD-7", "amount": 30, "currency": "EUR"}
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(NOW)
-
-
-@pytest.fixture
-def keyset(tmp_path: Path, clock: FrozenClock) -> KeySet:
-    return KeySet.open_or_create(tmp_path / "keys", clock=clock)
-
-
-@pytest.fixture
-def issuer(keyset: KeySet, clock: FrozenClock) -> ActionTokenIssuer:
-    return ActionTokenIssuer(keyset, clock=clock)
 
 
 def mint(issuer: ActionTokenIssuer, *, task_expires_at: float = NOW + 900, ttl: int | None = None,

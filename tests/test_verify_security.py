@@ -31,26 +31,11 @@ from gateway.errors import ReasonCode, StoreError, TokenError
 from gateway.keys import KeySet, PublicKeySet
 from gateway.tokens import ActionTokenIssuer, MintedToken
 from gateway.verify import ActionTokenVerifier, ConsumeOutcome, SqliteJtiLedger
+from tests.conftest import NOW
 
-NOW = 1_800_000_000.0
 ARGS = {"order_id": "ORD-7", "amount": 30, "currency": "EUR"}
 TOOL = "payments.refund"
 LEEWAY = 5
-
-
-@pytest.fixture
-def clock() -> FrozenClock:
-    return FrozenClock(NOW)
-
-
-@pytest.fixture
-def keyset(tmp_path: Path, clock: FrozenClock) -> KeySet:
-    return KeySet.open_or_create(tmp_path / "keys", clock=clock)
-
-
-@pytest.fixture
-def issuer(keyset: KeySet, clock: FrozenClock) -> ActionTokenIssuer:
-    return ActionTokenIssuer(keyset, clock=clock)
 
 
 @pytest.fixture
