@@ -1,0 +1,1 @@
+"""Runnable examples around IntentGate: example MCP tool servers (``servers``) and agents."""
