@@ -524,7 +524,7 @@ async def test_opa_engine_uploads_the_policy_dir_once(misbehaving_opa, registry)
     pushed = {path: body for method, path, body in handler.seen if method == "PUT"}
     assert pushed[f"/v1/policies/intentgate/{modules[0]}"] == dict(load_policy_dir(POLICY_DIR).modules)[modules[0]]
     data = json.loads(pushed["/v1/data/intentgate"])
-    assert set(data) == {"limits", "intents"} and "refund-order" in data["intents"]
+    assert set(data) == {"limits", "reads", "intents"} and "refund-order" in data["intents"]
     assert json.loads(handler.seen[-1][2]) == {"input": base_input()}
 
 
@@ -558,7 +558,8 @@ def test_project_rego_tests_all_pass(registry) -> None:
     results = run_rego_tests(POLICY_DIR, registry.data_document())
     assert len(results) >= 20
     assert [(r.name, r.error) for r in results if not r.passed] == []
-    assert all(r.file == "intentgate/decision_test.rego" and r.line > 0 for r in results)
+    assert {r.file for r in results} == {"intentgate/decision_test.rego", "intentgate/reads_test.rego"}
+    assert all(r.line > 0 for r in results)
 
 
 def test_rego_runner_reports_failures(tmp_path: Path, registry) -> None:

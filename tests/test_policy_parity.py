@@ -48,6 +48,9 @@ for inp in job["inputs"]:
 json.dump(out, sys.stdout)
 """
 
+READ_NAMES = ["tickets://TCK-1001", "tickets://TCK-", "tickets://queues/eu", "tickets://queues/eu/vip",
+              "summarise_ticket", "", "TCK-1", "tickets://TCK-1/../secrets"]
+
 GARBAGE: list[Any] = [None, True, 0, -1, 1.5, 1e300, 10**20, "", "x", [], {}, ["a", 1], {"a": 1}]
 
 
@@ -112,6 +115,14 @@ def generate_inputs(n: int, seed: int = 20261123) -> list[dict]:
             "workflow": rng.choice([{"ok": True, "violations": []}] * 4 + [{"ok": False, "violations": ["x"]}]),
             "context": {"now_ms": now_ms, "environment": rng.choice(["prod", "prod", "staging"]), "mode": "enforce"},
         }
+        if upstream != "payments" and rng.random() < 0.2:  # a resource or prompt read instead of a tool call
+            doc = {
+                "action": rng.choice(["resources/read", "resources/read", "prompts/get", "resources/write"]),
+                "agent": {"id": agent, "claims": {}},
+                "read": {"upstream": rng.choice(["tickets", "tick", "payments", "orders"]),
+                         "name": rng.choice(READ_NAMES), "arguments": {}},
+                "context": doc["context"],
+            }
         r = rng.random()
         if r < 0.03:  # a whole part missing
             del doc[rng.choice(list(doc))]
@@ -154,7 +165,7 @@ def test_embedded_and_regopy_decide_identically(registry) -> None:
     assert min(outcomes["allow"], outcomes["deny"], outcomes["hold"]) >= 30, outcomes
     reasons = Counter(r for d in ours for r in d["reasons"])
     expected = {"workflow_violation", "unknown_intent", "agent_not_permitted", "refund_over_limit",
-                "large_refund", "refund_currency_unsupported", "refund_amount_invalid", "outside_change_window"}
+                "read_not_permitted", "unknown_action", "large_refund", "refund_currency_unsupported", "refund_amount_invalid", "outside_change_window"}
     assert set(reasons) == expected, reasons
     assert min(reasons.values()) >= 10, reasons
     # both sides of the change window and of the agent globs were exercised
@@ -162,6 +173,8 @@ def test_embedded_and_regopy_decide_identically(registry) -> None:
                  if isinstance(inp.get("call"), dict) and inp["call"].get("tool") == "rotate_credential"
                  and d["reasons"] in ([], ["outside_change_window"])]
     assert Counter(d["allow"] for d in rotations).keys() == {True, False}
+    reads = [d for inp, d in zip(inputs, ours, strict=True) if inp.get("action") == "resources/read"]
+    assert Counter(d["allow"] for d in reads).keys() == {True, False}
     lab = [d for inp, d in zip(inputs, ours, strict=True)
            if isinstance(inp.get("intent"), dict) and inp["intent"].get("name") == "glob-lab"]
     assert Counter("agent_not_permitted" in d["reasons"] for d in lab).keys() == {True, False}

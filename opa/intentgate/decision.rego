@@ -34,22 +34,43 @@ ttl_seconds := t if {
 
 # --- the workflow graph can never be bypassed ----------------------------------------
 
-deny contains "workflow_violation" if not input.workflow.ok == true
+# --- what is being decided ----------------------------------------------------------------
+# A tools/call (inputs without `action` are tool calls) or a read of an upstream's resource or
+# prompt (see reads.rego). Anything else denies.
+
+default _action := "tools/call"
+
+_action := input.action
+
+_tool_call if _action == "tools/call"
+
+deny contains "unknown_action" if not _action in {"tools/call", "resources/read", "prompts/get"}
+
+deny contains "workflow_violation" if {
+	_tool_call
+	not input.workflow.ok == true
+}
 
 # --- the intent and who may declare it -------------------------------------------------
 
 _intent := data.intentgate.intents[input.intent.name]
 
-deny contains "unknown_intent" if not _intent
+deny contains "unknown_intent" if {
+	_tool_call
+	not _intent
+}
 
 deny contains "agent_not_permitted" if {
 	_intent
 	not _agent_permitted
 }
 
-_agent_permitted if {
+_agent_permitted if _may_declare(_intent)
+
+# The calling agent matches one of the intent's agent patterns.
+_may_declare(intent) if {
 	is_string(input.agent.id)
-	some pattern in _intent.agents
+	some pattern in intent.agents
 	glob.match(pattern, null, input.agent.id)
 }
 
