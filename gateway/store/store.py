@@ -16,6 +16,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
+from . import queries
 from .db import Database
 from .records import (
     GENESIS_HASH,
@@ -361,6 +362,34 @@ class Store:
             return {"by_outcome": by_outcome, "by_reason": by_reason, "tokens": tokens}
 
         return await self.db.run(op, read_only=True)
+
+    # ----- reviewer reads (queries.py); never on the hot path ----------------------
+    async def search_decisions(self, f: queries.DecisionFilter) -> tuple[list[DecisionRecord], int | None]:
+        """One page of matching decisions, newest first, and the ``before_seq`` of the next page."""
+        found = await self.db.run(queries.search_decisions, f, read_only=True)
+        more = len(found) > f.limit
+        page = found[: f.limit]
+        return page, (page[-1].seq if more and page else None)
+
+    async def decision_detail(self, decision_id: str) -> queries.DecisionDetailRows | None:
+        return await self.db.run(queries.decision_detail, decision_id, read_only=True)
+
+    async def decisions_from(
+        self, *, after_seq: int, upto_seq: int, since: float | None = None, limit: int = 1000
+    ) -> list[DecisionRecord]:
+        return await self.db.run(
+            lambda conn: queries.decisions_from(conn, after_seq=after_seq, upto_seq=upto_seq, since=since, limit=limit),
+            read_only=True,
+        )
+
+    async def count_from(self, *, after_seq: int, upto_seq: int, since: float | None = None) -> int:
+        return await self.db.run(
+            lambda conn: queries.count_from(conn, after_seq=after_seq, upto_seq=upto_seq, since=since),
+            read_only=True,
+        )
+
+    async def last_seq(self) -> int:
+        return await self.db.run(queries.last_seq, read_only=True)
 
     # ----- tokens --------------------------------------------------------------------
     async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome:

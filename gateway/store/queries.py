@@ -1,0 +1,193 @@
+"""Read-side queries for reviewers: decision search, one decision with its context, export.
+
+Nothing here writes.  Paging is keyset paging on ``seq`` (``seq < before``, newest first),
+never OFFSET, so page N costs what page 1 costs.  Filters use the decision table's indexes
+where one fits (outcome/agent with seq, at, id, task_id); the reason and text filters have
+no index and scan newest first until a page is full.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Connection, Text, and_, cast, func, or_, select
+
+from ..workflow import Task
+from .records import ApprovalRecord, DecisionRecord, TokenRecord
+from .tables import ApprovalRow, DecisionRow, OutcomeRow, TaskRow, TokenRow
+
+__all__ = [
+    "DecisionDetailRows",
+    "DecisionFilter",
+    "OutcomeRecord",
+    "count_from",
+    "decision_detail",
+    "decisions_from",
+    "has_reason",
+    "last_seq",
+    "search_decisions",
+]
+
+decisions_t = DecisionRow.__table__
+tasks_t = TaskRow.__table__
+tokens_t = TokenRow.__table__
+approvals_t = ApprovalRow.__table__
+outcomes_t = OutcomeRow.__table__
+
+# a list row leaves out the large columns (arguments, policy input and result)
+_LIST_COLUMNS = [
+    c for c in decisions_t.columns if c.name not in ("arguments", "policy_input", "policy_result", "prev_hash", "hash")
+]
+
+
+@dataclass(frozen=True)
+class DecisionFilter:
+    """What a reviewer asks for; every given field narrows the result (AND)."""
+
+    outcome: str | None = None
+    agent: str | None = None
+    intent: str | None = None
+    tool: str | None = None
+    kind: str | None = None
+    reason: str | None = None  # a reason code (matches `code` and `code:detail`) or one full reason
+    q: str | None = None  # case-insensitive substring of id, agent, tool, intent, task id or reasons
+    since: float | None = None  # at >= since
+    until: float | None = None  # at < until
+    before_seq: int | None = None
+    limit: int = 50
+
+
+class OutcomeRecord(BaseModel):
+    """What happened after an allow (``call_outcomes``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: str
+    at: float
+    status: str
+    latency_ms: float
+    detail: str | None = None
+
+
+@dataclass
+class DecisionDetailRows:
+    """One decision and everything it refers to, read in one transaction."""
+
+    decision: DecisionRecord
+    outcome: OutcomeRecord | None = None
+    token: TokenRecord | None = None
+    task: Task | None = None
+    approvals: list[ApprovalRecord] = field(default_factory=list)
+    seq_of: dict[str, int] = field(default_factory=dict)  # decision id -> seq, for the task's history
+
+
+def has_reason(reasons: list[str], wanted: str) -> bool:
+    """``wanted`` is a code (matches ``code`` and ``code:detail``) or one full ``code:detail``."""
+    if ":" in wanted:
+        return wanted in reasons
+    return any(r == wanted or r.startswith(wanted + ":") for r in reasons)
+
+
+def _reason_condition(wanted: str) -> Any:
+    # a cheap pre-filter on the JSON text; has_reason() decides (a detail may quote anything)
+    text = cast(decisions_t.c.reasons, Text)
+    if ":" in wanted:
+        return text.contains(json.dumps(wanted), autoescape=True)
+    return or_(text.contains(f'"{wanted}"', autoescape=True), text.contains(f'"{wanted}:', autoescape=True))
+
+
+def _conditions(f: DecisionFilter) -> list[Any]:
+    d = decisions_t.c
+    conds: list[Any] = []
+    for column, value in ((d.outcome, f.outcome), (d.agent, f.agent), (d.intent, f.intent), (d.tool, f.tool),
+                          (d.kind, f.kind)):
+        if value is not None:
+            conds.append(column == value)
+    if f.since is not None:
+        conds.append(d.at >= f.since)
+    if f.until is not None:
+        conds.append(d.at < f.until)
+    if f.reason:
+        conds.append(_reason_condition(f.reason))
+    if f.q:
+        columns = (d.id, d.agent, d.tool, d.intent, d.task_id, cast(d.reasons, Text))
+        conds.append(or_(*(c.icontains(f.q, autoescape=True) for c in columns)))
+    return conds
+
+
+def search_decisions(conn: Connection, f: DecisionFilter) -> list[DecisionRecord]:
+    """Up to ``f.limit + 1`` matching decisions, newest first (the extra one says "more")."""
+    conds = _conditions(f)
+    want = f.limit + 1
+    found: list[DecisionRecord] = []
+    before = f.before_seq
+    while True:
+        q = select(*_LIST_COLUMNS).where(*conds)
+        if before is not None:
+            q = q.where(decisions_t.c.seq < before)
+        rows = conn.execute(q.order_by(decisions_t.c.seq.desc()).limit(want)).all()
+        for row in rows:
+            record = DecisionRecord.model_validate(dict(row._mapping))
+            if f.reason and not has_reason(record.reasons, f.reason):
+                continue
+            found.append(record)
+            if len(found) == want:
+                return found
+        if len(rows) < want:
+            return found
+        before = rows[-1].seq
+
+
+def decision_detail(conn: Connection, decision_id: str) -> DecisionDetailRows | None:
+    row = conn.execute(select(decisions_t).where(decisions_t.c.id == decision_id)).first()
+    if row is None:
+        return None
+    rows = DecisionDetailRows(DecisionRecord.model_validate(dict(row._mapping)))
+    d = rows.decision
+    found = conn.execute(select(outcomes_t).where(outcomes_t.c.decision_id == d.id)).first()
+    rows.outcome = OutcomeRecord.model_validate(dict(found._mapping)) if found else None
+    if d.token_jti:
+        found = conn.execute(select(tokens_t).where(tokens_t.c.jti == d.token_jti)).first()
+        rows.token = TokenRecord.model_validate(dict(found._mapping)) if found else None
+    if d.task_id:
+        found = conn.execute(select(tasks_t).where(tasks_t.c.id == d.task_id)).first()
+        rows.task = Task.model_validate(dict(found._mapping)) if found else None
+    rows.approvals = [
+        ApprovalRecord.model_validate(dict(r._mapping))
+        for r in conn.execute(
+            select(approvals_t).where(approvals_t.c.decision_id == d.id).order_by(approvals_t.c.created_at)
+        )
+    ]
+    ids = {h.decision_id for h in rows.task.history} if rows.task else set()
+    ids.add(d.id)
+    rows.seq_of = dict(
+        conn.execute(select(decisions_t.c.id, decisions_t.c.seq).where(decisions_t.c.id.in_(sorted(ids)))).all()
+    )
+    return rows
+
+
+def decisions_from(
+    conn: Connection, *, after_seq: int, upto_seq: int, since: float | None, limit: int
+) -> list[DecisionRecord]:
+    """Full decisions with ``after_seq < seq <= upto_seq`` (and ``at >= since``), in seq order."""
+    conds = [decisions_t.c.seq > after_seq, decisions_t.c.seq <= upto_seq]
+    if since is not None:
+        conds.append(decisions_t.c.at >= since)
+    q = select(decisions_t).where(and_(*conds)).order_by(decisions_t.c.seq).limit(limit)
+    return [DecisionRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
+
+
+def last_seq(conn: Connection) -> int:
+    """The newest decision's seq (0 for an empty log)."""
+    return conn.execute(select(func.coalesce(func.max(decisions_t.c.seq), 0))).scalar_one()
+
+
+def count_from(conn: Connection, *, after_seq: int, upto_seq: int, since: float | None) -> int:
+    """How many decisions :func:`decisions_from` would yield in all (for progress bars)."""
+    conds = [decisions_t.c.seq > after_seq, decisions_t.c.seq <= upto_seq]
+    if since is not None:
+        conds.append(decisions_t.c.at >= since)
+    return conn.execute(select(func.count()).select_from(decisions_t).where(and_(*conds))).scalar_one()
