@@ -24,6 +24,7 @@ __all__ = [
     "GatewayConfig",
     "IdentityConfig",
     "PolicyConfig",
+    "ReviewConfig",
     "StoreConfig",
     "TokenConfig",
     "UpstreamConfig",
@@ -97,6 +98,29 @@ class AuditConfig(_Strict):
     arguments: bool = Field(default=True, description="store tool arguments in the decision log")
 
 
+class ReviewConfig(_Strict):
+    """Who may use the reviewer surface (REST under /v1, CLI reads the database directly)."""
+
+    admin_tokens: bool = Field(
+        default=True, description="accept reviewer tokens minted by `intentgate admin-token`"
+    )
+    issuers: list[IssuerConfig] = Field(
+        default_factory=list, description="OIDC issuers of reviewer tokens (kind: oidc)"
+    )
+    role_claim: str = Field(
+        default="roles", min_length=1, description="claim holding the reviewer's roles; dots walk into objects"
+    )
+    role: str = Field(default="intentgate-reviewer", min_length=1, description="role a reviewer token must carry")
+    leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _oidc_only(self) -> ReviewConfig:
+        for cfg in self.issuers:
+            if cfg.kind != "oidc":
+                raise ValueError(f"review issuer {cfg.issuer!r}: reviewer issuers are kind oidc")
+        return self
+
+
 class GatewayConfig(_Strict):
     intents_dir: Path = Path("intents")
     policy_dir: Path = Path("opa")
@@ -113,6 +137,7 @@ class GatewayConfig(_Strict):
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     front: FrontConfig = Field(default_factory=FrontConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> GatewayConfig:
@@ -135,6 +160,10 @@ class GatewayConfig(_Strict):
     @property
     def agent_issuer_keys_dir(self) -> Path:
         return self.data_dir / "keys" / "agent-issuer"
+
+    @property
+    def admin_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "admin"
 
     def resolved(self, base: Path) -> GatewayConfig:
         """Copy with relative paths made relative to ``base``."""

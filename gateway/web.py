@@ -5,7 +5,9 @@
 - ``POST /v1/decide``: the same pipeline for enforcement points that are not MCP clients
   (an ext-authz hook, say); the answer carries the action token on allow;
 - ``/.well-known/jwks.json``: the public keys that verify action tokens;
-- ``/healthz``: liveness plus a database round trip.
+- ``/healthz``: liveness plus a database round trip;
+- ``/v1/decisions``, ``/v1/decisions/{id}``, ``/v1/audit/export``: the reviewer API
+  (``gateway.review``), behind a reviewer credential.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .decide import CallRequest
 from .errors import GatewayError, ReasonCode
 from .front import Front
 from .identity import AgentIdentity, IdentityError
+from .review import ReviewService
+from .review.api import router as review_router
 from .runtime import Runtime
 from .upstreams import UpstreamPool
 
@@ -94,7 +98,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = await Runtime.open(config)
         pool = UpstreamPool(config.upstreams)
+        review: ReviewService | None = None
         try:
+            review = ReviewService.open(
+                config, lambda: rt.decider.intents, agents=rt.identity_verifier(), clock=rt.clock
+            )
+            app.state.review = review
             failures = await pool.start()
             for name, message in failures.items():
                 log.warning("upstream %s not available yet: %s", name, message)
@@ -121,6 +130,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 sweeper.cancel()
         finally:
             await pool.aclose()
+            if review is not None:
+                review.close()
             await rt.aclose()
 
     app = FastAPI(
@@ -162,6 +173,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             token_expires_at=verdict.token.expires_at if verdict.token else None,
         )
 
+    app.include_router(review_router)
     # a Route, not a Mount: the endpoint is exactly /mcp, no redirect to /mcp/
     app.router.routes.append(Route("/mcp", endpoint=_McpEndpoint(app), methods=["GET", "POST", "DELETE"]))
     return app

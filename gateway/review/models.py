@@ -1,0 +1,317 @@
+"""The reviewer surface's public models: one family for REST, CLI and audit export.
+
+``DecisionSummary`` (a list row) ⊂ ``DecisionPublic`` (the whole audit record: an export line,
+the core of a decision page).  ``DecisionDetail`` puts a ``DecisionPublic`` next to what it
+refers to: the call's outcome, the token, the task, approvals and the intent's graph with the
+task's path marked.  Table rows never reach the wire: everything goes through these models.
+Field names are stable (SIEMs parse the export); times are RFC 3339 UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..decide import explain
+from ..errors import reason_code_of
+from ..intents import Intent
+from ..store import DecisionRecord, Outcome
+from ..store.queries import DecisionDetailRows, DecisionFilter
+from ..workflow import Task, allowed_next
+
+__all__ = [
+    "ApprovalPublic",
+    "CallOutcomePublic",
+    "DecisionDetail",
+    "DecisionPage",
+    "DecisionPublic",
+    "DecisionQuery",
+    "DecisionSummary",
+    "GraphStep",
+    "IntentGraph",
+    "PathEntry",
+    "TaskPublic",
+    "TokenPublic",
+    "build_detail",
+    "epoch",
+    "public",
+    "summary",
+]
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
+
+
+def epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+class _Public(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecisionSummary(_Public):
+    """One decision in a list: who, what, verdict and why."""
+
+    seq: int = Field(description="position in the hash-chained log (the paging key)")
+    id: str
+    at: datetime
+    kind: str = Field(description="tools/call, task/begin, task/end or task/expire")
+    outcome: Outcome
+    reasons: list[str] = Field(description="reason codes, `code` or `code:detail`")
+    agent: str
+    intent: str | None
+    intent_version: str | None
+    task_id: str | None
+    step: str | None
+    upstream: str | None
+    tool: str | None = Field(description="`upstream.tool`")
+    arguments_sha256: str | None
+    token_jti: str | None
+    policy_revision: str | None
+    intents_revision: str | None
+
+
+class DecisionPublic(DecisionSummary):
+    """The whole audit record of one decision (one line of the audit export)."""
+
+    arguments: dict[str, Any] | None = Field(description="null when audit.arguments is false")
+    policy_input: dict[str, Any] | None
+    policy_result: dict[str, Any] | None
+    masked: list[str] = Field(description="JSON pointers of values kept out of the record")
+    timings_us: dict[str, Any] = Field(description="per-stage timings in microseconds")
+    token_expires_at: datetime | None
+    prev_hash: str = Field(description="hash of the previous decision (the chain)")
+    hash: str
+
+
+def summary(record: DecisionRecord) -> DecisionSummary:
+    return DecisionSummary.model_validate(_fields(record, DecisionSummary))
+
+
+def public(record: DecisionRecord) -> DecisionPublic:
+    return DecisionPublic.model_validate(_fields(record, DecisionPublic))
+
+
+def _fields(record: DecisionRecord, model: type[BaseModel]) -> dict[str, Any]:
+    data = {name: getattr(record, name) for name in model.model_fields}
+    data["at"] = _dt(record.at)
+    if "token_expires_at" in data:
+        data["token_expires_at"] = _dt(record.token_expires_at)
+    return data
+
+
+class DecisionQuery(_Public):
+    """Filters for the decision list; every given one narrows the result."""
+
+    outcome: Outcome | None = None
+    agent: str | None = Field(default=None, max_length=512)
+    intent: str | None = Field(default=None, max_length=64)
+    tool: str | None = Field(default=None, max_length=256, description="`upstream.tool`")
+    kind: str | None = Field(default=None, max_length=16, description="e.g. tools/call")
+    reason: str | None = Field(
+        default=None, max_length=300, description="a reason code (also matches `code:detail`) or one full reason"
+    )
+    q: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="text search in id, agent, tool, intent, task id and reasons (case-insensitive)",
+    )
+    since: datetime | None = Field(default=None, description="decided at or after (RFC 3339; UTC if no offset)")
+    until: datetime | None = Field(default=None, description="decided before")
+    before: int | None = Field(default=None, ge=1, description="page key: only decisions with a smaller seq")
+    limit: int = Field(default=50, ge=1, le=500)
+
+    @field_validator("reason")
+    @classmethod
+    def _known_code(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                reason_code_of(v)
+            except ValueError:
+                raise ValueError(f"unknown reason code {v.split(':', 1)[0]!r}") from None
+        return v
+
+    def to_filter(self) -> DecisionFilter:
+        return DecisionFilter(
+            outcome=self.outcome, agent=self.agent, intent=self.intent, tool=self.tool, kind=self.kind,
+            reason=self.reason, q=self.q, since=epoch(self.since), until=epoch(self.until), before_seq=self.before,
+            limit=self.limit,
+        )
+
+
+class DecisionPage(_Public):
+    items: list[DecisionSummary]
+    next_before: int | None = Field(description="pass as `before` for the next (older) page; null: no more")
+
+
+class CallOutcomePublic(_Public):
+    at: datetime
+    status: str = Field(description="ok, tool_error, upstream_error or timeout")
+    latency_ms: float
+    detail: str | None
+
+
+class TokenPublic(_Public):
+    jti: str
+    status: Literal["issued", "consumed", "revoked"]
+    audience: str
+    tool: str
+    issued_at: datetime
+    expires_at: datetime
+    consumed_at: datetime | None
+    revoked_at: datetime | None
+
+
+class HistoryPublic(_Public):
+    step: str
+    tool: str
+    decision: str
+    decision_id: str
+    at: datetime
+
+
+class TaskPublic(_Public):
+    id: str
+    intent: str
+    intent_version: str
+    agent: str
+    params: dict[str, Any]
+    reason: str
+    status: str
+    created_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+    history: list[HistoryPublic] = Field(description="steps taken, in order (arguments: see each decision)")
+
+
+class ApprovalPublic(_Public):
+    id: str
+    status: str
+    step: str
+    tool: str
+    arguments_sha256: str
+    policy_revision: str
+    reasons: list[str]
+    created_at: datetime
+    expires_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    note: str | None
+    used_by_decision: str | None
+
+
+class PathEntry(_Public):
+    position: int = Field(description="1-based position in the task's path")
+    step: str
+    tool: str
+    decision_id: str
+    decision: str
+    at: datetime
+    relation: Literal["before", "this", "after"] = Field(description="taken before, by, or after this decision")
+
+
+class GraphStep(_Public):
+    name: str
+    tool: str
+    next: list[str]
+    start: bool
+    terminal: bool
+    approval: str
+    max_calls: int
+    taken: list[int] = Field(description="positions in the path where the task took this step")
+    attempted: bool = Field(description="the step this decision was about")
+
+
+class IntentGraph(_Public):
+    """The intent's workflow graph with the task's path marked."""
+
+    intent: str
+    version: str = Field(description="version of the intent loaded now")
+    decided_version: str | None = Field(description="version the decision was made under")
+    start: list[str]
+    steps: list[GraphStep]
+    path: list[PathEntry]
+    attempted: str | None
+    attempted_known: bool = Field(description="the attempted step exists in the intent")
+    allowed_next: list[str] = Field(description="steps the graph allowed when the decision was made")
+
+
+class DecisionDetail(_Public):
+    decision: DecisionPublic
+    explanation: str
+    call_outcome: CallOutcomePublic | None = Field(description="what the forwarded call did (allows)")
+    token: TokenPublic | None
+    task: TaskPublic | None
+    approvals: list[ApprovalPublic]
+    graph: IntentGraph | None = Field(description="null when the intent is not loaded")
+
+
+def _graph(intent: Intent, record: DecisionRecord, task: Task | None, seq_of: dict[str, int]) -> IntentGraph:
+    my_seq = record.seq or 0
+    path: list[PathEntry] = []
+    before = []
+    for i, h in enumerate(task.history if task else [], start=1):
+        if h.decision_id == record.id:
+            relation: Literal["before", "this", "after"] = "this"
+        elif seq_of.get(h.decision_id, my_seq + 1) < my_seq:
+            relation = "before"
+            before.append(h)
+        else:
+            relation = "after"
+        path.append(PathEntry(position=i, step=h.step, tool=h.tool, decision_id=h.decision_id, decision=h.decision,
+                              at=_dt(h.at), relation=relation))
+    attempted = record.step if record.kind == "tools/call" else None
+    steps = [
+        GraphStep(
+            name=name, tool=step.tool, next=list(step.next), start=name in intent.start, terminal=step.terminal,
+            approval=step.approval, max_calls=step.max_calls,
+            taken=[p.position for p in path if p.step == name], attempted=name == attempted,
+        )
+        for name, step in intent.steps.items()
+    ]
+    nexts = allowed_next(intent, task.model_copy(update={"history": before})) if task else list(intent.start)
+    return IntentGraph(
+        intent=intent.name, version=intent.version, decided_version=record.intent_version, start=list(intent.start),
+        steps=steps, path=path, attempted=attempted, attempted_known=attempted in intent.steps, allowed_next=nexts,
+    )
+
+
+def build_detail(rows: DecisionDetailRows, intent: Intent | None) -> DecisionDetail:
+    """A decision page; ``intent`` is the decision's intent as loaded now (None: no graph)."""
+    d, task = rows.decision, rows.task
+    graph = _graph(intent, d, task, rows.seq_of) if intent is not None else None
+    return DecisionDetail(
+        decision=public(d),
+        explanation=explain(d.reasons, graph.allowed_next if graph and d.outcome != "allow" else []),
+        call_outcome=CallOutcomePublic(
+            at=_dt(rows.outcome.at), status=rows.outcome.status, latency_ms=rows.outcome.latency_ms,
+            detail=rows.outcome.detail,
+        ) if rows.outcome else None,
+        token=TokenPublic(
+            jti=rows.token.jti, status=rows.token.status, audience=rows.token.audience, tool=rows.token.tool,
+            issued_at=_dt(rows.token.issued_at), expires_at=_dt(rows.token.expires_at),
+            consumed_at=_dt(rows.token.consumed_at), revoked_at=_dt(rows.token.revoked_at),
+        ) if rows.token else None,
+        task=TaskPublic(
+            id=task.id, intent=task.intent, intent_version=task.intent_version, agent=task.agent, params=task.params,
+            reason=task.reason, status=task.status, created_at=_dt(task.created_at), expires_at=_dt(task.expires_at),
+            ended_at=_dt(task.ended_at),
+            history=[HistoryPublic(step=h.step, tool=h.tool, decision=h.decision, decision_id=h.decision_id,
+                                   at=_dt(h.at)) for h in task.history],
+        ) if task else None,
+        approvals=[
+            ApprovalPublic(
+                id=a.id, status=a.status, step=a.step, tool=a.tool, arguments_sha256=a.arguments_sha256,
+                policy_revision=a.policy_revision, reasons=a.reasons, created_at=_dt(a.created_at),
+                expires_at=_dt(a.expires_at), decided_by=a.decided_by, decided_at=_dt(a.decided_at), note=a.note,
+                used_by_decision=a.used_by_decision,
+            )
+            for a in rows.approvals
+        ],
+        graph=graph,
+    )
