@@ -6,12 +6,11 @@ server's SQLite file, and serves the tools over stdio with the SDK's low-level s
 call is answered with structured content and a JSON text rendering of it; a business failure
 (:class:`ToolFailure`) is an ``isError`` result ``error: <code>: <message>``.
 
-With ``verify_tokens=True`` (payments) every call must carry an action token in
-``_meta["intentgate/token"]``; :class:`TokenGuard` checks it with :mod:`gateway.verify`
-before the arguments are even looked at, and a refusal is an ``isError`` result
-``refused: <reason code>``.  The gateway's public keys come from ``INTENTGATE_JWKS``: a JWKS
-file or the gateway's ``http(s)://.../.well-known/jwks.json``, re-read when a token names a
-key id not seen yet (so key rotation needs no restart).
+With ``verify_tokens=True`` (payments) every call must carry an action token, checked by
+:class:`agents_examples.servers._tokens.TokenGuard` before the arguments are even looked at;
+a refusal is an ``isError`` result ``refused: <reason code>``.  The token check (and with it
+the ``gateway`` package) is imported only by servers that verify tokens, so the others start
+faster.
 """
 
 from __future__ import annotations
@@ -19,40 +18,33 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sqlite3
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
-import httpx2
 import jsonschema
-import jwt
 import mcp_types as types
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
-from gateway.errors import ConfigError, ReasonCode, StoreError, TokenError
-from gateway.keys import PublicKeySet
-from gateway.verify import ActionClaims, ActionTokenVerifier, SqliteJtiLedger
+if TYPE_CHECKING:
+    from gateway.verify import ActionClaims
 
 __all__ = [
     "Call",
-    "GatewayKeys",
-    "TOKEN_META_KEY",
+    "Guard",
+    "Refused",
     "Tool",
-    "TokenGuard",
     "ToolFailure",
     "amount",
     "cents",
@@ -63,9 +55,7 @@ __all__ = [
 
 log = logging.getLogger("agents_examples.servers")
 
-TOKEN_META_KEY = "intentgate/token"
 DATA_DIR_ENV = "EXAMPLE_DATA_DIR"
-JWKS_ENV = "INTENTGATE_JWKS"
 
 
 # ----- tools --------------------------------------------------------------------------------
@@ -80,13 +70,29 @@ class ToolFailure(Exception):
         self.message = message
 
 
+class Refused(Exception):
+    """A call refused before it was looked at (no valid action token); ``code`` is a reason code."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(detail or code)
+        self.code = code
+
+
+class Guard(Protocol):
+    """Admits a call (returning what it proved, e.g. verified token claims) or raises ``Refused``."""
+
+    async def check(self, tool: str, arguments: dict[str, Any], meta: Mapping[str, Any] | None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Call:
     """One validated tool call as a handler sees it."""
 
     db: sqlite3.Connection
     args: dict[str, Any]
-    claims: ActionClaims | None = None  # the verified action token, on servers that check them
+    claims: ActionClaims | None = None  # the verified action token, on servers with a guard
 
 
 @dataclass(frozen=True)
@@ -182,94 +188,10 @@ def open_db(path: Path, schema: str, seed: Callable[[sqlite3.Connection], None])
     return db
 
 
-# ----- action tokens --------------------------------------------------------------------------
-
-
-def _kid_of(token: str) -> str | None:
-    try:
-        kid = jwt.get_unverified_header(token).get("kid")
-    except jwt.InvalidTokenError:
-        return None
-    return kid if isinstance(kid, str) else None
-
-
-class GatewayKeys:
-    """The gateway's public keys from a JWKS file or URL; re-read when a token names a new kid.
-
-    Re-reads for unknown key ids happen at most once per ``refetch_every`` seconds, so tokens
-    with made-up key ids cannot turn this server into a load generator against the gateway.
-    """
-
-    def __init__(self, source: str, *, timeout: float = 5.0, refetch_every: float = 10.0) -> None:
-        self.source = source
-        self.timeout = timeout
-        self.refetch_every = refetch_every
-        self._keys = PublicKeySet({})
-        self._last_refetch = -math.inf
-        self._lock = anyio.Lock()
-
-    @property
-    def is_url(self) -> bool:
-        return self.source.startswith(("http://", "https://"))
-
-    def get(self, kid: str) -> Ed25519PublicKey | None:
-        return self._keys.get(kid)
-
-    async def load(self) -> None:
-        """Read the JWKS now; ``ConfigError`` if it cannot be read or is not a valid JWKS."""
-        if not self.is_url:
-            self._keys = await anyio.to_thread.run_sync(PublicKeySet.from_file, self.source)
-            return
-        try:
-            async with httpx2.AsyncClient(timeout=self.timeout) as client:
-                response = await client.get(self.source, headers={"Accept": "application/json"})
-                response.raise_for_status()
-                document = response.json()
-        except (httpx2.HTTPError, ValueError) as exc:
-            raise ConfigError(f"{self.source}: cannot fetch JWKS: {exc}") from exc
-        self._keys = PublicKeySet.from_jwks(document)
-
-    async def ensure(self, token: str) -> None:
-        """Make sure the key the token names is loaded if the gateway publishes it."""
-        kid = _kid_of(token)
-        if kid is None or self.get(kid) is not None:
-            return
-        async with self._lock:
-            if self.get(kid) is not None:
-                return
-            if len(self._keys) and time.monotonic() - self._last_refetch < self.refetch_every:
-                return
-            self._last_refetch = time.monotonic()
-            try:
-                await self.load()
-            except ConfigError as exc:
-                log.warning("JWKS refresh failed: %s", exc.message)
-
-
-class TokenGuard:
-    """Checks each call's action token for this upstream, then burns it in the server's ledger."""
-
-    def __init__(self, upstream: str, keys: GatewayKeys, ledger: SqliteJtiLedger) -> None:
-        self.upstream = upstream
-        self.keys = keys
-        self.ledger = ledger
-        self.verifier = ActionTokenVerifier(keys)
-
-    async def check(self, tool: str, arguments: dict[str, Any], meta: Mapping[str, Any] | None) -> ActionClaims:
-        """The verified claims, or ``TokenError`` / ``StoreError``."""
-        token = (meta or {}).get(TOKEN_META_KEY)
-        if not isinstance(token, str) or not token:
-            raise TokenError("no action token in _meta", code=ReasonCode.INVALID_TOKEN)
-        await self.keys.ensure(token)
-        return await self.verifier.verify_and_consume(
-            token, tool=f"{self.upstream}.{tool}", arguments=arguments, audience=self.upstream, ledger=self.ledger
-        )
-
-
 # ----- the server -----------------------------------------------------------------------------
 
 
-def build_server(name: str, tools: Sequence[Tool], db: sqlite3.Connection, guard: TokenGuard | None) -> Server[Any]:
+def build_server(name: str, tools: Sequence[Tool], db: sqlite3.Connection, guard: Guard | None) -> Server[Any]:
     by_name = {t.name: t for t in tools}
     validators = {t.name: jsonschema.Draft202012Validator(t.input_schema) for t in tools}
     listing = types.ListToolsResult(tools=[t.describe() for t in tools])
@@ -284,9 +206,9 @@ def build_server(name: str, tools: Sequence[Tool], db: sqlite3.Connection, guard
         if guard is not None:
             try:
                 claims = await guard.check(params.name, arguments, params.meta)
-            except (TokenError, StoreError) as exc:
-                log.warning("refused %s.%s: %s (%s)", name, params.name, exc.code.value, exc.message)
-                return _refusal(exc.code.value)
+            except Refused as exc:
+                log.warning("refused %s.%s: %s (%s)", name, params.name, exc.code, exc)
+                return _refusal(exc.code)
         tool = by_name.get(params.name)
         if tool is None:
             return _failure("unknown_tool", f"{name} has no tool {params.name!r}")
@@ -322,26 +244,21 @@ def data_dir(name: str, argv: Sequence[str] | None = None) -> Path:
 
 
 async def _serve(name: str, tools: Sequence[Tool], db: sqlite3.Connection, directory: Path, verify: bool) -> None:
-    guard = None
+    guard: Guard | None = None
     if verify:
-        source = os.environ.get(JWKS_ENV)
-        if not source:
-            raise ConfigError(f"{name}: set {JWKS_ENV} to the gateway's JWKS file or URL")
-        keys = GatewayKeys(source)
+        from ._tokens import ConfigError, TokenGuard  # imports the gateway's verifier
+
         try:
-            await keys.load()
+            guard = await TokenGuard.from_env(name, directory)
         except ConfigError as exc:
-            if not keys.is_url:
-                raise
-            log.warning("JWKS not loaded yet, will retry on the first call: %s", exc.message)
-        guard = TokenGuard(name, keys, SqliteJtiLedger(directory / f"{name}-jti.db"))
+            raise SystemExit(f"{name}: {exc.message}") from exc
     server = build_server(name, tools, db, guard)
     try:
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
     finally:
         if guard is not None:
-            guard.ledger.close()
+            guard.close()
 
 
 def serve(
@@ -355,7 +272,5 @@ def serve(
     log.info("data in %s", directory)
     try:
         anyio.run(_serve, name, tools, db, directory, verify_tokens)
-    except ConfigError as exc:
-        sys.exit(f"{name}: {exc.message}")
     finally:
         db.close()
