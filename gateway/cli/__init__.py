@@ -8,6 +8,7 @@ from .audit import audit_app
 from .core import register_core
 from .keys import keys_app
 from .policy import policy_app
+from .review import register_review
 
 __all__ = ["app"]
 
@@ -21,4 +22,5 @@ app = typer.Typer(
 register_core(app)
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policy.")
 app.add_typer(keys_app, name="keys", help="Manage the action-token signing keys.")
-app.add_typer(audit_app, name="audit", help="Verify the decision log's hash chain.")
+register_review(app, audit_app)
+app.add_typer(audit_app, name="audit", help="Verify and export the decision log.")
