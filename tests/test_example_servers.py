@@ -152,7 +152,8 @@ async def test_tickets_seed_comments_persist_across_restarts(tmp_path: Path) -> 
         added = await call(tickets, "add_comment", {"ticket_id": "TCK-1001", "body": "Refunded 42.50 EUR."})
         assert not added["is_error"]
         again = await call(tickets, "get_ticket", {"ticket_id": "TCK-1001"})
-        assert [(c["comment_id"], c["body"]) for c in again["comments"]] == [(added["comment_id"], "Refunded 42.50 EUR.")]
+        assert [(c["comment_id"], c["body"]) for c in again["comments"]] == [
+            (added["comment_id"], "Refunded 42.50 EUR.")]
         unknown = await call(tickets, "add_comment", {"ticket_id": "TCK-999", "body": "x"})
         assert unknown["is_error"] and unknown["error"] == "unknown_ticket"
     async with Client(server("tickets", tmp_path)) as tickets:  # same data dir: kept, not re-seeded

@@ -1,4 +1,4 @@
-"""What every example tool server shares: data dir, SQLite, the tool table, the token check.
+"""What every example tool server shares: data dir, SQLite, the tool table, the call guard.
 
 A server is a list of :class:`Tool` s (name, JSON Schema of the arguments, a handler taking a
 :class:`Call`) handed to :func:`serve`, which parses ``--data-dir``, opens and seeds the

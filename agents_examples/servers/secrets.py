@@ -72,8 +72,10 @@ def rotate_credential(call: Call) -> dict[str, Any]:
     with transaction(call.db) as db:
         row = _credential(db, call.args["service"])
         old, new = row["current_version"], row["current_version"] + 1
-        db.execute("UPDATE versions SET valid_until = ? WHERE service = ? AND version = ?", (until, row["service"], old))
-        db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, NULL)", (row["service"], new, os.urandom(24).hex(), now_iso()))
+        db.execute("UPDATE versions SET valid_until = ? WHERE service = ? AND version = ?",
+                   (until, row["service"], old))
+        db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, NULL)",
+                   (row["service"], new, os.urandom(24).hex(), now_iso()))
         db.execute("UPDATE credentials SET current_version = ? WHERE service = ?", (new, row["service"]))
     return {"service": row["service"], "previous_version": old, "current_version": new,
             "previous_valid_until": until, "rotated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ")}
