@@ -415,3 +415,10 @@ def test_openapi_documents_the_reviewer_api(env: Env) -> None:
     assert {"outcome", "agent", "intent", "tool", "reason", "since", "until", "q", "before", "limit"} <= params
     assert "DecisionPublic" in spec["components"]["schemas"]
     assert spec["components"]["securitySchemes"]["reviewer"]["scheme"] == "bearer"
+
+
+def test_store_failure_is_503_not_500(env: Env) -> None:
+    env.client.app.state.review.store.close()  # every read now fails with a StoreError
+    for path in ("/v1/decisions", f"/v1/decisions/{env.filled['a_read']}", "/v1/audit/export"):
+        r = env.get(path)
+        assert r.status_code == 503 and r.json()["detail"]["error"] == "store_error", (path, r.text)

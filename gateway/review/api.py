@@ -60,13 +60,22 @@ async def require_reviewer(
         raise _refusal(exc.status) from None
 
 
+def _unavailable(exc: GatewayError) -> HTTPException:
+    log.error("reviewer query failed: %s", exc.message)
+    return HTTPException(status_code=503, detail={"error": exc.code.value, "message": "the decision store is unavailable"})
+
+
 ReviewerDep = Annotated[Reviewer, Depends(require_reviewer)]
 ServiceDep = Annotated[ReviewService, Depends(review_service)]
 
 router = APIRouter(
     prefix="/v1",
     tags=["review"],
-    responses={401: {"description": "no valid reviewer token"}, 403: {"description": "not a reviewer"}},
+    responses={
+        401: {"description": "no valid reviewer token"},
+        403: {"description": "not a reviewer"},
+        503: {"description": "the decision store failed or timed out"},
+    },
 )
 
 
@@ -78,7 +87,10 @@ async def list_decisions(
 
     Paging is by key: pass the page's `next_before` as `before` for the next (older) page.
     """
-    return await service.search(query)
+    try:
+        return await service.search(query)
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
 
 
 @router.get(
@@ -92,7 +104,10 @@ async def get_decision(
 ) -> DecisionDetail:
     """The decision's audit record with its call outcome, token status, task, approvals and
     the intent's graph with the task's path marked."""
-    detail = await service.detail(decision_id)
+    try:
+        detail = await service.detail(decision_id)
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
     if detail is None:
         raise HTTPException(status_code=404, detail={"error": "not_found", "message": "no such decision"})
     return detail
@@ -117,7 +132,10 @@ async def export(
 ) -> StreamingResponse:
     """Every decision from a time or a seq onwards, one JSON object per line (stable field
     names), up to the newest decision when the export started; continue with `after_seq`."""
-    upto = await service.store.last_seq()
+    try:
+        upto = await service.store.last_seq()
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
     log.info("audit export by %s from seq %d / %s up to seq %d", reviewer.id, after_seq, since, upto)
 
     async def lines() -> AsyncIterator[bytes]:
