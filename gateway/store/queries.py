@@ -1,9 +1,11 @@
 """Read-side queries for reviewers: decision search, one decision with its context, export.
 
 Nothing here writes.  Paging is keyset paging on ``seq`` (``seq < before``, newest first),
-never OFFSET, so page N costs what page 1 costs.  Filters use the decision table's indexes
-where one fits (outcome/agent with seq, at, id, task_id); the reason and text filters have
-no index and scan newest first until a page is full.
+never OFFSET, so page N costs what page 1 costs.  Outcome and agent filters use the
+``(outcome, seq)`` and ``(agent, seq)`` indexes, a decision page the unique ``id`` and the
+primary keys; the other filters (intent, tool, reason, text, time) narrow a newest-first walk
+that stops as soon as a page is full.  (SQLite would walk ``seq`` even with an index on ``at``
+for ``ORDER BY seq DESC LIMIT n``, so there is none: it would cost a write per decision.)
 """
 
 from __future__ import annotations

@@ -47,12 +47,10 @@ class DecisionRow(SQLModel, table=True):
 
     __tablename__ = "decisions"
     # Every index costs a page write per decision on the hot path: keep the ones the
-    # reviewer's queries (outcome or agent, newest first; a time range; export from a
-    # time) and task pages need.  ``at`` only grows, so its index appends at the right edge.
+    # reviewer's queries (outcome or agent, newest first) and task pages need.
     __table_args__ = (
         Index("ix_decisions_outcome_seq", "outcome", "seq"),
         Index("ix_decisions_agent_seq", "agent", "seq"),
-        Index("ix_decisions_at", "at"),
     )
 
     seq: int = Field(primary_key=True)
