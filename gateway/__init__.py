@@ -20,6 +20,7 @@ from .identity import AgentIdentity
 from .intents import Intent, IntentRegistry, check_intents, load_intents
 from .keys import KeySet, PublicKeySet
 from .policy import EmbeddedEngine, OpaServerEngine, PolicyEngine, PolicyResult, make_engine
+from .review import AdminTokenIssuer, DecisionDetail, DecisionPublic, DecisionQuery, Reviewer, ReviewService
 from .runtime import Runtime
 from .tokens import ActionTokenIssuer, MintedToken
 from .verify import ActionClaims, ActionTokenVerifier, ConsumeOutcome, JtiLedger, SqliteJtiLedger
@@ -30,12 +31,16 @@ __all__ = [
     "ActionClaims",
     "ActionTokenIssuer",
     "ActionTokenVerifier",
+    "AdminTokenIssuer",
     "AgentIdentity",
     "CallRequest",
     "Clock",
     "ConfigError",
     "ConsumeOutcome",
     "Decider",
+    "DecisionDetail",
+    "DecisionPublic",
+    "DecisionQuery",
     "EmbeddedEngine",
     "FrozenClock",
     "GatewayConfig",
@@ -52,6 +57,8 @@ __all__ = [
     "PolicyResult",
     "PublicKeySet",
     "ReasonCode",
+    "ReviewService",
+    "Reviewer",
     "Runtime",
     "SqliteJtiLedger",
     "StoreError",
