@@ -287,6 +287,7 @@ class Decider:
         self, call: CallRequest, intent: Intent, task: Task, wf: WorkflowResult, now: float, mode: str
     ) -> dict[str, Any]:
         return {
+            "action": "tools/call",
             "agent": {"id": call.agent.id, "claims": call.agent.claims},
             "intent": {"name": intent.name, "version": intent.version, "params": task.params},
             "task": {
@@ -348,7 +349,7 @@ class Decider:
                 extra={"decision_id": decision_id, "code": code.value, "error": type(exc).__name__},
                 exc_info=not isinstance(exc, GatewayError),
             )
-            return await self._record_failure(record, code)
+            return await self.record_failure(record, code)
 
     async def refuse(
         self, call: CallRequest, code: ReasonCode, detail: str | None = None, *, keep_arguments: bool = True
@@ -363,15 +364,11 @@ class Decider:
                 record.masked = ["/arguments"]
         else:
             record.masked = ["/arguments"]
-        try:
-            return await self._deny_early(record, code, detail)
-        except Exception:  # noqa: BLE001 - the store is down: still deny
-            log.error("could not record a refusal", extra={"decision_id": record.id}, exc_info=True)
-            return Verdict(decision_id=record.id, outcome="deny", reasons=[reason(code, detail)],
-                           explanation=explain([reason(code, detail)], []), recorded=False)
+        return await self.record_failure(record, code, detail)
 
-    async def _record_failure(self, record: DecisionRecord, code: ReasonCode) -> Verdict:
-        record.outcome, record.reasons = "deny", [reason(code)]
+    async def record_failure(self, record: DecisionRecord, code: ReasonCode, detail: str | None = None) -> Verdict:
+        """Record ``record`` as a deny for ``code``; still deny (unrecorded) when the store is down."""
+        record.outcome, record.reasons = "deny", [reason(code, detail)]
         record.token_jti = record.token_expires_at = None
         recorded = True
         try:

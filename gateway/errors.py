@@ -46,6 +46,8 @@ class ReasonCode(StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNKNOWN_TOOL = "unknown_tool"
+    UNKNOWN_RESOURCE = "unknown_resource"
+    UNKNOWN_PROMPT = "unknown_prompt"
     # intents and tasks
     UNKNOWN_INTENT = "unknown_intent"
     AGENT_NOT_PERMITTED = "agent_not_permitted"

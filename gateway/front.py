@@ -6,7 +6,14 @@ arguments (``intent_task``, ``intent_step``) for clients that cannot set ``_meta
 gateway's own ``intentgate__list_intents``, ``intentgate__begin_task`` and
 ``intentgate__end_task``.  An allowed call is forwarded with its action token; anything else
 comes back as a tool error whose structured content names the decision and its reasons.
-Internal error text never reaches an agent.
+Internal error text never reaches an agent.  Progress an upstream reports for a call goes to
+the agent that made it, and so do its log messages (see ``upstreams``).
+
+Resources and prompts of the upstreams the agent's intents use are passed through too,
+namespaced like tools: a resource URI ``u`` of upstream ``x`` is ``x+u`` (upstream names are
+valid URI-scheme characters), a prompt ``p`` is ``x__p``.  Every ``resources/read`` and
+``prompts/get`` is decided by the Rego policy (``reads.rego``) and recorded; a refused read
+is a JSON-RPC error whose ``data`` names the decision and its reasons.
 """
 
 from __future__ import annotations
@@ -14,17 +21,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import mcp_types as types
+from mcp import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.server.lowlevel import Server
+from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .decide import CallRequest, Verdict
 from .errors import GatewayError, ReasonCode, TokenError, reason
 from .identity import AgentIdentity
+from .reads import ReadRequest, decide_read, refuse_read
 from .runtime import Runtime
-from .upstreams import UpstreamError, UpstreamPool
+from .upstreams import Upstream, UpstreamError, UpstreamPool
 
 __all__ = ["META_STEP", "META_TASK", "META_TOKEN", "Front"]
 
@@ -36,7 +49,11 @@ META_TOKEN = "intentgate/token"
 ARG_TASK = "intent_task"
 ARG_STEP = "intent_step"
 SEP = "__"
+URI_SEP = "+"
 GATEWAY = "intentgate"
+# JSON-RPC error codes for refused reads (implementation-defined band -32000..-32019)
+READ_DENIED = -32010
+READ_FAILED = -32011
 
 _CONTEXT_PROPERTIES = {
     ARG_TASK: {"type": "string", "description": "IntentGate task id (from intentgate__begin_task)"},
@@ -104,6 +121,43 @@ def _verdict_payload(v: Verdict) -> dict[str, Any]:
     }
 
 
+def _forward_meta(ctx: Any, meta: dict[str, Any], token: str) -> dict[str, Any]:
+    """What goes upstream in ``_meta``: the action token, and the agent's log-level opt-in.
+
+    Nothing else of the agent's ``_meta`` is forwarded.  An agent on a handshake-era
+    session has no per-request opt-in; it gets ``info`` and above.
+    """
+    forward: dict[str, Any] = {META_TOKEN: token}
+    level = meta.get(LOG_LEVEL_META_KEY)
+    if level is None and getattr(ctx, "protocol_version", None) not in MODERN_PROTOCOL_VERSIONS:
+        level = "info"
+    if isinstance(level, str):
+        forward[LOG_LEVEL_META_KEY] = level
+    return forward
+
+
+def _progress_sink(ctx: Any, meta: dict[str, Any]) -> Any:
+    """Relay upstream progress to the agent, when the agent asked for progress on this call."""
+    if meta.get("progress_token") is None:
+        return None
+
+    async def relay(progress: float, total: float | None, message: str | None) -> None:
+        await ctx.session.report_progress(progress, total, message)
+
+    return relay
+
+
+def _log_sink(ctx: Any) -> Any:
+    async def relay(params: types.LoggingMessageNotificationParams) -> None:
+        with warnings.catch_warnings():  # logging is deprecated in 2026-07-28, still served
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.session.send_log_message(
+                params.level, params.data, params.logger, related_request_id=ctx.request_id
+            )
+
+    return relay
+
+
 class Front:
     """Serves one gateway (runtime + upstreams) to agents over MCP."""
 
@@ -123,22 +177,105 @@ class Front:
             on_call_tool=self._call_tool,
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
             on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
         )
 
-    # Resources and prompts are not passed through yet (they need their own policy gate);
-    # the lists are answered, empty, so clients never see "method not found".
+    # ----- resources and prompts ------------------------------------------------------
+    async def _agent(self, ctx: Any) -> AgentIdentity:
+        try:
+            return await self.identify(ctx)
+        except GatewayError as exc:
+            raise MCPError(types.INVALID_REQUEST, "no valid workload identity",
+                           {"reasons": [ReasonCode.UNAUTHENTICATED.value]}) from exc
+
+    async def _visible(self, agent: AgentIdentity) -> list[Upstream]:
+        """The live upstreams the agent's intents use (those that cannot start are skipped)."""
+        used = {t.partition(".")[0] for intent in self.rt.intents.for_agent(agent.id) for t in intent.tools()}
+        live = []
+        for name in sorted(used):
+            up = self.pool.get(name)
+            if up is None:
+                continue
+            try:
+                await up.ensure()
+            except UpstreamError as exc:
+                log.warning("listing: %s", exc.message)
+                continue
+            live.append(up)
+        return live
+
+    async def _each(self, agent: AgentIdentity, what: str, fetch: Callable[[Upstream], Awaitable[list[Any]]]
+                    ) -> list[tuple[Upstream, Any]]:
+        found = []
+        for up in await self._visible(agent):
+            try:
+                found.extend((up, item) for item in await fetch(up))
+            except UpstreamError as exc:
+                log.warning("listing %s: %s", what, exc.message)
+        return found
+
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
-        await self.identify(ctx)
-        return types.ListResourcesResult(resources=[])
+        agent = await self._agent(ctx)
+        found = await self._each(agent, "resources", lambda up: up.list_resources())
+        return types.ListResourcesResult(resources=[
+            r.model_copy(update={"uri": f"{up.name}{URI_SEP}{r.uri}", "name": f"{up.name}{SEP}{r.name}"})
+            for up, r in found
+        ])
 
     async def _list_resource_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
-        await self.identify(ctx)
-        return types.ListResourceTemplatesResult(resource_templates=[])
+        agent = await self._agent(ctx)
+        found = await self._each(agent, "resource templates", lambda up: up.list_resource_templates())
+        return types.ListResourceTemplatesResult(resource_templates=[
+            t.model_copy(update={"uri_template": f"{up.name}{URI_SEP}{t.uri_template}",
+                                 "name": f"{up.name}{SEP}{t.name}"})
+            for up, t in found
+        ])
 
     async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
-        await self.identify(ctx)
-        return types.ListPromptsResult(prompts=[])
+        agent = await self._agent(ctx)
+        found = await self._each(agent, "prompts", lambda up: up.list_prompts())
+        return types.ListPromptsResult(
+            prompts=[p.model_copy(update={"name": f"{up.name}{SEP}{p.name}"}) for up, p in found]
+        )
+
+    async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        agent = await self._agent(ctx)
+        upstream_name, sep, uri = params.uri.partition(URI_SEP)
+        read = ReadRequest(agent=agent, action="resources/read", upstream=upstream_name[:64] or "-",
+                           name=uri if sep else params.uri)
+        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
+        result = await self._forward_read(read, upstream.read_resource(uri))
+        contents = [c.model_copy(update={"uri": f"{upstream.name}{URI_SEP}{c.uri}"}) for c in result.contents]
+        # every read is decided anew: the upstream's cache hints are not passed on (ttl 0, private)
+        return types.ReadResourceResult(contents=contents)
+
+    async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        agent = await self._agent(ctx)
+        upstream_name, sep, name = params.name.partition(SEP)
+        read = ReadRequest(agent=agent, action="prompts/get", upstream=upstream_name[:64] or "-",
+                           name=name if sep else params.name, untrusted_arguments=dict(params.arguments or {}))
+        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT)
+        return await self._forward_read(read, upstream.get_prompt(name, params.arguments))
+
+    async def _decide_read(self, read: ReadRequest, namespaced: bool, unknown: ReasonCode) -> Upstream:
+        """Decide and record one read; the upstream to ask, or the JSON-RPC error for the agent."""
+        upstream = self.pool.get(read.upstream) if namespaced else None
+        if upstream is None:
+            verdict = await refuse_read(self.rt.decider, read, unknown, read.name[:128])
+        else:
+            verdict = await decide_read(self.rt.decider, read)
+        if verdict.outcome != "allow":
+            raise MCPError(READ_DENIED, verdict.explanation, _verdict_payload(verdict))
+        assert upstream is not None
+        return upstream
+
+    async def _forward_read(self, read: ReadRequest, request: Awaitable[Any]) -> Any:
+        try:
+            return await request
+        except UpstreamError as exc:
+            raise MCPError(READ_FAILED, exc.message, {"reasons": [exc.code.value]}) from exc
 
     # ----- tools/list ----------------------------------------------------------------
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
@@ -174,7 +311,7 @@ class Front:
             upstream, _, tool = params.name.partition(SEP)
             if upstream == GATEWAY:
                 return await self._gateway_tool(agent, tool, params.arguments or {})
-            return await self._gated_call(agent, upstream, tool, params)
+            return await self._gated_call(ctx, agent, upstream, tool, params)
         except Exception:  # noqa: BLE001 - never let internal error text reach an agent
             log.exception("tools/call failed")
             return _error_result({"outcome": "deny", "reasons": [ReasonCode.INTERNAL_ERROR.value],
@@ -218,7 +355,7 @@ class Front:
         return _error_result(_verdict_payload(verdict))
 
     async def _gated_call(
-        self, agent: AgentIdentity, upstream_name: str, tool: str, params: types.CallToolRequestParams
+        self, ctx: Any, agent: AgentIdentity, upstream_name: str, tool: str, params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         decider = self.rt.decider
         untrusted_args = dict(params.arguments or {})
@@ -261,7 +398,8 @@ class Front:
         started = time.perf_counter()
         status, detail = "ok", None
         try:
-            result = await upstream.call_tool(tool, untrusted_args, {META_TOKEN: verdict.token.token})
+            result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token),
+                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx))
             if result.is_error:
                 status = "tool_error"
             return result

@@ -2,20 +2,34 @@
 
 Each upstream's ``mcp.Client`` lives in its own task (the SDK's task groups must be entered
 and left by the same task); calls from request handlers go through that session.  A crashed
-stdio server is restarted on next use; every call has a timeout; failures become
+stdio server is restarted on next use; every request has a timeout; failures become
 :class:`UpstreamError` with a short, secret-free message.
+
+HTTP upstreams get the configured headers on every request, and each forwarded tool call's
+action token also as ``Authorization: Bearer`` (read from the request's own
+``_meta["intentgate/token"]``, so concurrent calls cannot get each other's token), unless the
+configuration sets an ``Authorization`` header itself (a brokered credential wins).
+
+Log messages an upstream sends (``notifications/message``) are not tied to a request by the
+SDK's client session; they are passed to the one call in flight on that upstream, and
+dropped (logged here at debug level) when several calls are in flight, so that one agent can
+never see log lines caused by another agent's call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Any
 
+import httpx2
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
@@ -23,6 +37,40 @@ from .errors import GatewayError, ReasonCode
 __all__ = ["Upstream", "UpstreamError", "UpstreamPool"]
 
 log = logging.getLogger("intentgate.upstreams")
+
+TOKEN_META = "intentgate/token"
+MAX_LIST_PAGES = 50
+LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
+ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class ActionTokenAuth(httpx2.Auth):
+    """``Authorization: Bearer <action token>`` on each HTTP request that carries one in ``_meta``.
+
+    The token is read from the JSON-RPC request body itself, so the header always belongs
+    to the very call it authorises.  Requests without a token (session set-up, listings)
+    and requests that already have an ``Authorization`` header are left alone.
+    """
+
+    requires_request_body = True
+
+    def auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+        if request.method == "POST" and "authorization" not in request.headers:
+            token = _token_in(request.content)
+            if token is not None:
+                request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def _token_in(body: bytes) -> str | None:
+    if TOKEN_META.encode() not in body:
+        return None
+    try:
+        message = json.loads(body)
+        token = message["params"]["_meta"][TOKEN_META]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return token if isinstance(token, str) else None
 
 
 class UpstreamError(GatewayError):
@@ -43,8 +91,9 @@ class Upstream:
         self._lock = asyncio.Lock()
         self.tools: list[types.Tool] = []
         self.restarts = -1
+        self._log_sinks: list[LogSink] = []
 
-    def _target(self) -> Any:
+    def _target(self, http: httpx2.AsyncClient | None) -> Any:
         c = self.config
         if c.command is not None:
             return StdioServerParameters(
@@ -53,15 +102,32 @@ class Upstream:
                 env=dict(c.env) or None,
                 cwd=str(c.cwd) if c.cwd else None,
             )
-        return c.url
+        assert c.url is not None and http is not None
+        return streamable_http_client(c.url, http_client=http)
+
+    def _http_client(self) -> httpx2.AsyncClient | None:
+        if self.config.url is None:
+            return None
+        return httpx2.AsyncClient(
+            headers=dict(self.config.headers),
+            auth=ActionTokenAuth(),
+            timeout=httpx2.Timeout(self.config.timeout_seconds, read=max(self.config.timeout_seconds, 300)),
+        )
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        log.debug("upstream %s log %s: %s", self.name, params.level, str(params.data)[:500])
+        if len(self._log_sinks) == 1:  # attributable to exactly one call
+            await self._log_sinks[0](params)
 
     async def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._stop is not None
+        http = self._http_client()
         try:
-            async with Client(
-                self._target(),
+            async with http if http is not None else nullcontext(), Client(
+                self._target(http),
                 read_timeout_seconds=self.config.timeout_seconds,
                 client_info=types.Implementation(name="intentgate", version="0.1.0"),
+                logging_callback=self._on_log,
             ) as client:
                 self._client = client
                 listing = await client.list_tools()
@@ -101,11 +167,12 @@ class Upstream:
                      len(self.tools))
             return self._client  # type: ignore[return-value]
 
-    async def call_tool(self, tool: str, arguments: dict[str, Any], meta: dict[str, Any]) -> types.CallToolResult:
-        client = await self.ensure()
+    @asynccontextmanager
+    async def _guarded(self) -> AsyncIterator[None]:
+        """Timeout and error mapping shared by every request to this upstream."""
         try:
             async with asyncio.timeout(self.config.timeout_seconds):
-                return await client.call_tool(tool, arguments, meta=meta)  # type: ignore[arg-type]
+                yield
         except TimeoutError as exc:
             raise UpstreamError(
                 f"upstream {self.name!r} did not answer within {self.config.timeout_seconds}s",
@@ -115,9 +182,69 @@ class Upstream:
             if exc.code == types.CONNECTION_CLOSED or not self.alive():
                 await self._shutdown()  # the server went away: restart it on next use
             raise UpstreamError(f"upstream {self.name!r} failed: {type(exc).__name__}") from exc
+        except UpstreamError:
+            raise
         except Exception as exc:  # noqa: BLE001 - crash, broken stream, garbage on the wire
             await self._shutdown()
             raise UpstreamError(f"upstream {self.name!r} failed: {type(exc).__name__}") from exc
+
+    async def call_tool(
+        self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], *,
+        progress: ProgressSink | None = None, logs: LogSink | None = None,
+    ) -> types.CallToolResult:
+        """Forward one tool call; ``progress`` and ``logs`` receive what the upstream reports for it."""
+        client = await self.ensure()
+        if logs is not None:
+            self._log_sinks.append(logs)
+        try:
+            async with self._guarded():
+                return await client.call_tool(
+                    tool, arguments, meta=meta, progress_callback=progress  # type: ignore[arg-type]
+                )
+        finally:
+            if logs is not None:
+                self._log_sinks.remove(logs)
+
+    async def read_resource(self, uri: str) -> types.ReadResourceResult:
+        client = await self.ensure()
+        async with self._guarded():
+            return await client.read_resource(uri, cache_mode="bypass")
+
+    async def get_prompt(self, name: str, arguments: dict[str, str] | None) -> types.GetPromptResult:
+        client = await self.ensure()
+        async with self._guarded():
+            return await client.get_prompt(name, arguments)
+
+    async def list_resources(self) -> list[types.Resource]:
+        return await self._list_all("resources", lambda c, cur: c.list_resources(cursor=cur), "resources")
+
+    async def list_resource_templates(self) -> list[types.ResourceTemplate]:
+        return await self._list_all(
+            "resources", lambda c, cur: c.list_resource_templates(cursor=cur), "resource_templates"
+        )
+
+    async def list_prompts(self) -> list[types.Prompt]:
+        return await self._list_all("prompts", lambda c, cur: c.list_prompts(cursor=cur), "prompts")
+
+    async def _list_all(
+        self, capability: str, fetch: Callable[[Client, str | None], Awaitable[Any]], field: str
+    ) -> list[Any]:
+        """Every page of one listing (none when the upstream lacks the capability)."""
+        client = await self.ensure()
+        if getattr(client.server_capabilities, capability, None) is None:
+            return []
+        items: list[Any] = []
+        cursor: str | None = None
+        async with self._guarded():
+            for _ in range(MAX_LIST_PAGES):
+                page = await fetch(client, cursor)
+                items.extend(getattr(page, field))
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+            else:
+                log.warning("upstream %s: %s listing cut at %d pages", self.name, field, MAX_LIST_PAGES)
+        return items
 
     async def _shutdown(self) -> None:
         if self._stop is not None:

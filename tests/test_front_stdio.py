@@ -150,8 +150,9 @@ async def test_denials_carry_decision_and_reasons(tmp_path: Path) -> None:
 
 async def test_list_intents_and_begin_task_errors(tmp_path: Path) -> None:
     async with Client(make_gateway(tmp_path)) as client:
-        assert (await client.list_resources()).resources == []  # answered, not "method not found"
-        assert (await client.list_prompts()).prompts == []
+        # resources and prompts of the upstreams the agent uses, namespaced (see test_front_passthrough)
+        assert "tickets+tickets://TCK-1" in {r.uri for r in (await client.list_resources()).resources}
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["tickets__summarise_ticket"]
         r = await client.call_tool("intentgate__list_intents", {})
         names = [i["name"] for i in r.structured_content["intents"]]
         assert names and "rotate-credential" not in names and "refund-order" in names

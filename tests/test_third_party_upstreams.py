@@ -4,6 +4,7 @@ installed by .ci/run; elsewhere the test skips and says what to install."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
 
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
@@ -55,6 +56,11 @@ def missing() -> str | None:
     return ", ".join(gone) or None
 
 
+READS = {"resources": {"everything": ["demo://resource/static/document/features.md",
+                                      "demo://resource/dynamic/text/*"]},
+         "prompts": {"everything": ["args-prompt"]}}
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> StdioServerParameters:
     why = missing()
@@ -65,9 +71,13 @@ def gateway(tmp_path: Path) -> StdioServerParameters:
     intents = tmp_path / "intents"
     intents.mkdir()
     (intents / "utility-check.yaml").write_text(textwrap.dedent(INTENT))
+    policy = tmp_path / "opa"
+    shutil.copytree(POLICY_DIR, policy)
+    data = json.loads((policy / "intentgate" / "data.json").read_text())
+    (policy / "intentgate" / "data.json").write_text(json.dumps({**data, "reads": READS}))
     cfg = tmp_path / "intentgate.yaml"
     cfg.write_text(yaml.safe_dump({
-        "intents_dir": str(intents), "policy_dir": str(POLICY_DIR), "data_dir": str(tmp_path),
+        "intents_dir": str(intents), "policy_dir": str(policy), "data_dir": str(tmp_path),
         "upstreams": [
             {"name": "time", "command": TIME_SERVER, "timeout_seconds": 20},
             {"name": "everything", "command": shutil.which("node"), "args": [str(EVERYTHING), "stdio"],
@@ -103,3 +113,29 @@ async def test_third_party_tools_listed_gated_and_answering(gateway) -> None:
         assert not r.is_error and r.content[0].text == "Echo: through the gate"
         r = await client.call_tool("everything__get-tiny-image", {}, meta=meta("image"))
         assert not r.is_error and any(c.type == "image" for c in r.content)
+
+
+async def test_third_party_resources_and_prompts_pass_through_the_policy(gateway) -> None:
+    async with Client(gateway) as client:
+        uris = {r.uri for r in (await client.list_resources()).resources}
+        assert "everything+demo://resource/static/document/features.md" in uris
+        assert all(u.startswith("everything+") for u in uris)  # mcp-server-time has no resources
+        templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+        assert "everything+demo://resource/dynamic/text/{resourceId}" in templates
+
+        doc = await client.read_resource("everything+demo://resource/static/document/features.md")
+        assert doc.contents[0].uri == "everything+demo://resource/static/document/features.md"
+        assert len(doc.contents[0].text) > 100  # the server's real document
+        dynamic = await client.read_resource("everything+demo://resource/dynamic/text/3")
+        assert "3" in dynamic.contents[0].text
+        with pytest.raises(MCPError) as denied:  # listed by the server, not readable by policy
+            await client.read_resource("everything+demo://resource/static/document/architecture.md")
+        assert denied.value.data["reasons"] == ["policy_denied", "policy:read_not_permitted"]
+
+        prompts = {p.name for p in (await client.list_prompts()).prompts}
+        assert {"everything__simple-prompt", "everything__args-prompt"} <= prompts
+        got = await client.get_prompt("everything__args-prompt", {"city": "Lyon", "state": "ARA"})
+        assert "Lyon" in got.messages[0].content.text
+        with pytest.raises(MCPError) as refused:
+            await client.get_prompt("everything__simple-prompt")
+        assert refused.value.data["reasons"] == ["policy_denied", "policy:read_not_permitted"]

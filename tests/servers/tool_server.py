@@ -2,10 +2,13 @@
 
 ``python tool_server.py --name payments`` serves that upstream's tools over stdio.  Every
 call's result echoes what the server received (tool, arguments, whether a gateway token
-came in ``_meta``).  With ``INTENTGATE_JWKS`` set, the server verifies each call's action
-token with ``gateway.verify`` (signature, audience, arguments digest, single use in its own
-ledger) and refuses calls without a valid one.  Extra tools for fault tests: ``crash``
-exits the process, ``hang`` never answers.
+came in ``_meta``, which ``Authorization`` header came over HTTP).  With ``INTENTGATE_JWKS``
+set, the server verifies each call's action token with ``gateway.verify`` (signature,
+audience, arguments digest, single use in its own ledger) and refuses calls without a valid
+one.  Extra tools for fault tests: ``crash`` exits the process, ``hang`` never answers.
+Every call reports progress (1/2, 2/2) when the caller asked for it and logs one ``info``
+line.  The ``tickets`` server also has resources (two tickets and a customer list), a
+resource template ``tickets://{ticket_id}`` and a prompt ``summarise_ticket``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import anyio
 import mcp_types as types
+from mcp import MCPError
 from mcp.server.lowlevel import Server
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.server.stdio import stdio_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -53,6 +59,46 @@ TOOLS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 FAULTS = {"crash": {}, "hang": {}}
+TICKETS = {"TCK-1": "Order ORD-7 arrived broken.", "TCK-2": "Where is my parcel?"}
+CUSTOMERS = "alice@example.com,bob@example.com"  # what an exfiltrating agent would want
+
+
+def _ticket_handlers() -> dict[str, Any]:
+    """Resource and prompt handlers of the ``tickets`` server."""
+
+    async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        resources = [types.Resource(uri=f"tickets://{t}", name=t, mime_type="text/plain") for t in TICKETS]
+        resources.append(types.Resource(uri="tickets://customers/all", name="customers", mime_type="text/csv"))
+        return types.ListResourcesResult(resources=resources)
+
+    async def list_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=[
+            types.ResourceTemplate(uri_template="tickets://{ticket_id}", name="ticket", mime_type="text/plain")
+        ])
+
+    async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        key = params.uri.removeprefix("tickets://")
+        text = CUSTOMERS if key == "customers/all" else TICKETS.get(key)
+        if text is None:
+            raise MCPError(types.INVALID_PARAMS, f"no resource {params.uri}")
+        return types.ReadResourceResult(
+            contents=[types.TextResourceContents(uri=params.uri, text=text, mime_type="text/plain")]
+        )
+
+    async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=[types.Prompt(
+            name="summarise_ticket", description="Summarise a ticket",
+            arguments=[types.PromptArgument(name="ticket_id", required=True)],
+        )])
+
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        ticket = (params.arguments or {}).get("ticket_id", "")
+        return types.GetPromptResult(messages=[types.PromptMessage(
+            role="user", content=types.TextContent(type="text", text=f"Summarise {ticket}: {TICKETS.get(ticket)}"),
+        )])
+
+    return {"on_list_resources": list_resources, "on_list_resource_templates": list_templates,
+            "on_read_resource": read_resource, "on_list_prompts": list_prompts, "on_get_prompt": get_prompt}
 
 
 def build(name: str) -> Server[Any]:
@@ -92,9 +138,20 @@ def build(name: str) -> Server[Any]:
                     content=[types.TextContent(type="text", text=f"refused: {exc.code.value}")],
                     structured_content={"refused": exc.code.value}, is_error=True,
                 )
+        await ctx.session.report_progress(1, 2, "half way")
+        await ctx.session.report_progress(2, 2, "done")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.session.send_log_message("info", f"served {params.name}", name, related_request_id=ctx.request_id)
+        http_request = ctx.request if hasattr(ctx.request, "headers") else None
         echo = {
             "upstream": name, "tool": params.name, "arguments": args, "had_token": bool(token),
             "verified_jti": verified, "meta_keys": sorted(meta),
+            "has_authorization": bool(http_request and http_request.headers.get("authorization")),
+            "bearer_is_token": bool(http_request and token
+                                    and http_request.headers.get("authorization") == f"Bearer {token}"),
+            "x_api_key_sha256": hashlib.sha256(http_request.headers.get("x-api-key", "").encode()).hexdigest()
+            if http_request else None,
             # proves a brokered secret arrived without ever echoing it
             "brokered_secret_sha256": hashlib.sha256(os.environ.get("BROKERED_SECRET", "").encode()).hexdigest(),
         }
@@ -102,7 +159,8 @@ def build(name: str) -> Server[Any]:
             content=[types.TextContent(type="text", text=json.dumps(echo))], structured_content=echo
         )
 
-    return Server(name, on_list_tools=list_tools, on_call_tool=call_tool)
+    extra = _ticket_handlers() if name == "tickets" else {}
+    return Server(name, on_list_tools=list_tools, on_call_tool=call_tool, **extra)
 
 
 async def main() -> None:
