@@ -105,6 +105,8 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
         return "allowed"
     code = reason_code_of(reasons[0])
     detail = reasons[0].partition(":")[2]
+    if code is ReasonCode.APPROVED:
+        return f"allowed: approved by a reviewer ({detail})"
     nxt = f"; allowed next: {', '.join(allowed)}" if allowed else ""
     match code:
         case ReasonCode.STEP_OUT_OF_ORDER:
@@ -423,6 +425,16 @@ class Decider:
         # --- verdict
         step = intent.steps.get(call.step)
         outcome, reasons = _verdict(wf, result, step.approval if step else "never")
+        use_approval = None
+        if outcome == "hold":  # a reviewer may have approved exactly this call already
+            approved = await self.store.find_approved(
+                agent=call.agent.id, task_id=task.id, step=call.step, tool=call.qualified_tool,
+                arguments_sha256=digest, policy_revision=self.policy.revision, now=now,
+            )
+            clocked.lap("approval")
+            if approved is not None:
+                use_approval = approved.id
+                outcome, reasons = "allow", [reason(ReasonCode.APPROVED, approved.id)]
         hard = any(reason_code_of(r) in _HARD for r in reasons)
         if mode == "shadow" and outcome != "allow" and not hard:
             outcome = "would_deny"
@@ -467,10 +479,11 @@ class Decider:
             issued_at=minted.issued_at, expires_at=minted.expires_at,
         )
         record.timings_us = dict(clocked.timings)
-        committed = await self.store.commit_decision(record, advance=advance, token=token_row)
+        committed = await self.store.commit_decision(record, advance=advance, token=token_row,
+                                                     use_approval=use_approval)
         clocked.lap("store")
         if not committed.committed:
-            # another call moved the task on first: this one loses, and says so
+            # another call moved the task on (or used the approval) first: this one loses, and says so
             record.id = new_id("dec")
             record.token_jti = record.token_expires_at = None
             return await self._deny_early(record, ReasonCode.CONCURRENT_STEP)

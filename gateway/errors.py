@@ -75,6 +75,7 @@ class ReasonCode(StrEnum):
     # human approval
     APPROVAL_REQUIRED = "approval_required"
     POLICY_HOLD = "policy_hold"
+    APPROVED = "approved"
     # action tokens
     INVALID_TOKEN = "invalid_token"
     TOKEN_EXPIRED = "token_expired"

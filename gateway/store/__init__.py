@@ -2,9 +2,10 @@
 
 from .db import Database
 from .records import ApprovalRecord, ChainReport, DecisionRecord, Outcome, TokenRecord
-from .store import CommitResult, Store, TaskAdvance
+from .store import ApprovalConflict, CommitResult, Store, TaskAdvance
 
 __all__ = [
+    "ApprovalConflict",
     "ApprovalRecord",
     "ChainReport",
     "CommitResult",

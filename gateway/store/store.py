@@ -28,7 +28,7 @@ from .records import (
 )
 from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskRow, TokenRow, metadata
 
-__all__ = ["CommitResult", "Store", "TaskAdvance"]
+__all__ = ["ApprovalConflict", "CommitResult", "Store", "TaskAdvance"]
 
 tasks_t = TaskRow.__table__
 decisions_t = DecisionRow.__table__
@@ -138,6 +138,19 @@ class CommitResult:
         self.committed = committed
         self.seq = seq
         self.revoked = revoked
+
+
+class _Lost(Exception):
+    """Raised inside a transaction to roll back what it wrote: a race was lost."""
+
+
+class ApprovalConflict(Exception):
+    """An approval could not be decided: unknown, already decided, or expired."""
+
+    def __init__(self, why: str, approval: ApprovalRecord | None = None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.approval = approval
 
 
 def _task_from_row(row: Any) -> Task:
@@ -264,15 +277,26 @@ class Store:
         advance: TaskAdvance | None = None,
         token: TokenRecord | None = None,
         approval: ApprovalRecord | None = None,
+        use_approval: str | None = None,
     ) -> CommitResult:
         """Write a decision with its effects, atomically.
 
         If ``advance`` is given and the task moved on meanwhile (another call won the race
-        for this step), nothing is written and ``committed`` is False.
+        for this step), or ``use_approval`` names an approval that is no longer approved and
+        unexpired (another call used it first), nothing is written and ``committed`` is False.
         """
 
         def op(conn: Connection) -> CommitResult:
             revoked = 0
+            if use_approval is not None:
+                res = conn.execute(
+                    update(approvals_t)
+                    .where(approvals_t.c.id == use_approval, approvals_t.c.status == "approved",
+                           approvals_t.c.expires_at > record.at)
+                    .values(status="used", used_by_decision=record.id)
+                )
+                if res.rowcount != 1:
+                    return CommitResult(False)  # nothing written in this transaction
             if advance is not None:
                 res = _advance_task(
                     conn,
@@ -286,7 +310,7 @@ class Store:
                     },
                 )
                 if res.rowcount != 1:
-                    return CommitResult(False)  # nothing written in this transaction
+                    raise _Lost  # roll back the approval use above, if any
                 if advance.complete:
                     revoked = _revoke_task_tokens(conn, advance.task_id, record.at)
             seq = _append_decision(conn, record)
@@ -296,7 +320,10 @@ class Store:
                 conn.execute(_INSERT_APPROVAL, approval.model_dump())
             return CommitResult(True, seq, revoked)
 
-        return await self.db.run(op)
+        try:
+            return await self.db.run(op)
+        except _Lost:
+            return CommitResult(False)
 
     async def record_outcome(
         self, decision_id: str, *, at: float, status: str, latency_ms: float, detail: str | None = None
@@ -423,6 +450,52 @@ class Store:
             return ApprovalRecord.model_validate(dict(row._mapping)) if row else None
 
         return await self.db.run(op, read_only=True)
+
+    async def find_approved(
+        self, *, agent: str, task_id: str, step: str, tool: str, arguments_sha256: str, policy_revision: str,
+        now: float,
+    ) -> ApprovalRecord | None:
+        """An approved, unused, unexpired approval for exactly this call under this policy revision."""
+
+        def op(conn: Connection) -> ApprovalRecord | None:
+            t = approvals_t.c
+            row = conn.execute(
+                select(approvals_t)
+                .where(t.task_id == task_id, t.status == "approved", t.agent == agent, t.step == step,
+                       t.tool == tool, t.arguments_sha256 == arguments_sha256,
+                       t.policy_revision == policy_revision, t.expires_at > now)
+                .order_by(t.decided_at)
+                .limit(1)
+            ).first()
+            return ApprovalRecord.model_validate(dict(row._mapping)) if row else None
+
+        return await self.db.run(op, read_only=True)
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, reviewer: str, now: float, note: str | None = None
+    ) -> ApprovalRecord:
+        """Approve or reject a pending, unexpired approval, once (one conditional UPDATE).
+
+        Raises :class:`ApprovalConflict` (``unknown``, ``expired`` or ``already <status>``).
+        """
+
+        def op(conn: Connection) -> ApprovalRecord:
+            t = approvals_t.c
+            res = conn.execute(
+                update(approvals_t)
+                .where(t.id == approval_id, t.status == "pending", t.expires_at > now)
+                .values(status="approved" if approve else "rejected", decided_by=reviewer, decided_at=now, note=note)
+            )
+            row = conn.execute(select(approvals_t).where(t.id == approval_id)).first()
+            if row is None:
+                raise ApprovalConflict("unknown")
+            current = ApprovalRecord.model_validate(dict(row._mapping))
+            if res.rowcount != 1:
+                raise ApprovalConflict("expired" if current.status == "pending" else f"already {current.status}",
+                                       current)
+            return current
+
+        return await self.db.run(op)
 
     # ----- audit chain ---------------------------------------------------------------
     def iter_decisions(self, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
