@@ -4,7 +4,9 @@ MCP client with a bearer workload token, real subprocess upstreams."""
 from __future__ import annotations
 
 import json
+import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,10 +22,23 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
-from tests.conftest import ROOT
+from tests.conftest import INTENTS_DIR, ROOT
 from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
 
 pytestmark = pytest.mark.slow
+
+QUICK_LOOK = """
+name: quick-look
+version: "1"
+agents: ["spiffe://example.org/agent/support-*"]
+params: {ticket_id: {type: string}}
+ttl_seconds: 1
+start: [read]
+steps:
+  read:
+    tool: tickets.get_ticket
+    arguments: {ticket_id: {bind: params.ticket_id}}
+"""
 
 
 def free_port() -> int:
@@ -36,7 +51,10 @@ def free_port() -> int:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """One gateway (and its four upstream servers) for the whole module: starting them is slow."""
     tmp_path = tmp_path_factory.mktemp("http-gateway")
-    make_gateway(tmp_path)  # writes intentgate.yaml, keys and the upstreams' JWKS
+    intents = tmp_path / "intents"
+    shutil.copytree(INTENTS_DIR, intents)
+    (intents / "quick-look.yaml").write_text(QUICK_LOOK)
+    make_gateway(tmp_path, intents_dir=intents)  # writes intentgate.yaml, keys and the upstreams' JWKS
     port = free_port()
     log = open(tmp_path / "gateway.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
@@ -109,6 +127,36 @@ async def test_another_agents_task_over_http(gateway) -> None:
         r = await other.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                   meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
         assert r.is_error and "task_not_owned" in r.structured_content["reasons"]
+
+
+async def test_workflow_denials_over_http(gateway) -> None:
+    base, data_dir = gateway
+    async with mcp_client(base, agent_token(data_dir)) as client:
+        r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
+                                                              "reason": "customer asked"})
+        task = r.structured_content["task"]
+
+        async def call(tool: str, args: dict, step: str) -> list[str] | None:
+            # the LLM-style form: task and step as arguments
+            r = await client.call_tool(tool, {**args, "intent_task": task, "intent_step": step})
+            return r.structured_content["reasons"] if r.is_error else None
+
+        assert await call("orders__get_order", {"order_id": "ORD-7"}, "lookup") == ["step_out_of_order:lookup"]
+        assert await call("orders__get_order", {"order_id": "ORD-7"}, "read_ticket") == [
+            "tool_mismatch:orders.get_order", "argument_not_allowed:order_id", "argument_missing:ticket_id"]
+        assert await call("tickets__get_ticket", {"ticket_id": "TCK-1"}, "read_ticket") is None
+        assert await call("orders__get_order", {"order_id": "ORD-8"}, "lookup") == ["binding_mismatch:order_id"]
+        assert await call("orders__get_order", {"order_id": "ORD-7"}, "lookup") is None
+        assert await call("payments__refund", {"order_id": "ORD-7", "amount": "lots", "currency": "EUR"},
+                          "refund") == ["argument_constraint:amount"]
+
+        r = await client.call_tool("intentgate__begin_task", {"intent": "quick-look", "params": {"ticket_id": "TCK-1"},
+                                                              "reason": "short-lived"})
+        quick = r.structured_content["task"]
+        await asyncio.sleep(1.2)  # the intent's ttl is one second
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                   meta={"intentgate/task": quick, "intentgate/step": "read"})
+        assert r.is_error and r.structured_content["reasons"] == ["task_expired"]
 
 
 @pytest.mark.parametrize("token", [None, "not-a-jwt"])

@@ -49,7 +49,8 @@ def http_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     with log.open("w") as err:
         proc = subprocess.Popen(
             [sys.executable, str(SERVER), "--name", "orders", "--http", str(port)],
-            cwd=ROOT, env={**os.environ, "INTENTGATE_JWKS": str(jwks)}, stdout=subprocess.DEVNULL, stderr=err,
+            cwd=ROOT, env={**os.environ, "INTENTGATE_JWKS": str(jwks), "CAPTURE_TOKENS": str(keys_dir / "sniffed")},
+            stdout=subprocess.DEVNULL, stderr=err,
         )
     url = f"http://127.0.0.1:{port}/mcp"
     deadline = time.monotonic() + 30
@@ -225,3 +226,23 @@ async def test_agent_without_an_intent_on_the_upstream_sees_and_reads_nothing(tm
         with pytest.raises(MCPError) as denied:
             await client.read_resource("tickets+tickets://TCK-1")
         assert denied.value.data["reasons"] == ["policy_denied", "policy:read_not_permitted"]
+
+
+async def test_sniffed_token_replayed_at_the_upstream_is_refused(tmp_path: Path, http_upstream) -> None:
+    url, action_keys = http_upstream
+    sniffed = action_keys.parent / "sniffed"
+    async with Client(gateway(tmp_path, http_upstream)) as client:
+        task = await begin(client)
+        meta = {"intentgate/task": task}
+        await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"}, meta={**meta, "intentgate/step": "read_ticket"})
+        before = sniffed.read_text().split() if sniffed.exists() else []
+        # a token the agent puts in _meta itself is dropped: the upstream gets the gateway's own
+        r = await client.call_tool("orders__get_order", {"order_id": "ORD-7"},
+                                   meta={**meta, "intentgate/step": "lookup", "intentgate/token": "stolen"})
+        assert not r.is_error and r.structured_content["verified_jti"]
+    captured = sniffed.read_text().split()[len(before):]
+    assert len(captured) == 1 and captured[0] != "stolen"
+    # whoever saw the token on the wire replays it straight at the upstream: burnt already
+    async with Client(url) as direct:
+        replay = await direct.call_tool("get_order", {"order_id": "ORD-7"}, meta={"intentgate/token": captured[0]})
+    assert replay.is_error and replay.structured_content == {"refused": "token_replayed"}

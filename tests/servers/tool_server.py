@@ -5,7 +5,7 @@ call's result echoes what the server received (tool, arguments, whether a gatewa
 came in ``_meta``, which ``Authorization`` header came over HTTP).  With ``INTENTGATE_JWKS``
 set, the server verifies each call's action token with ``gateway.verify`` (signature,
 audience, arguments digest, single use in its own ledger) and refuses calls without a valid
-one.  Extra tools for fault tests: ``crash`` exits the process, ``hang`` never answers.
+one (``CAPTURE_TOKENS=FILE`` appends each raw token to FILE, for replay tests).  Extra tools for fault tests: ``crash`` exits the process, ``hang`` never answers.
 Every call reports progress (1/2, 2/2) when the caller asked for it and logs one ``info``
 line.  The ``tickets`` server also has resources (two tickets and a customer list), a
 resource template ``tickets://{ticket_id}`` and a prompt ``summarise_ticket``.
@@ -126,6 +126,9 @@ def build(name: str) -> Server[Any]:
             os._exit(3)
         if params.name == "hang":
             await anyio.sleep_forever()
+        if token and os.environ.get("CAPTURE_TOKENS"):  # plays a sniffed channel in replay tests
+            with open(os.environ["CAPTURE_TOKENS"], "a") as capture:
+                capture.write(token + "\n")
         verified = None
         if verifier is not None:
             try:
