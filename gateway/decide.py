@@ -107,6 +107,8 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
     detail = reasons[0].partition(":")[2]
     if code is ReasonCode.APPROVED:
         return f"allowed: approved by a reviewer ({detail})"
+    if code is ReasonCode.BREAK_GLASS:
+        return f"allowed under break-glass grant {detail}; this call is flagged for review"
     nxt = f"; allowed next: {', '.join(allowed)}" if allowed else ""
     match code:
         case ReasonCode.STEP_OUT_OF_ORDER:
@@ -436,6 +438,15 @@ class Decider:
                 use_approval = approved.id
                 outcome, reasons = "allow", [reason(ReasonCode.APPROVED, approved.id)]
         hard = any(reason_code_of(r) in _HARD for r in reasons)
+        use_grant = None
+        if outcome in ("deny", "hold") and not hard:  # a reviewer's break-glass exception?
+            grant = await self.store.grants.find_active(
+                agent=call.agent.id, tool=call.qualified_tool, intent=intent.name, now=now
+            )
+            clocked.lap("grant")
+            if grant is not None:
+                use_grant = grant.id
+                outcome, reasons = "allow", [reason(ReasonCode.BREAK_GLASS, grant.id), *reasons]
         if mode == "shadow" and outcome != "allow" and not hard:
             outcome = "would_deny"
         record.outcome, record.reasons = outcome, reasons
@@ -459,7 +470,7 @@ class Decider:
             )
 
         # --- token (allow / would_deny): minted now, released only after the commit
-        assert step is not None or outcome == "would_deny"
+        assert step is not None or outcome == "would_deny" or use_grant is not None
         minted = self.issuer.mint(
             agent=call.agent.id, task_id=task.id, intent=intent.name, step=call.step,
             upstream=call.upstream, tool=call.qualified_tool, arguments_sha256=digest,
@@ -480,7 +491,7 @@ class Decider:
         )
         record.timings_us = dict(clocked.timings)
         committed = await self.store.commit_decision(record, advance=advance, token=token_row,
-                                                     use_approval=use_approval)
+                                                     use_approval=use_approval, use_grant_id=use_grant)
         clocked.lap("store")
         if not committed.committed:
             # another call moved the task on (or used the approval) first: this one loses, and says so

@@ -76,6 +76,7 @@ class ReasonCode(StrEnum):
     APPROVAL_REQUIRED = "approval_required"
     POLICY_HOLD = "policy_hold"
     APPROVED = "approved"
+    BREAK_GLASS = "break_glass"
     # action tokens
     INVALID_TOKEN = "invalid_token"
     TOKEN_EXPIRED = "token_expired"

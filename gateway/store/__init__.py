@@ -1,7 +1,8 @@
 """Durable state: tasks, the hash-chained decision log, tokens, approvals."""
 
 from .db import Database
-from .records import ApprovalRecord, ChainReport, DecisionRecord, Outcome, TokenRecord
+from .grants import GrantConflict, GrantStore
+from .records import ApprovalRecord, ChainReport, DecisionRecord, GrantRecord, Outcome, TokenRecord
 from .store import ApprovalConflict, CommitResult, Store, TaskAdvance
 
 __all__ = [
@@ -11,6 +12,9 @@ __all__ = [
     "CommitResult",
     "Database",
     "DecisionRecord",
+    "GrantConflict",
+    "GrantRecord",
+    "GrantStore",
     "Outcome",
     "Store",
     "TaskAdvance",

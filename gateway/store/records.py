@@ -14,6 +14,7 @@ __all__ = [
     "ApprovalRecord",
     "ChainReport",
     "DecisionRecord",
+    "GrantRecord",
     "Outcome",
     "TokenRecord",
     "chain_hash",
@@ -93,6 +94,28 @@ class ApprovalRecord(BaseModel):
     decided_at: float | None = None
     note: str | None = None
     used_by_decision: str | None = None
+
+
+class GrantRecord(BaseModel):
+    """A break-glass grant (see ``GrantRow``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    agent: str
+    tool: str | None = None
+    intent: str | None = None
+    reason: str
+    created_by: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+    uses: int = 0
+    last_used_decision: str | None = None
+    signed_off_by: str | None = None
+    signed_off_at: float | None = None
+    sign_off_note: str | None = None
 
 
 class ChainReport(BaseModel):

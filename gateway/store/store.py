@@ -18,6 +18,7 @@ from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
 from . import queries
 from .db import Database
+from .grants import GrantStore, use_grant
 from .records import (
     GENESIS_HASH,
     ApprovalRecord,
@@ -206,6 +207,7 @@ class Store:
 
     def __init__(self, database: Database) -> None:
         self.db = database
+        self.grants = GrantStore(database)
 
     @classmethod
     def open(cls, url: str, **kwargs: Any) -> Store:
@@ -278,12 +280,14 @@ class Store:
         token: TokenRecord | None = None,
         approval: ApprovalRecord | None = None,
         use_approval: str | None = None,
+        use_grant_id: str | None = None,
     ) -> CommitResult:
         """Write a decision with its effects, atomically.
 
         If ``advance`` is given and the task moved on meanwhile (another call won the race
         for this step), or ``use_approval`` names an approval that is no longer approved and
-        unexpired (another call used it first), nothing is written and ``committed`` is False.
+        unexpired (another call used it first), or ``use_grant_id`` names a grant that expired
+        or was revoked meanwhile, nothing is written and ``committed`` is False.
         """
 
         def op(conn: Connection) -> CommitResult:
@@ -297,6 +301,8 @@ class Store:
                 )
                 if res.rowcount != 1:
                     return CommitResult(False)  # nothing written in this transaction
+            if use_grant_id is not None and not use_grant(conn, use_grant_id, record.id, record.at):
+                raise _Lost
             if advance is not None:
                 res = _advance_task(
                     conn,

@@ -14,6 +14,7 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ApprovalRow",
+    "GrantRow",
     "ChainHeadRow",
     "DecisionRow",
     "OutcomeRow",
@@ -138,3 +139,25 @@ class ApprovalRow(SQLModel, table=True):
     decided_at: float | None = None
     note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     used_by_decision: str | None = Field(default=None, max_length=40)
+
+
+class GrantRow(SQLModel, table=True):
+    """A break-glass exception: one agent, one tool or one intent, until ``expires_at``."""
+
+    __tablename__ = "grants"
+
+    id: str = Field(primary_key=True, max_length=40)
+    agent: str = Field(max_length=512, index=True)
+    tool: str | None = Field(default=None, max_length=256)
+    intent: str | None = Field(default=None, max_length=64)
+    reason: str = Field(sa_column=Column(Text, nullable=False))
+    created_by: str = Field(max_length=512)
+    created_at: float
+    expires_at: float
+    revoked_at: float | None = None
+    revoked_by: str | None = Field(default=None, max_length=512)
+    uses: int = 0
+    last_used_decision: str | None = Field(default=None, max_length=40)
+    signed_off_by: str | None = Field(default=None, max_length=512)
+    signed_off_at: float | None = Field(default=None, index=True)
+    sign_off_note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -1,0 +1,129 @@
+"""Break-glass grants: time-boxed exceptions for one agent and one tool or intent.
+
+A grant lets that agent's calls through where the workflow or the policy would deny or hold
+them (never where the task itself fails: unknown, not theirs, ended, expired).  Each use is
+counted in the same transaction as the decision that used it, with one conditional UPDATE,
+so an expired or revoked grant can never be used, on any replica.  Every grant stays in the
+"needs review" list until a reviewer signs it off.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, or_, select, update
+
+from .db import Database
+from .records import GrantRecord
+from .tables import GrantRow
+
+__all__ = ["GrantConflict", "GrantStore", "use_grant"]
+
+grants_t = GrantRow.__table__
+
+
+class GrantConflict(Exception):
+    """A grant could not be changed: ``unknown``, ``already signed off`` or ``already revoked``."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def use_grant(conn: Connection, grant_id: str, decision_id: str, now: float) -> bool:
+    """Count one use of an active grant; False when it expired or was revoked meanwhile."""
+    t = grants_t.c
+    res = conn.execute(
+        update(grants_t)
+        .where(t.id == grant_id, t.expires_at > now, t.revoked_at.is_(None))
+        .values(uses=t.uses + 1, last_used_decision=decision_id)
+    )
+    return res.rowcount == 1
+
+
+def _record(row: object) -> GrantRecord:
+    return GrantRecord.model_validate(dict(row._mapping))  # type: ignore[attr-defined]
+
+
+class GrantStore:
+    """Grants in the gateway's database (each method one transaction)."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def create(self, grant: GrantRecord) -> GrantRecord:
+        def op(conn: Connection) -> None:
+            conn.execute(grants_t.insert(), grant.model_dump())
+
+        await self.db.run(op)
+        return grant
+
+    async def get(self, grant_id: str) -> GrantRecord | None:
+        def op(conn: Connection) -> GrantRecord | None:
+            row = conn.execute(select(grants_t).where(grants_t.c.id == grant_id)).first()
+            return _record(row) if row else None
+
+        return await self.db.run(op, read_only=True)
+
+    async def find_active(self, *, agent: str, tool: str, intent: str, now: float) -> GrantRecord | None:
+        """The active grant covering this agent's call to ``tool`` under ``intent``, if any."""
+
+        def op(conn: Connection) -> GrantRecord | None:
+            t = grants_t.c
+            row = conn.execute(
+                select(grants_t)
+                .where(t.agent == agent, t.expires_at > now, t.revoked_at.is_(None),
+                       or_(t.tool == tool, t.intent == intent))
+                .order_by(t.created_at)
+                .limit(1)
+            ).first()
+            return _record(row) if row else None
+
+        return await self.db.run(op, read_only=True)
+
+    async def list(self, *, needs_review: bool = False, active_at: float | None = None,
+                   limit: int = 200) -> list[GrantRecord]:
+        def op(conn: Connection) -> list[GrantRecord]:
+            t = grants_t.c
+            q = select(grants_t).order_by(t.created_at.desc()).limit(limit)
+            if needs_review:
+                q = q.where(t.signed_off_at.is_(None))
+            if active_at is not None:
+                q = q.where(t.expires_at > active_at, t.revoked_at.is_(None))
+            return [_record(r) for r in conn.execute(q)]
+
+        return await self.db.run(op, read_only=True)
+
+    async def sign_off(self, grant_id: str, *, reviewer: str, now: float, note: str | None = None) -> GrantRecord:
+        """Sign a grant off after review, once."""
+
+        def op(conn: Connection) -> GrantRecord:
+            t = grants_t.c
+            res = conn.execute(
+                update(grants_t).where(t.id == grant_id, t.signed_off_at.is_(None))
+                .values(signed_off_by=reviewer, signed_off_at=now, sign_off_note=note)
+            )
+            row = conn.execute(select(grants_t).where(t.id == grant_id)).first()
+            if row is None:
+                raise GrantConflict("unknown")
+            if res.rowcount != 1:
+                raise GrantConflict("already signed off")
+            return _record(row)
+
+        return await self.db.run(op)
+
+    async def revoke(self, grant_id: str, *, reviewer: str, now: float) -> GrantRecord:
+        """End a grant before its time; it can no longer be used."""
+
+        def op(conn: Connection) -> GrantRecord:
+            t = grants_t.c
+            res = conn.execute(
+                update(grants_t).where(t.id == grant_id, t.revoked_at.is_(None))
+                .values(revoked_at=now, revoked_by=reviewer)
+            )
+            row = conn.execute(select(grants_t).where(t.id == grant_id)).first()
+            if row is None:
+                raise GrantConflict("unknown")
+            if res.rowcount != 1:
+                raise GrantConflict("already revoked")
+            return _record(row)
+
+        return await self.db.run(op)
