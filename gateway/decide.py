@@ -25,7 +25,7 @@ from .store import ApprovalRecord, DecisionRecord, Outcome, Store, TaskAdvance, 
 from .tokens import ActionTokenIssuer, MintedToken
 from .workflow import HistoryEntry, Task, WorkflowResult, allowed_next, check_call
 
-__all__ = ["CallRequest", "Decider", "TaskEnded", "TaskStarted", "Verdict", "new_id"]
+__all__ = ["CallRequest", "Decider", "TaskEnded", "TaskStarted", "Verdict", "new_id", "policy_input", "verdict_of"]
 
 log = logging.getLogger("intentgate.decide")
 
@@ -290,30 +290,7 @@ class Decider:
     def policy_input(
         self, call: CallRequest, intent: Intent, task: Task, wf: WorkflowResult, now: float, mode: str
     ) -> dict[str, Any]:
-        return {
-            "action": "tools/call",
-            "agent": {"id": call.agent.id, "claims": call.agent.claims},
-            "intent": {"name": intent.name, "version": intent.version, "params": task.params},
-            "task": {
-                "id": task.id,
-                "started_at": iso(task.created_at),
-                "expires_at": iso(task.expires_at),
-                "history": [{"step": h.step, "tool": h.tool, "decision": h.decision} for h in task.history],
-            },
-            "call": {
-                "upstream": call.upstream,
-                "tool": call.tool,
-                "step": call.step,
-                "arguments": call.untrusted_arguments,
-            },
-            "workflow": {"ok": wf.ok, "violations": wf.violations},
-            "context": {
-                "now": iso(now),
-                "now_ms": int(now * 1000),
-                "environment": self.environment,
-                "mode": mode,
-            },
-        }
+        return policy_input(call, intent, task, wf, now, mode, self.environment)
 
     def _call_record(self, call: CallRequest) -> DecisionRecord:
         """A fresh decision record for a tool call, outcome ``deny`` until decided otherwise."""
@@ -426,7 +403,7 @@ class Decider:
 
         # --- verdict
         step = intent.steps.get(call.step)
-        outcome, reasons = _verdict(wf, result, step.approval if step else "never")
+        outcome, reasons = verdict_of(wf, result, step.approval if step else "never")
         use_approval = None
         if outcome == "hold":  # a reviewer may have approved exactly this call already
             approved = await self.store.find_approved(
@@ -506,7 +483,38 @@ class Decider:
         )
 
 
-def _verdict(wf: WorkflowResult, result: PolicyResult, approval: str) -> tuple[Outcome, list[str]]:
+def policy_input(
+    call: CallRequest, intent: Intent, task: Task, wf: WorkflowResult, now: float, mode: str, environment: str
+) -> dict[str, Any]:
+    """The policy's ``input`` for one tool call (the contract in DESIGN.md)."""
+    return {
+        "action": "tools/call",
+        "agent": {"id": call.agent.id, "claims": call.agent.claims},
+        "intent": {"name": intent.name, "version": intent.version, "params": task.params},
+        "task": {
+            "id": task.id,
+            "started_at": iso(task.created_at),
+            "expires_at": iso(task.expires_at),
+            "history": [{"step": h.step, "tool": h.tool, "decision": h.decision} for h in task.history],
+        },
+        "call": {
+            "upstream": call.upstream,
+            "tool": call.tool,
+            "step": call.step,
+            "arguments": call.untrusted_arguments,
+        },
+        "workflow": {"ok": wf.ok, "violations": wf.violations},
+        "context": {
+            "now": iso(now),
+            "now_ms": int(now * 1000),
+            "environment": environment,
+            "mode": mode,
+        },
+    }
+
+
+def verdict_of(wf: WorkflowResult, result: PolicyResult, approval: str) -> tuple[Outcome, list[str]]:
+    """Workflow result + policy answer + the step's approval setting → (outcome, reasons)."""
     policy_reasons = [reason(ReasonCode.POLICY, r) for r in result.reasons]
     if not wf.ok:
         return "deny", list(wf.violations)

@@ -22,7 +22,7 @@ from .identity import AgentIdentity
 from .policy import PolicyResult
 from .store import DecisionRecord
 
-__all__ = ["ReadAction", "ReadRequest", "decide_read", "refuse_read"]
+__all__ = ["ReadAction", "ReadRequest", "decide_read", "read_verdict", "refuse_read"]
 
 log = logging.getLogger("intentgate.reads")
 
@@ -56,6 +56,13 @@ def _record(decider: Decider, read: ReadRequest) -> DecisionRecord:
     return record
 
 
+def read_verdict(result: PolicyResult) -> tuple[Literal["allow", "deny"], list[str]]:
+    """A read is allowed or denied; there is no approval for reads, so ``hold`` is ignored."""
+    if result.allow:
+        return "allow", []
+    return "deny", [reason(ReasonCode.POLICY_DENIED), *(reason(ReasonCode.POLICY, r) for r in result.reasons)]
+
+
 def policy_input(decider: Decider, read: ReadRequest, now: float) -> dict[str, Any]:
     return {
         "action": read.action,
@@ -80,10 +87,7 @@ async def decide_read(decider: Decider, read: ReadRequest) -> Verdict:
         async with asyncio.timeout(decider.policy_timeout):
             result: PolicyResult = await decider.policy.evaluate(pinput)
         record.policy_result = result.model_dump()
-        if result.allow:
-            record.outcome, record.reasons = "allow", []
-        else:
-            record.reasons = [reason(ReasonCode.POLICY_DENIED), *(reason(ReasonCode.POLICY, r) for r in result.reasons)]
+        record.outcome, record.reasons = read_verdict(result)
         await decider.store.commit_decision(record)
     except Exception as exc:  # noqa: BLE001 - fail closed, whatever happened
         code = exc.code if isinstance(exc, GatewayError) else ReasonCode.INTERNAL_ERROR
