@@ -275,6 +275,7 @@ class Front:
         try:
             return await request
         except UpstreamError as exc:
+            self.rt.metrics.upstream_error(read.upstream, exc.code)
             raise MCPError(READ_FAILED, exc.message, {"reasons": [exc.code.value]}) from exc
 
     # ----- tools/list ----------------------------------------------------------------
@@ -405,6 +406,7 @@ class Front:
             return result
         except UpstreamError as exc:
             status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
+            self.rt.metrics.upstream_error(upstream_name, exc.code)
             return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
                                   "explanation": exc.message})
         finally:

@@ -13,6 +13,7 @@ from .errors import GatewayError
 from .identity import DevIssuer, IdentityVerifier
 from .intents import IntentRegistry, load_intents
 from .keys import KeySet
+from .metrics import Metrics
 from .policy import PolicyEngine, make_engine
 from .store import Store
 from .tokens import ActionTokenIssuer
@@ -36,6 +37,7 @@ class Runtime:
     issuer: ActionTokenIssuer
     verifier: ActionTokenVerifier
     decider: Decider
+    metrics: Metrics
 
     @classmethod
     async def open(cls, config: GatewayConfig, *, clock: Clock | None = None) -> Runtime:
@@ -84,7 +86,9 @@ class Runtime:
                 store.close()
             await policy.aclose()
             raise
-        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider)
+        metrics = Metrics()
+        store.events = metrics
+        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider, metrics)
 
     def identity_verifier(self) -> IdentityVerifier:
         """Verifier for agents' workload tokens: configured issuers, plus the dev issuer if enabled."""

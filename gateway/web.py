@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
@@ -30,6 +30,7 @@ from .decide import CallRequest
 from .errors import GatewayError, ReasonCode
 from .front import Front
 from .identity import AgentIdentity, IdentityError
+from .metrics import CONTENT_TYPE_LATEST
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
@@ -150,6 +151,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
             return JSONResponse({"status": "degraded", "database": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok", "policy_revision": rt.policy.revision,
                              "intents_revision": rt.intents.revision})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of this gateway process (no agent ids or arguments in labels)."""
+        return Response(request.app.state.runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/jwks.json")
     async def jwks(request: Request) -> dict[str, Any]:

@@ -213,3 +213,21 @@ def test_rest_decide_and_jwks(gateway) -> None:
     bad = httpx2.post(f"{base}/v1/decide", json={"task": "t", "extra": 1}, headers=auth, timeout=10)
     assert bad.status_code == 422
     assert os.path.exists(data_dir / "intentgate.db")
+
+
+async def test_metrics_endpoint_counts_calls(gateway) -> None:
+    base, data_dir = gateway
+
+    def begun() -> float:
+        text = httpx2.get(f"{base}/metrics", timeout=10).text
+        line = [ln for ln in text.splitlines() if ln.startswith("intentgate_decisions_total{")
+                and 'kind="task/begin"' in ln and 'outcome="allow"' in ln and 'intent="refund-order"' in ln]
+        return float(line[0].rsplit(" ", 1)[1]) if line else 0.0
+
+    before = begun()
+    async with mcp_client(base, agent_token(data_dir)) as client:
+        r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
+                                                              "reason": "metrics"})
+        assert not r.is_error
+    assert begun() == before + 1
+    assert 'intentgate_tokens_total{event="minted"}' in httpx2.get(f"{base}/metrics", timeout=10).text

@@ -3,7 +3,7 @@
 from .db import Database
 from .grants import GrantConflict, GrantStore
 from .records import ApprovalRecord, ChainReport, DecisionRecord, GrantRecord, Outcome, TokenRecord
-from .store import ApprovalConflict, CommitResult, Store, TaskAdvance
+from .store import ApprovalConflict, CommitResult, Store, StoreEvents, TaskAdvance
 
 __all__ = [
     "ApprovalConflict",
@@ -17,6 +17,7 @@ __all__ = [
     "GrantStore",
     "Outcome",
     "Store",
+    "StoreEvents",
     "TaskAdvance",
     "TokenRecord",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -29,7 +29,7 @@ from .records import (
 )
 from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskRow, TokenRow, metadata
 
-__all__ = ["ApprovalConflict", "CommitResult", "Store", "TaskAdvance"]
+__all__ = ["ApprovalConflict", "CommitResult", "Store", "StoreEvents", "TaskAdvance"]
 
 tasks_t = TaskRow.__table__
 decisions_t = DecisionRow.__table__
@@ -141,6 +141,16 @@ class CommitResult:
         self.revoked = revoked
 
 
+class StoreEvents(Protocol):
+    """Told about what was committed (metrics); called after the transaction, never inside it."""
+
+    def decision(self, record: DecisionRecord) -> None: ...
+
+    def tokens_revoked(self, count: int) -> None: ...
+
+    def token_consumed(self) -> None: ...
+
+
 class _Lost(Exception):
     """Raised inside a transaction to roll back what it wrote: a race was lost."""
 
@@ -208,6 +218,13 @@ class Store:
     def __init__(self, database: Database) -> None:
         self.db = database
         self.grants = GrantStore(database)
+        self.events: StoreEvents | None = None
+
+    def _committed(self, records: list[DecisionRecord], revoked: int = 0) -> None:
+        if self.events is not None:
+            for record in records:
+                self.events.decision(record)
+            self.events.tokens_revoked(revoked)
 
     @classmethod
     def open(cls, url: str, **kwargs: Any) -> Store:
@@ -233,7 +250,9 @@ class Store:
             conn.execute(insert(tasks_t).values(**task.model_dump(exclude={"history"}), history=[]))
             return CommitResult(True, _append_decision(conn, record))
 
-        return await self.db.run(op)
+        result = await self.db.run(op)
+        self._committed([record])
+        return result
 
     async def end_task(self, task_id: str, status: str, now: float, record: DecisionRecord) -> CommitResult:
         """Close an active task (``ended``/``expired``) and revoke its unconsumed tokens."""
@@ -249,15 +268,19 @@ class Store:
             revoked = _revoke_task_tokens(conn, task_id, now)
             return CommitResult(True, _append_decision(conn, record), revoked)
 
-        return await self.db.run(op)
+        result = await self.db.run(op)
+        if result.committed:
+            self._committed([record], result.revoked)
+        return result
 
     async def expire_tasks(self, now: float, make_record: Callable[[Task], DecisionRecord]) -> int:
         """Mark every overdue active task expired, revoke its tokens, record it. Returns count."""
 
-        def op(conn: Connection) -> int:
+        def op(conn: Connection) -> tuple[list[DecisionRecord], int]:
             rows = conn.execute(
                 select(tasks_t).where(and_(tasks_t.c.status == "active", tasks_t.c.expires_at <= now))
             ).all()
+            records, revoked = [], 0
             for row in rows:
                 task = _task_from_row(row)
                 conn.execute(
@@ -265,11 +288,14 @@ class Store:
                     .where(and_(tasks_t.c.id == task.id, tasks_t.c.status == "active"))
                     .values(status="expired", ended_at=now, version=tasks_t.c.version + 1)
                 )
-                _revoke_task_tokens(conn, task.id, now)
-                _append_decision(conn, make_record(task))
-            return len(rows)
+                revoked += _revoke_task_tokens(conn, task.id, now)
+                records.append(make_record(task))
+                _append_decision(conn, records[-1])
+            return records, revoked
 
-        return await self.db.run(op)
+        records, revoked = await self.db.run(op)
+        self._committed(records, revoked)
+        return len(records)
 
     # ----- decisions -----------------------------------------------------------------
     async def commit_decision(
@@ -327,9 +353,12 @@ class Store:
             return CommitResult(True, seq, revoked)
 
         try:
-            return await self.db.run(op)
+            result = await self.db.run(op)
         except _Lost:
             return CommitResult(False)
+        if result.committed:
+            self._committed([record], result.revoked)
+        return result
 
     async def record_outcome(
         self, decision_id: str, *, at: float, status: str, latency_ms: float, detail: str | None = None
@@ -440,7 +469,10 @@ class Store:
                 return ConsumeOutcome.REVOKED
             return ConsumeOutcome.UNKNOWN
 
-        return await self.db.run(op)
+        outcome = await self.db.run(op)
+        if outcome is ConsumeOutcome.CONSUMED and self.events is not None:
+            self.events.token_consumed()
+        return outcome
 
     async def get_token(self, jti: str) -> TokenRecord | None:
         def op(conn: Connection) -> TokenRecord | None:

@@ -1,0 +1,66 @@
+"""Prometheus metrics of one gateway process (``GET /metrics``).
+
+The store reports every committed decision and token event to :class:`Metrics` (it is the
+one place every decision passes through); the front reports upstream errors.  Each gateway
+has its own registry, so several gateways in one process (tests) do not share counters.
+Label values are bounded: reason codes without their detail, intent names from the
+registry, outcomes from a closed set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .errors import ReasonCode
+from .store import DecisionRecord
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_CODES = {c.value for c in ReasonCode}
+# decision latency buckets, in seconds: 100 µs .. 1 s
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """Counters and the decision-latency histogram; implements the store's event sink."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter("intentgate_decisions", "Decisions recorded, by kind, outcome and intent",
+                                 ["kind", "outcome", "intent"], registry=r)
+        self.reasons = Counter("intentgate_decision_reasons", "Reason codes of recorded decisions",
+                               ["outcome", "reason"], registry=r)
+        self.latency = Histogram("intentgate_decision_seconds", "Time to decide a tool call (pipeline, commit "
+                                 "included)", ["outcome"], buckets=_BUCKETS, registry=r)
+        self.tokens = Counter("intentgate_tokens", "Action tokens by event", ["event"], registry=r)
+        self.upstream_errors = Counter("intentgate_upstream_errors", "Failed forwards to upstreams",
+                                       ["upstream", "reason"], registry=r)
+        for event in ("minted", "consumed", "revoked"):
+            self.tokens.labels(event)  # present (at 0) from the start
+
+    # ----- store events ---------------------------------------------------------------
+    def decision(self, record: DecisionRecord) -> None:
+        self.decisions.labels(record.kind, record.outcome, record.intent or "").inc()
+        for text in record.reasons:
+            code = text.split(":", 1)[0]
+            self.reasons.labels(record.outcome, code if code in _CODES else "other").inc()
+        if record.kind == "tools/call" and record.timings_us:
+            self.latency.labels(record.outcome).observe(sum(record.timings_us.values()) / 1e6)
+        if record.token_jti is not None:
+            self.tokens.labels("minted").inc()
+
+    def tokens_revoked(self, count: int) -> None:
+        if count:
+            self.tokens.labels("revoked").inc(count)
+
+    def token_consumed(self) -> None:
+        self.tokens.labels("consumed").inc()
+
+    # ----- front events -----------------------------------------------------------------
+    def upstream_error(self, upstream: str, code: ReasonCode) -> None:
+        self.upstream_errors.labels(upstream, code.value).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
