@@ -112,6 +112,8 @@ class ReviewConfig(_Strict):
     )
     role: str = Field(default="intentgate-reviewer", min_length=1, description="role a reviewer token must carry")
     leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    max_grant_seconds: int = Field(default=4 * 3600, ge=60, le=7 * 24 * 3600,
+                                   description="longest break-glass grant a reviewer may give")
 
     @model_validator(mode="after")
     def _oidc_only(self) -> ReviewConfig:

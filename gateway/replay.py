@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from .decide import CallRequest, policy_input, verdict_of
 from .identity import AgentIdentity
@@ -67,12 +67,16 @@ class ReplayReport(BaseModel):
     seconds: float = 0.0
     decisions_per_second: float = 0.0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def allow_to_deny(self) -> int:
+        """Decisions that were allowed and would no longer be."""
         return sum(n for t, n in self.transitions.items() if t.startswith("allow->"))
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def deny_to_allow(self) -> int:
+        """Decisions that were denied or held and would now be allowed."""
         return sum(n for t, n in self.transitions.items() if t.endswith("->allow"))
 
 

@@ -1,4 +1,5 @@
-"""The reviewer REST API under ``/v1``: decisions and the audit export.
+"""The reviewer REST API under ``/v1``: decisions, the audit export, approvals, break-glass
+grants and what-if replay.
 
 Every route needs a reviewer credential (:func:`require_reviewer`): no or an invalid token
 is a 401 with ``WWW-Authenticate: Bearer``; an agent's workload token, or a reviewer token
@@ -10,15 +11,28 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ..errors import GatewayError
+from ..errors import ConfigError, GatewayError
+from ..replay import ReplayReport
+from ..store import ApprovalConflict, GrantConflict
 from .auth import Reviewer, ReviewerDenied
-from .models import DecisionDetail, DecisionPage, DecisionQuery
+from .models import (
+    ApprovalList,
+    ApprovalPublic,
+    DecisionDetail,
+    DecisionPage,
+    DecisionQuery,
+    GrantCreate,
+    GrantList,
+    GrantPublic,
+    ReplayRequest,
+    ReviewNote,
+)
 from .service import ReviewService
 
 __all__ = ["require_reviewer", "router"]
@@ -147,3 +161,122 @@ async def export(
             raise
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def _conflict(why: str) -> HTTPException:
+    if why == "unknown":
+        return HTTPException(status_code=404, detail={"error": "not_found", "message": "no such item"})
+    return HTTPException(status_code=409, detail={"error": "conflict", "message": why})
+
+
+# ----- approvals ---------------------------------------------------------------------
+@router.get("/approvals", response_model=ApprovalList, summary="Approvals (the queue: pending, oldest first)")
+async def list_approvals(
+    reviewer: ReviewerDep,
+    service: ServiceDep,
+    status: Annotated[Literal["pending", "approved", "rejected", "used", "any"], Query()] = "pending",
+) -> ApprovalList:
+    try:
+        return ApprovalList(approvals=await service.approvals(status=None if status == "any" else status))
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
+
+
+async def _decide(service: ReviewService, approval_id: str, approve: bool, reviewer: Reviewer,
+                  body: ReviewNote | None) -> ApprovalPublic:
+    try:
+        decided = await service.decide_approval(approval_id, approve=approve, reviewer=reviewer,
+                                                note=body.note if body else None)
+    except ApprovalConflict as exc:
+        raise _conflict(exc.why) from None
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
+    log.info("approval %s %s by %s", approval_id, "approved" if approve else "rejected", reviewer.id)
+    return decided
+
+
+_DECIDED = {404: {"description": "no such approval"}, 409: {"description": "already decided, or expired"}}
+
+
+@router.post("/approvals/{approval_id}/approve", response_model=ApprovalPublic, responses=_DECIDED,
+             summary="Approve a held call (once): the agent's identical retry is then allowed, once")
+async def approve(approval_id: Annotated[str, Path(max_length=40)], reviewer: ReviewerDep, service: ServiceDep,
+                  body: ReviewNote | None = None) -> ApprovalPublic:
+    return await _decide(service, approval_id, True, reviewer, body)
+
+
+@router.post("/approvals/{approval_id}/reject", response_model=ApprovalPublic, responses=_DECIDED,
+             summary="Reject a held call (once)")
+async def reject(approval_id: Annotated[str, Path(max_length=40)], reviewer: ReviewerDep, service: ServiceDep,
+                 body: ReviewNote | None = None) -> ApprovalPublic:
+    return await _decide(service, approval_id, False, reviewer, body)
+
+
+# ----- break-glass grants ------------------------------------------------------------
+@router.post("/grants", response_model=GrantPublic, status_code=201, responses={422: {"description": "invalid"}},
+             summary="Grant a time-boxed break-glass exception to one agent for one tool or intent")
+async def create_grant(body: GrantCreate, reviewer: ReviewerDep, service: ServiceDep) -> GrantPublic:
+    try:
+        grant = await service.create_grant(body, reviewer=reviewer)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail={"error": "invalid", "message": str(exc)}) from None
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
+    log.warning("break-glass grant %s for %s on %s by %s: %s", grant.id, grant.agent, grant.tool or grant.intent,
+                reviewer.id, grant.reason)
+    return grant
+
+
+@router.get("/grants", response_model=GrantList, summary="Break-glass grants, newest first")
+async def list_grants(
+    reviewer: ReviewerDep,
+    service: ServiceDep,
+    needs_review: Annotated[bool, Query(description="only grants not signed off yet")] = False,
+    active: Annotated[bool, Query(description="only grants usable now")] = False,
+) -> GrantList:
+    try:
+        return GrantList(grants=await service.grants(needs_review=needs_review, active=active))
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.post("/grants/{grant_id}/sign-off", response_model=GrantPublic,
+             responses={404: {"description": "no such grant"}, 409: {"description": "already signed off"}},
+             summary="Sign a grant off after post-hoc review (once)")
+async def sign_off(grant_id: Annotated[str, Path(max_length=40)], reviewer: ReviewerDep, service: ServiceDep,
+                   body: ReviewNote | None = None) -> GrantPublic:
+    try:
+        return await service.sign_off_grant(grant_id, reviewer=reviewer, note=body.note if body else None)
+    except GrantConflict as exc:
+        raise _conflict(exc.why) from None
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
+
+
+@router.post("/grants/{grant_id}/revoke", response_model=GrantPublic,
+             responses={404: {"description": "no such grant"}, 409: {"description": "already revoked"}},
+             summary="End a grant now")
+async def revoke(grant_id: Annotated[str, Path(max_length=40)], reviewer: ReviewerDep,
+                 service: ServiceDep) -> GrantPublic:
+    try:
+        return await service.revoke_grant(grant_id, reviewer=reviewer)
+    except GrantConflict as exc:
+        raise _conflict(exc.why) from None
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
+
+
+# ----- replay ------------------------------------------------------------------------
+@router.post("/replay", response_model=ReplayReport,
+             responses={404: {"description": "no such decision"}, 422: {"description": "bad candidate"}},
+             summary="What-if: re-decide recorded decisions against a candidate policy and intents")
+async def replay(body: ReplayRequest, reviewer: ReviewerDep, service: ServiceDep) -> ReplayReport:
+    """Nothing is written.  Without candidate directories the gateway's own are read anew."""
+    try:
+        return await service.replay(body)
+    except LookupError:
+        raise HTTPException(status_code=404, detail={"error": "not_found", "message": "no such decision"}) from None
+    except ConfigError as exc:
+        raise HTTPException(status_code=422, detail={"error": "invalid", "message": exc.message}) from None
+    except GatewayError as exc:
+        raise _unavailable(exc) from None

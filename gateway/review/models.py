@@ -12,17 +12,25 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..decide import explain
 from ..errors import reason_code_of
 from ..intents import Intent
-from ..store import DecisionRecord, Outcome
+from ..store import ApprovalRecord, DecisionRecord, GrantRecord, Outcome
 from ..store.queries import DecisionDetailRows, DecisionFilter
 from ..workflow import Task, allowed_next
 
 __all__ = [
+    "ApprovalList",
     "ApprovalPublic",
+    "GrantCreate",
+    "GrantList",
+    "GrantPublic",
+    "ReplayRequest",
+    "ReviewNote",
+    "approval_public",
+    "grant_public",
     "CallOutcomePublic",
     "DecisionDetail",
     "DecisionPage",
@@ -191,6 +199,9 @@ class TaskPublic(_Public):
 
 class ApprovalPublic(_Public):
     id: str
+    decision_id: str = Field(description="the held decision")
+    agent: str
+    task_id: str
     status: str
     step: str
     tool: str
@@ -251,6 +262,84 @@ class DecisionDetail(_Public):
     graph: IntentGraph | None = Field(description="null when the intent is not loaded")
 
 
+def approval_public(a: ApprovalRecord) -> ApprovalPublic:
+    return ApprovalPublic(
+        id=a.id, decision_id=a.decision_id, agent=a.agent, task_id=a.task_id, status=a.status, step=a.step,
+        tool=a.tool, arguments_sha256=a.arguments_sha256, policy_revision=a.policy_revision, reasons=a.reasons,
+        created_at=_dt(a.created_at), expires_at=_dt(a.expires_at), decided_by=a.decided_by,
+        decided_at=_dt(a.decided_at), note=a.note, used_by_decision=a.used_by_decision,
+    )
+
+
+class ApprovalList(_Public):
+    approvals: list[ApprovalPublic]
+
+
+class ReviewNote(_Public):
+    """A reviewer's note on approving, rejecting or signing off."""
+
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class GrantCreate(_Public):
+    """A break-glass grant request: one agent, and one tool (``upstream.tool``) or one intent."""
+
+    agent: str = Field(min_length=1, max_length=512, description="the agent's id (workload token `sub`)")
+    tool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,31}\.[^\s]{1,200}$")
+    intent: str | None = Field(default=None, min_length=1, max_length=64)
+    reason: str = Field(min_length=3, max_length=2000, description="why the exception is needed (mandatory)")
+    duration_seconds: int = Field(ge=60, description="how long the grant lasts (at most review.max_grant_seconds)")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> GrantCreate:
+        if (self.intent is None) == (self.tool is None):
+            raise ValueError("give exactly one of tool or intent")
+        return self
+
+
+class GrantPublic(_Public):
+    id: str
+    agent: str
+    tool: str | None
+    intent: str | None
+    reason: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    active: bool = Field(description="usable now: not expired, not revoked")
+    revoked_at: datetime | None
+    revoked_by: str | None
+    uses: int = Field(description="calls let through so far (each is a flagged decision)")
+    last_used_decision: str | None
+    signed_off_by: str | None
+    signed_off_at: datetime | None
+    sign_off_note: str | None
+
+
+def grant_public(g: GrantRecord, now: float) -> GrantPublic:
+    return GrantPublic(
+        id=g.id, agent=g.agent, tool=g.tool, intent=g.intent, reason=g.reason, created_by=g.created_by,
+        created_at=_dt(g.created_at), expires_at=_dt(g.expires_at),
+        active=g.revoked_at is None and g.expires_at > now, revoked_at=_dt(g.revoked_at), revoked_by=g.revoked_by,
+        uses=g.uses, last_used_decision=g.last_used_decision, signed_off_by=g.signed_off_by,
+        signed_off_at=_dt(g.signed_off_at), sign_off_note=g.sign_off_note,
+    )
+
+
+class GrantList(_Public):
+    grants: list[GrantPublic]
+
+
+class ReplayRequest(_Public):
+    """Which recorded decisions to replay, and against what (default: the gateway's own dirs)."""
+
+    decision_id: str | None = Field(default=None, max_length=40, description="one decision")
+    since: datetime | None = Field(default=None, description="decisions at or after this time")
+    until: datetime | None = Field(default=None, description="decisions at or before this time")
+    policy_dir: str | None = Field(default=None, description="candidate policy directory on the gateway host")
+    intents_dir: str | None = Field(default=None, description="candidate intents directory on the gateway host")
+
+
 def _graph(intent: Intent, record: DecisionRecord, task: Task | None, seq_of: dict[str, int]) -> IntentGraph:
     my_seq = record.seq or 0
     path: list[PathEntry] = []
@@ -305,13 +394,7 @@ def build_detail(rows: DecisionDetailRows, intent: Intent | None) -> DecisionDet
                                    at=_dt(h.at)) for h in task.history],
         ) if task else None,
         approvals=[
-            ApprovalPublic(
-                id=a.id, status=a.status, step=a.step, tool=a.tool, arguments_sha256=a.arguments_sha256,
-                policy_revision=a.policy_revision, reasons=a.reasons, created_at=_dt(a.created_at),
-                expires_at=_dt(a.expires_at), decided_by=a.decided_by, decided_at=_dt(a.decided_at), note=a.note,
-                used_by_decision=a.used_by_decision,
-            )
-            for a in rows.approvals
+            approval_public(a) for a in rows.approvals
         ],
         graph=graph,
     )

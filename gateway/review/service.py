@@ -1,4 +1,5 @@
-"""What reviewers read, shared by the REST API and the CLI: search, one decision, export.
+"""What reviewers read and do, shared by the REST API and the CLI: search, one decision,
+export; approve or reject held calls; break-glass grants; what-if replay.
 
 A :class:`ReviewService` reads through its own :class:`~gateway.store.Store` (its own
 connections and worker, never SQLite's inline path), so a long search or export never runs on
@@ -10,14 +11,35 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
+from pathlib import Path
+
 from ..clock import Clock, SystemClock
 from ..config import GatewayConfig
+from ..decide import new_id
+from ..errors import ConfigError
 from ..identity import IdentityVerifier
-from ..intents import IntentRegistry
+from ..intents import IntentRegistry, load_intents
 from ..keys import KeySet
-from ..store import Store
-from .auth import ReviewerAuth
-from .models import DecisionDetail, DecisionPage, DecisionPublic, DecisionQuery, build_detail, epoch, public, summary
+from ..policy import make_engine
+from ..replay import ReplayReport, Replayer, stored_batches
+from ..store import DecisionRecord, GrantRecord, Store
+from .auth import Reviewer, ReviewerAuth
+from .models import (
+    ApprovalPublic,
+    DecisionDetail,
+    DecisionPage,
+    DecisionPublic,
+    DecisionQuery,
+    GrantCreate,
+    GrantPublic,
+    ReplayRequest,
+    approval_public,
+    build_detail,
+    epoch,
+    grant_public,
+    public,
+    summary,
+)
 
 __all__ = ["ReviewService"]
 
@@ -32,11 +54,15 @@ class ReviewService:
         *,
         auth: ReviewerAuth | None = None,
         owns_store: bool = True,
+        config: GatewayConfig | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self._intents = intents
         self.auth = auth
         self._owns_store = owns_store
+        self.config = config or GatewayConfig()
+        self.clock = clock or SystemClock()
 
     @classmethod
     def open(
@@ -58,7 +84,7 @@ class ReviewService:
             config.database_url, timeout=config.store.timeout_seconds, pool_size=2, inline=False,
             sqlite_synchronous=config.store.sqlite_synchronous,
         )
-        return cls(store, intents, auth=auth)
+        return cls(store, intents, auth=auth, config=config, clock=clock)
 
     def close(self) -> None:
         if self._owns_store:
@@ -97,3 +123,68 @@ class ReviewService:
                 return
             yield [public(r) for r in records]
             last = records[-1].seq or last
+
+    # ----- approvals ----------------------------------------------------------------
+    async def approvals(self, *, status: str | None = "pending", limit: int = 200) -> list[ApprovalPublic]:
+        return [approval_public(a) for a in await self.store.list_approvals(status=status, limit=limit)]
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, reviewer: Reviewer, note: str | None = None
+    ) -> ApprovalPublic:
+        """Approve or reject once; raises ``ApprovalConflict`` (unknown / expired / already decided)."""
+        decided = await self.store.decide_approval(
+            approval_id, approve=approve, reviewer=reviewer.id, now=self.clock.now(), note=note
+        )
+        return approval_public(decided)
+
+    # ----- break-glass grants -------------------------------------------------------
+    async def create_grant(self, request: GrantCreate, *, reviewer: Reviewer) -> GrantPublic:
+        """A time-boxed exception; ``ValueError`` when it is longer than the configured maximum."""
+        longest = self.config.review.max_grant_seconds
+        if request.duration_seconds > longest:
+            raise ValueError(f"duration_seconds is at most {longest} (review.max_grant_seconds)")
+        now = self.clock.now()
+        grant = GrantRecord(
+            id=new_id("grt"), agent=request.agent, tool=request.tool, intent=request.intent, reason=request.reason,
+            created_by=reviewer.id, created_at=now, expires_at=now + request.duration_seconds,
+        )
+        return grant_public(await self.store.grants.create(grant), now)
+
+    async def grants(self, *, needs_review: bool = False, active: bool = False) -> list[GrantPublic]:
+        now = self.clock.now()
+        found = await self.store.grants.list(needs_review=needs_review, active_at=now if active else None)
+        return [grant_public(g, now) for g in found]
+
+    async def sign_off_grant(self, grant_id: str, *, reviewer: Reviewer, note: str | None = None) -> GrantPublic:
+        now = self.clock.now()
+        return grant_public(await self.store.grants.sign_off(grant_id, reviewer=reviewer.id, now=now, note=note), now)
+
+    async def revoke_grant(self, grant_id: str, *, reviewer: Reviewer) -> GrantPublic:
+        now = self.clock.now()
+        return grant_public(await self.store.grants.revoke(grant_id, reviewer=reviewer.id, now=now), now)
+
+    # ----- what-if replay ----------------------------------------------------------
+    async def replay(self, request: ReplayRequest, *, progress: Callable[[int], None] | None = None) -> ReplayReport:
+        """Re-decide recorded decisions against a candidate policy and intents (default: the
+        configured dirs, read anew); nothing is written.  Raises ``ConfigError`` for a bad
+        candidate and ``LookupError`` for an unknown decision id."""
+        policy_dir = Path(request.policy_dir) if request.policy_dir else self.config.policy_dir
+        intents_dir = Path(request.intents_dir) if request.intents_dir else self.config.intents_dir
+        for label, path in (("policy", policy_dir), ("intents", intents_dir)):
+            if not path.is_dir():
+                raise ConfigError(f"{label} directory {str(path)!r} does not exist")
+        registry = load_intents(intents_dir)
+        engine = make_engine("embedded", policy_dir=policy_dir, intents_doc=registry.data_document(),
+                             environment=self.config.environment)
+        try:
+            replayer = Replayer(self.store, registry, engine, environment=self.config.environment)
+            if request.decision_id:
+                record = await self.store.get_decision(request.decision_id)
+                if record is None:
+                    raise LookupError(request.decision_id)
+                records: list[DecisionRecord] | object = [record]
+            else:
+                records = stored_batches(self.store, since=epoch(request.since))
+            return await replayer.replay(records, until=epoch(request.until), progress=progress)
+        finally:
+            await engine.aclose()

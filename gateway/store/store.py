@@ -489,6 +489,17 @@ class Store:
 
         return await self.db.run(op, read_only=True)
 
+    async def list_approvals(self, *, status: str | None = "pending", limit: int = 200) -> list[ApprovalRecord]:
+        """Approvals, oldest first (a queue), optionally of one status."""
+
+        def op(conn: Connection) -> list[ApprovalRecord]:
+            q = select(approvals_t).order_by(approvals_t.c.created_at).limit(limit)
+            if status is not None:
+                q = q.where(approvals_t.c.status == status)
+            return [ApprovalRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
+
+        return await self.db.run(op, read_only=True)
+
     async def find_approved(
         self, *, agent: str, task_id: str, step: str, tool: str, arguments_sha256: str, policy_revision: str,
         now: float,
