@@ -8,6 +8,7 @@ from .audit import audit_app
 from .core import register_core
 from .keys import keys_app
 from .policy import policy_app
+from .actions import register_actions
 from .review import register_review
 
 __all__ = ["app"]
@@ -23,4 +24,5 @@ register_core(app)
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policy.")
 app.add_typer(keys_app, name="keys", help="Manage the action-token signing keys.")
 register_review(app, audit_app)
+register_actions(app)
 app.add_typer(audit_app, name="audit", help="Verify and export the decision log.")

@@ -59,7 +59,7 @@ class Reviewer(BaseModel):
 
     id: str = Field(description="the token's `sub`")
     issuer: str
-    via: Literal["admin_token", "oidc"]
+    via: Literal["admin_token", "oidc", "cli"]
 
 
 class ReviewerDenied(GatewayError):
