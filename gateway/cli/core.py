@@ -9,7 +9,7 @@ import typer
 
 from ..errors import GatewayError
 from ..intents import Severity, check_intents
-from .common import ConfigOption, config_or_exit, console, err_console, run
+from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["register_core"]
 
@@ -57,19 +57,21 @@ def check(
 
 def demo(
     data_dir: Annotated[
-        Path | None, typer.Option(help="where to keep the demo database and keys (default: a temp dir)")
+        Path | None,
+        typer.Option(help="where to keep the demo's config, database, keys and tool servers' data (default: a temp dir)"),
     ] = None,
+    serve: Annotated[bool, typer.Option(help="keep the gateway running after the summary, until Ctrl-C")] = True,
 ) -> None:
-    """Run a scripted agent through the decision core and show what is allowed and denied."""
-    from ..demo import print_report, run_demo
+    """Start the gateway with the example tool servers, run the example agents, show what it decided."""
+    from ..demo import run_demo
 
-    report = run(run_demo(data_dir))
-    print_report(report, console)
-    if not report.chain_ok:
+    try:
+        ok = run_demo(data_dir, serve=serve, console=console)
+    except (GatewayError, RuntimeError) as exc:
+        err_console.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}")
+        raise typer.Exit(1) from exc
+    if not ok:
         raise typer.Exit(1)
-
-
-
 
 
 def agent_token(

@@ -1,0 +1,91 @@
+"""``intentgate demo --no-serve``, run as a user runs it, end to end.
+
+The figures are derived from the scenarios in ``agents_examples/`` (see each agent's
+docstring): every allowed, denied and held tool call, per reason code, and every token.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.demo import read_summary
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+# support agent: read, lookup, refund, comment
+SUPPORT = Counter(allow=4)
+# hijacked agent: read, 2 emails (denied), early refund (denied), lookup, refund of ORD-5003 (denied),
+# refund, the refund again (denied), comment
+HIJACKED = Counter(allow=4, deny=5)
+# LLM-style agent: the call without task context (denied), read, 3 pages of orders, comment
+LLM = Counter(allow=5, deny=1)
+# reviewer scenario: read, lookup, refund (held), the approved retry, comment; then break-glass: read,
+# refund without the lookup (denied), the same under the grant, comment
+REVIEW = Counter(allow=4, hold=1) + Counter(allow=3, deny=1)
+
+REASONS = Counter({
+    "unknown_step": 1,  # hijacked: email under a made-up step
+    "tool_mismatch": 1, "argument_not_allowed": 1, "argument_missing": 1,  # hijacked: email as `lookup`
+    "step_out_of_order": 3,  # hijacked: refund before lookup, the refund again; break-glass: before the grant
+    "binding_unresolved": 2,  # hijacked: refund before lookup; break-glass: before the grant
+    "binding_mismatch": 1,  # hijacked: refund of ORD-5003
+    "missing_task_context": 1,  # LLM-style: first call
+    "policy_hold": 1, "policy:large_refund": 1,  # reviewer: 1800 EUR
+    "approved (allowed)": 1, "break_glass (allowed)": 1,  # the retry after approval; the refund under the grant
+})
+
+
+def intentgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_demo_runs_end_to_end_and_its_audit_chain_verifies(tmp_path: Path) -> None:
+    out = intentgate("demo", "--no-serve", "--data-dir", str(tmp_path))
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    expected = SUPPORT + HIJACKED + LLM + REVIEW
+    allowed = expected["allow"]
+
+    summary = read_summary(load_config(tmp_path / "intentgate.yaml"))
+    assert summary.by_outcome == dict(expected)
+    assert summary.calls == sum(expected.values())
+    assert summary.by_reason == dict(sorted(REASONS.items()))
+    # one single-use token per allowed call, each burnt by the gateway as it forwarded the call
+    assert summary.tokens == {"minted": allowed, "consumed": allowed, "revoked": 0, "unused": 0}
+    assert summary.tasks == {"completed": 4, "ended": 1}  # the LLM-style agent stopped before `notify`
+    assert summary.chain_ok and summary.chain_checked > summary.calls
+
+    # what was printed: the agents' steps, then the same figures
+    text = out.stdout
+    for heading in ("1. A support agent", "2. The same agent on TCK-1002", "3. An LLM-style agent", "4. A large refund"):
+        assert heading in text
+    assert "email the customer list out" in text and "unknown_step:send_customer_list" in text
+    assert re.search(rf"tool calls decided\s*│\s*{summary.calls}\s*│", text)
+    assert re.search(rf"denied\s*│\s*{expected['deny']}\s*│", text)
+    assert re.search(rf"action tokens consumed\s*│\s*{allowed}\s*│", text)
+    assert re.search(r"binding_mismatch\s*│\s*1\s*│", text)
+    assert f"audit log: {summary.chain_checked} decisions, hash chain verified" in text
+    assert "approved:apr_" in text and "break_glass:grt_" in text
+    assert "starting the gateway" in text or "gateway at http://127.0.0.1:" in text
+
+    # the audit log the demo left behind verifies from the CLI too
+    verify = intentgate("audit", "verify", "--config", str(tmp_path / "intentgate.yaml"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "audit chain OK" in verify.stdout
+
+
+def test_demo_refuses_to_run_outside_a_checkout(tmp_path: Path) -> None:
+    from gateway.demo import write_config
+    from gateway.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="source checkout"):
+        write_config(tmp_path / "data", root=tmp_path)
