@@ -7,7 +7,8 @@
 - ``/.well-known/jwks.json``: the public keys that verify action tokens;
 - ``/healthz``: liveness plus a database round trip;
 - ``/v1/decisions``, ``/v1/decisions/{id}``, ``/v1/audit/export``: the reviewer API
-  (``gateway.review``), behind a reviewer credential.
+  (``gateway.review``), behind a reviewer credential;
+- ``/ui``: the reviewer web UI (``gateway.ui``), behind a reviewer session cookie.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .metrics import CONTENT_TYPE_LATEST
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
+from .ui import router as ui_router
 from .upstreams import UpstreamPool
 
 __all__ = ["create_app"]
@@ -180,6 +182,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
         )
 
     app.include_router(review_router)
+    app.include_router(ui_router)
     # a Route, not a Mount: the endpoint is exactly /mcp, no redirect to /mcp/
     app.router.routes.append(Route("/mcp", endpoint=_McpEndpoint(app), methods=["GET", "POST", "DELETE"]))
     return app

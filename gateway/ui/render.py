@@ -1,0 +1,148 @@
+"""Templates and what every page shares: the nav bar, formatting, reason codes in plain words,
+security headers.  Autoescape is on for every template; nothing user-supplied is marked safe."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+
+from ..errors import GatewayError, ReasonCode, reason_code_of
+from ..review import ReviewService
+from .session import Session
+
+__all__ = ["REASON_TEXT", "STATIC_DIR", "csrf_refused", "reason_text", "render", "service_of", "unavailable"]
+
+log = logging.getLogger("intentgate.ui")
+
+HERE = Path(__file__).resolve().parent
+STATIC_DIR = HERE / "static"
+
+# What each reason code means, for someone who has not read the README.
+REASON_TEXT: dict[ReasonCode, str] = {
+    ReasonCode.UNAUTHENTICATED: "The caller had no valid workload token.",
+    ReasonCode.MALFORMED_REQUEST: "The request was malformed (e.g. arguments that are not canonical JSON).",
+    ReasonCode.PAYLOAD_TOO_LARGE: "The request was larger than the gateway accepts.",
+    ReasonCode.UNKNOWN_TOOL: "No upstream offers a tool by that name.",
+    ReasonCode.UNKNOWN_RESOURCE: "No upstream offers that resource.",
+    ReasonCode.UNKNOWN_PROMPT: "No upstream offers that prompt.",
+    ReasonCode.UNKNOWN_INTENT: "No intent by that name is loaded.",
+    ReasonCode.AGENT_NOT_PERMITTED: "This agent may not declare that intent.",
+    ReasonCode.INVALID_PARAMS: "The task's parameters do not match what the intent declares.",
+    ReasonCode.UNKNOWN_TASK: "The call named a task the gateway does not know.",
+    ReasonCode.TASK_NOT_OWNED: "The task belongs to another agent.",
+    ReasonCode.TASK_EXPIRED: "The task had expired; the agent must begin a new one.",
+    ReasonCode.TASK_ENDED: "The task had already ended or failed.",
+    ReasonCode.MISSING_TASK_CONTEXT: "The call named no task or step.",
+    ReasonCode.UNKNOWN_STEP: "The intent has no step by that name.",
+    ReasonCode.STEP_OUT_OF_ORDER: "The step is not reachable from the steps the task has taken so far.",
+    ReasonCode.TOOL_MISMATCH: "The tool called is not the tool this step allows.",
+    ReasonCode.MAX_CALLS_EXCEEDED: "The step was already called as often as the intent allows.",
+    ReasonCode.ARGUMENT_CONSTRAINT: "An argument is outside the step's constraints.",
+    ReasonCode.ARGUMENT_MISSING: "A required argument was missing.",
+    ReasonCode.ARGUMENT_NOT_ALLOWED: "An argument the step does not declare was passed.",
+    ReasonCode.BINDING_MISMATCH: "An argument differs from the value the task is bound to (e.g. another order).",
+    ReasonCode.BINDING_UNRESOLVED: "An argument is bound to a step the task has not taken yet.",
+    ReasonCode.CONCURRENT_STEP: "Another call on the same task was being decided at the same time.",
+    ReasonCode.POLICY: "The Rego policy gave this reason.",
+    ReasonCode.POLICY_DENIED: "The Rego policy denied the call.",
+    ReasonCode.POLICY_ERROR: "The policy could not be evaluated, so the call was denied.",
+    ReasonCode.APPROVAL_REQUIRED: "The step needs a reviewer's approval before it may run.",
+    ReasonCode.POLICY_HOLD: "The policy held the call for a reviewer's approval.",
+    ReasonCode.APPROVED: "A reviewer approved this exact call.",
+    ReasonCode.BREAK_GLASS: "Let through by a break-glass grant; flagged for post-hoc review.",
+    ReasonCode.INVALID_TOKEN: "The action token was invalid.",
+    ReasonCode.TOKEN_EXPIRED: "The action token had expired.",
+    ReasonCode.TOKEN_NOT_YET_VALID: "The action token was not valid yet.",
+    ReasonCode.TOKEN_AUDIENCE: "The action token was for another upstream.",
+    ReasonCode.TOKEN_TOOL: "The action token was for another tool.",
+    ReasonCode.TOKEN_ARGUMENTS: "The arguments differ from the ones the action token was minted for.",
+    ReasonCode.TOKEN_REPLAYED: "The action token had already been used.",
+    ReasonCode.TOKEN_REVOKED: "The action token had been revoked.",
+    ReasonCode.UPSTREAM_ERROR: "The upstream tool server failed.",
+    ReasonCode.UPSTREAM_TIMEOUT: "The upstream tool server did not answer in time.",
+    ReasonCode.STORE_ERROR: "The gateway's database failed, so the call was denied.",
+    ReasonCode.INTERNAL_ERROR: "An internal error occurred, so the call was denied (fail closed).",
+}
+
+OUTCOME_TEXT = {"allow": "allowed", "deny": "denied", "hold": "held for approval", "would_deny": "would deny (shadow)"}
+
+
+def reason_text(reason: str) -> str:
+    """One reason (``code`` or ``code:detail``) in plain words."""
+    try:
+        text = REASON_TEXT[reason_code_of(reason)]
+    except (ValueError, KeyError):
+        return ""
+    detail = reason.partition(":")[2]
+    return f"{text} ({detail})" if detail else text
+
+
+def _when(value: datetime | float | None) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(value, tz=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(HERE / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters.update(when=_when, pretty=_pretty, reason_text=reason_text)
+_env.globals.update(outcome_text=OUTCOME_TEXT)
+
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def service_of(request: Request) -> ReviewService:
+    return request.app.state.review
+
+
+async def render(
+    request: Request, template: str, session: Session | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """A full page: ``template`` inside the layout, with the nav bar when signed in."""
+    pending: int | None = None
+    if session is not None:
+        try:
+            pending = len(await service_of(request).approvals(status="pending"))
+        except GatewayError as exc:
+            log.error("ui: approvals count failed: %s", exc.message)
+    html = _env.get_template(template).render(
+        request=request, session=session, pending=pending, path=request.url.path, **context
+    )
+    return HTMLResponse(html, status_code=status_code, headers=_HEADERS)
+
+
+async def csrf_refused(request: Request, session: Session) -> HTMLResponse:
+    log.warning("ui: form without a valid CSRF token from %s", session.reviewer.id)
+    return await render(request, "error.html", session, status_code=403, title="Form refused",
+                        message="This form was stale or did not come from this page. Reload the page and try again.")
+
+
+async def unavailable(request: Request, session: Session | None, exc: GatewayError) -> HTMLResponse:
+    log.error("ui: reviewer query failed: %s", exc.message)
+    return await render(request, "error.html", session, status_code=503, title="Store unavailable",
+                        message="The decision store is unavailable right now. Try again in a moment.")
