@@ -19,7 +19,8 @@ __all__ = ["Edge", "Layout", "Node", "layout"]
 
 W, H = 176, 58  # box
 GX, GY = 64, 28  # gaps between layers / rows
-LEFT, TOP = 56, 24  # room for the start marker / top margin
+LEFT, TOP = 56, 56  # room for the start marker / above the boxes for jumps
+JUMP = 40  # height of a jump's arc over the boxes
 LOOP = 34  # depth of an arrow curving under the boxes
 MAX_LABEL = 24
 
@@ -167,17 +168,15 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
 
     before = [p for p in graph.path if p.relation == "before"]
     last = before[-1].step if before else None
-    if graph.attempted and graph.attempted in nodes and (last is None or graph.attempted not in
-                                                         {t for s in graph.steps if s.name == last for t in s.next}):
+    allowed = {t for s in graph.steps if s.name == last for t in s.next} if last else set(graph.start)
+    if graph.attempted and graph.attempted in nodes and graph.attempted not in allowed:
+        # the attempt followed no `next` edge: a dashed arc over the boxes, from the last step
+        # taken (or from the start marker) to the attempted step
         b = nodes[graph.attempted]
-        if last is not None and last in nodes:
-            a = nodes[last]
-            d = _forward(a, b) if b.x > a.x else _under(a, b, LOOP + 10 * back + 14)
-            back += 1 if b.x <= a.x else 0
-            edges.append(Edge(d=d, classes=f"edge jump {outcome}", title=f"attempted: {last} → {graph.attempted}"))
-        elif graph.attempted not in graph.start:
-            edges.append(Edge(d=f"M{LEFT - 30},{TOP - 8} C{b.cx},{TOP - 8} {b.cx},{TOP - 8} {b.cx},{b.y - 2}",
-                              classes=f"edge jump {outcome}", title=f"attempted first: {graph.attempted}"))
+        a_x, a_y = (nodes[last].cx, nodes[last].y) if last in nodes else (LEFT - 38, TOP + H // 2 - 8)
+        top = min(a_y, b.y) - JUMP
+        edges.append(Edge(d=f"M{a_x},{a_y} C{a_x},{top} {b.cx},{top} {b.cx},{b.y - 2}",
+                          classes=f"edge jump {outcome}", title=f"attempted: {last or 'start'} → {graph.attempted}"))
 
     marker = (LEFT - 38, TOP + H // 2)
     starts = [(n.x - 2, n.cy) for n in nodes.values() if n.name in graph.start]
