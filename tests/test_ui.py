@@ -228,6 +228,18 @@ def test_user_data_is_escaped(env: Env) -> None:
     assert evil not in search and "&lt;script&gt;" in search
 
 
+def test_an_unknown_step_is_drawn_off_the_graph(env: Env) -> None:
+    login(env)
+    verdict = as_agent(env, lambda rt: rt.decider.decide(
+        _call(env.filled.task_b, "refund_everything", "payments.refund", HELD)))
+    assert verdict.outcome == "deny"
+    html = env.client.get(f"/ui/decisions/{verdict.decision_id}").text
+    nodes = node_classes(html)
+    assert {"attempted", "unknown", "deny"} <= nodes["refund_everything"]
+    assert "not in this intent" in html and 'class="edge jump deny"' in html
+    assert {"taken"} <= nodes["lookup"]  # task B had read the ticket and looked the order up
+
+
 def test_every_reason_code_has_plain_words() -> None:
     assert set(REASON_TEXT) == set(ReasonCode)
 

@@ -142,9 +142,11 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
         )
     if graph.attempted and not graph.attempted_known:
         layer = max(depth.values(), default=-1) + 1
+        row = rows.get(layer, 0)
         nodes[graph.attempted] = Node(
-            name=graph.attempted, tool="", x=LEFT + layer * (W + GX), y=TOP, classes=f"node attempted unknown {outcome}",
-            label=_short(graph.attempted), sublabel="not a step of this intent", badges="",
+            name=graph.attempted, tool="", x=LEFT + layer * (W + GX), y=TOP + row * (H + GY),
+            classes=f"node attempted unknown {outcome}", label=_short(graph.attempted), sublabel="not in this intent",
+            badges="",
             title=f"{graph.attempted}: not a step of this intent — attempted by this decision",
         )
 

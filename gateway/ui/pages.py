@@ -45,14 +45,14 @@ async def home() -> RedirectResponse:
 
 
 @router.get("/login")
-async def login_page(request: Request, next: str = "", signed_out: str = "") -> Response:  # noqa: A002
+async def login_page(request: Request, next: str = "", signed_out: str = "") -> Response:
     return await render(request, "login.html", None, title="Sign in", next=safe_next(next), message=None,
                         notice="You are signed out." if signed_out else None)
 
 
 @router.post("/login")
 async def login(request: Request, token: Annotated[str, Form(max_length=16384)] = "",
-                next: Annotated[str, Form(max_length=2048)] = "") -> Response:  # noqa: A002
+                next: Annotated[str, Form(max_length=2048)] = "") -> Response:
     token = token.strip()
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
