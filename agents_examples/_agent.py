@@ -3,9 +3,10 @@
 An agent connects over Streamable HTTP with its workload token as ``Authorization: Bearer``
 (:func:`connect`), or over stdio by starting ``intentgate stdio --config CONFIG`` with the
 token in ``INTENTGATE_AGENT_TOKEN``.  :class:`Agent` wraps the MCP client: it begins and
-ends tasks, calls tools with the task and step in ``_meta`` (or, for LLM-style agents, as
-the ``intent_task`` / ``intent_step`` arguments), and appends every call to a
-:class:`Transcript` that the demo and the tests read.
+ends tasks, calls tools with the task and step in ``_meta`` (the LLM-style agent puts them
+in the ``intent_task`` / ``intent_step`` arguments instead and only uses
+:meth:`Agent.record`), and appends every call to a :class:`Transcript` that the demo and
+the tests read.
 
 An agent never sees an action token: the gateway mints one per allowed call, burns it and
 forwards the call with it.  What comes back is either the tool's result or a tool error
@@ -146,19 +147,11 @@ class Agent:
 
     async def call(
         self, label: str, tool: str, arguments: dict[str, Any], *, task: str | None, step: str | None,
-        in_arguments: bool = False, extra_meta: dict[str, Any] | None = None,
+        extra_meta: dict[str, Any] | None = None,
     ) -> Call:
-        """Call ``tool`` for ``step`` of ``task``: context in ``_meta``, or in the arguments."""
-        sent = dict(arguments)
-        meta: dict[str, Any] | None = dict(extra_meta or {}) or None
-        if in_arguments:
-            if task is not None:
-                sent["intent_task"] = task
-            if step is not None:
-                sent["intent_step"] = step
-        elif task is not None or step is not None:
-            meta = {**(meta or {}), META_TASK: task, META_STEP: step}
-        result = await self.client.call_tool(tool, sent, meta=meta)
+        """Call ``tool`` for ``step`` of ``task``, the task context in ``_meta``."""
+        meta = {**(extra_meta or {}), META_TASK: task, META_STEP: step}
+        result = await self.client.call_tool(tool, dict(arguments), meta=meta)
         return self.record(label, tool, step, arguments, result)
 
     def record(self, label: str, tool: str, step: str | None, arguments: dict[str, Any],
@@ -203,13 +196,17 @@ async def connect(url: str | None, token: str, *, stdio_config: Path | None = No
         return
     if url is None:
         raise ValueError("give the gateway's MCP URL or a config for stdio")
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-        async with Client(streamable_http_client(url, http_client=http)) as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=60) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
 
 
 def parse_args(prog: str, description: str, argv: Sequence[str] | None = None, *, stdio: bool = False,
-               admin: bool = False) -> argparse.Namespace:
+               admin: bool = False, extra: Callable[[argparse.ArgumentParser], None] | None = None
+               ) -> argparse.Namespace:
+    """The command line every agent shares (``--url``, ``--token``, ``--json``), plus ``extra``'s options."""
     parser = argparse.ArgumentParser(prog=f"python -m agents_examples.{prog}", description=description)
     parser.add_argument("--url", default="http://127.0.0.1:8080/mcp", help="the gateway's MCP endpoint")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
@@ -222,6 +219,8 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None = None, *
         parser.add_argument("--admin-token", default=os.environ.get("INTENTGATE_ADMIN_TOKEN"),
                             help="a reviewer token (`intentgate admin-token`; default: $INTENTGATE_ADMIN_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print the transcript as JSON at the end")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     if not args.token:
         parser.error(f"--token (or ${TOKEN_ENV}) is required")

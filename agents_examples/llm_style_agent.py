@@ -22,8 +22,8 @@ a real model plans instead, through the same loop.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -220,19 +220,20 @@ def _gateway_tool(agent: Agent, call: ToolCall, result: types.CallToolResult) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--llm", choices=["scripted", "anthropic"], default="scripted",
+                            help="who plans the calls (default: the scripted planner, no network)")
+        parser.add_argument("--model", default=os.environ.get("ANTHROPIC_MODEL"),
+                            help="the model for --llm anthropic (default: $ANTHROPIC_MODEL)")
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--llm", choices=["scripted", "anthropic"], default="scripted")
-    pre.add_argument("--model", default=os.environ.get("ANTHROPIC_MODEL"))
-    known, rest = pre.parse_known_args(argv)
-    args = parse_args("llm_style_agent", "An LLM-style agent (task context in arguments, not _meta).", rest)
+    args = parse_args("llm_style_agent", "An LLM-style agent (task context in arguments, not _meta).", argv,
+                      extra=options)
     planner: Planner | None = None
-    if known.llm == "anthropic":
-        if not known.model:
+    if args.llm == "anthropic":
+        if not args.model:
             raise SystemExit("--llm anthropic needs --model (or $ANTHROPIC_MODEL)")
         try:
-            planner = AnthropicPlanner(known.model)
+            planner = AnthropicPlanner(args.model)
         except ImportError as exc:
             raise SystemExit("--llm anthropic needs the anthropic package (pip install anthropic)") from exc
     agent_main(asyncio.run(run(args.url, args.token, planner=planner)), args.json)

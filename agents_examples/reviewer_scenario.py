@@ -24,6 +24,7 @@ id>`` first in its reasons, and the grant shows up for review (``GET
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Sequence
 from typing import Any
@@ -180,15 +181,13 @@ async def run(url: str, token: str, *, admin_token: str, oncall_token: str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
+    def options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--oncall-token", default=None,
+                            help="workload token of the on-call agent for break-glass (default: --token)")
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--oncall-token", default=None,
-                     help="workload token of the on-call agent for break-glass (default: --token)")
-    known, rest = pre.parse_known_args(argv)
-    args = parse_args("reviewer_scenario", "A held refund approved by a reviewer, then break-glass.", rest,
-                      admin=True)
-    transcript = asyncio.run(run(args.url, args.token, admin_token=args.admin_token, oncall_token=known.oncall_token))
+    args = parse_args("reviewer_scenario", "A held refund approved by a reviewer, then break-glass.", argv,
+                      admin=True, extra=options)
+    transcript = asyncio.run(run(args.url, args.token, admin_token=args.admin_token, oncall_token=args.oncall_token))
     agent_main(transcript, args.json)
 
 

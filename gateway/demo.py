@@ -44,10 +44,10 @@ from .keys import KeySet
 
 __all__ = [
     "AGENTS",
-    "DemoGateway",
-    "DemoSummary",
     "REPO_ROOT",
     "SERVERS",
+    "DemoGateway",
+    "DemoSummary",
     "free_port",
     "read_summary",
     "run_agents",

@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 
-from agents_examples import _agent, hijacked_agent, llm_style_agent, reviewer_scenario, support_agent
+from agents_examples import (
+    _agent,
+    hijacked_agent,
+    llm_style_agent,
+    reviewer_scenario,
+    support_agent,
+)
 from gateway.config import load_config
 from gateway.demo import AGENTS, DemoGateway, start_gateway, write_config
 from gateway.identity import DevIssuer
@@ -146,7 +152,7 @@ def test_llm_style_agent_from_the_command_line(gateway: DemoGateway) -> None:
     token = gateway.agent_token(llm_style_agent.AGENT)
     out = subprocess.run(
         [sys.executable, "-m", "agents_examples.llm_style_agent", "--url", gateway.mcp_url, "--token", token,
-         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+         "--json"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "[llm-style] read the ticket: tickets__get_ticket" in out.stdout
@@ -160,7 +166,7 @@ def test_support_agent_over_stdio(tmp_path: Path) -> None:
     token = DevIssuer(KeySet.open_or_create(load_config(config).agent_issuer_keys_dir)).mint(AGENTS["support"])
     out = subprocess.run(
         [sys.executable, "-m", "agents_examples.support_agent", "--stdio", str(config), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, _agent.TOKEN_ENV: token},
+        check=False, cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, _agent.TOKEN_ENV: token},
     )
     assert out.returncode == 0, out.stderr
     transcript = json.loads(out.stdout[out.stdout.index("\n{") + 1:])
@@ -174,7 +180,7 @@ def test_support_agent_over_stdio(tmp_path: Path) -> None:
 def test_an_agent_needs_a_token() -> None:
     env = {k: v for k, v in os.environ.items() if k != _agent.TOKEN_ENV}
     out = subprocess.run([sys.executable, "-m", "agents_examples.hijacked_agent", "--url", "http://127.0.0.1:9/mcp"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "--token" in out.stderr
 
 
