@@ -110,10 +110,20 @@ class Replayer:
 
     async def _task(self, task_id: str) -> Task | None:
         if task_id not in self._tasks:
-            if len(self._tasks) > 50_000:
-                self._tasks.clear()
-            self._tasks[task_id] = await self.store.get_task(task_id)
-        return self._tasks[task_id]
+            await self._prefetch([task_id])
+        return self._tasks.get(task_id)
+
+    async def _prefetch(self, task_ids: list[str]) -> None:
+        """Load the tasks a batch refers to in one query (cached; the cache is bounded)."""
+        wanted = sorted({t for t in task_ids if t and t not in self._tasks})
+        if not wanted:
+            return
+        if len(self._tasks) > 50_000:
+            self._tasks.clear()
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            found = await self.store.get_tasks(chunk)
+            self._tasks.update({t: found.get(t) for t in chunk})
 
     async def replay_one(self, record: DecisionRecord) -> tuple[str, list[str]] | str:
         """The candidate verdict ``(outcome, reasons)``, or why the decision cannot be replayed."""
@@ -189,6 +199,7 @@ class Replayer:
 
         if hasattr(records, "__aiter__"):
             async for batch in records:
+                await self._prefetch([r.task_id for r in batch if r.kind == "tools/call" and r.task_id])
                 for record in batch:
                     await one(record)
                 if progress:

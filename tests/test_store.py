@@ -229,3 +229,25 @@ async def test_sqlite_lock_held_elsewhere_falls_back_then_fails_closed(tmp_path)
         assert store.verify_chain().ok
     finally:
         store.close()
+
+
+async def test_time_filters_keep_every_match_when_times_are_slightly_out_of_log_order(store: Store) -> None:
+    """A time bound becomes a seq range (binary search); decisions whose `at` is a little out of
+    commit order (within the clock margin) must still all be found, and nothing outside."""
+    from gateway.store import queries
+
+    base = 1_799_000_000.0
+    # 400 decisions, a minute apart, each jittered by up to ±140 s (skew < the 300 s margin)
+    jitter = [((i * 37) % 281) - 140 for i in range(400)]
+    ats = [base + 60 * i + jitter[i] for i in range(400)]
+    for i, at in enumerate(ats):
+        await store.commit_decision(a_decision(i, at=at, outcome="deny" if i % 3 else "allow"))
+    bounds = [(base + t, base + t + 1_500) for t in range(-600, 24_000, 613)] + [(base + 23_000, base + 99_999)]
+    checked = 0
+    for since, until in bounds:
+        f = queries.DecisionFilter(outcome="deny", since=since, until=until, limit=500)
+        found, _ = await store.search_decisions(f)
+        expected = {f"dec_{i}" for i, at in enumerate(ats) if i % 3 and since <= at < until}
+        assert {d.id for d in found} == expected, (since - base, until - base)
+        checked += len(expected)
+    assert checked > 500

@@ -3,9 +3,9 @@
 Nothing here writes.  Paging is keyset paging on ``seq`` (``seq < before``, newest first),
 never OFFSET, so page N costs what page 1 costs.  Outcome and agent filters use the
 ``(outcome, seq)`` and ``(agent, seq)`` indexes, a decision page the unique ``id`` and the
-primary keys; the other filters (intent, tool, reason, text, time) narrow a newest-first walk
-that stops as soon as a page is full.  (SQLite would walk ``seq`` even with an index on ``at``
-for ``ORDER BY seq DESC LIMIT n``, so there is none: it would cost a write per decision.)
+primary keys.  Time bounds become a ``seq`` range by a binary search on the primary key (no
+index on ``at``: it would cost a write per decision); the other filters (intent, tool,
+reason, text) narrow a newest-first walk that stops as soon as a page is full.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Connection, Text, and_, cast, func, or_, select
+from sqlalchemy import Connection, Text, and_, bindparam, cast, func, or_, select
 
 from ..workflow import Task
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
@@ -101,7 +101,37 @@ def _reason_condition(wanted: str) -> Any:
     return or_(text.contains(f'"{wanted}"', autoescape=True), text.contains(f'"{wanted}:', autoescape=True))
 
 
-def _conditions(f: DecisionFilter) -> list[Any]:
+# Decision times follow the log order to within this many seconds (``at`` is taken when a call
+# arrives, ``seq`` when its decision commits; store and policy timeouts bound the gap).
+CLOCK_MARGIN = 300.0
+
+
+def _seq_at_or_after(conn: Connection, when: float) -> int | None:
+    """About the first ``seq`` decided at or after ``when``: a binary search on the primary key.
+
+    Turns a time bound into a ``seq`` range, so a time filter narrows the walk instead of
+    scanning from the newest decision (there is no index on ``at``: it would cost a write per
+    decision).  ``None`` when every decision is older.
+    """
+    d = decisions_t.c
+    # two queries: SQLite answers min() or max() alone from the primary key, both at once by a scan
+    lo = conn.execute(select(func.min(d.seq))).scalar_one()
+    hi = conn.execute(select(func.max(d.seq))).scalar_one()
+    if lo is None or hi is None:
+        return None
+    at_of = select(d.at).where(d.seq >= bindparam("s")).order_by(d.seq).limit(1)
+    if conn.execute(at_of, {"s": hi}).scalar_one() < when:
+        return None
+    while lo < hi:  # first seq whose at >= when (seq gaps are fine: `seq >= s` takes the next row)
+        mid = (lo + hi) // 2
+        if conn.execute(at_of, {"s": mid}).scalar_one() < when:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _conditions(conn: Connection, f: DecisionFilter) -> list[Any]:
     d = decisions_t.c
     conds: list[Any] = []
     for column, value in ((d.outcome, f.outcome), (d.agent, f.agent), (d.intent, f.intent), (d.tool, f.tool),
@@ -110,8 +140,14 @@ def _conditions(f: DecisionFilter) -> list[Any]:
             conds.append(column == value)
     if f.since is not None:
         conds.append(d.at >= f.since)
+        low = _seq_at_or_after(conn, f.since - CLOCK_MARGIN)
+        if low is not None:
+            conds.append(d.seq >= low)
     if f.until is not None:
         conds.append(d.at < f.until)
+        high = _seq_at_or_after(conn, f.until + CLOCK_MARGIN)
+        if high is not None:
+            conds.append(d.seq < high)
     if f.reason:
         conds.append(_reason_condition(f.reason))
     if f.q:
@@ -122,7 +158,7 @@ def _conditions(f: DecisionFilter) -> list[Any]:
 
 def search_decisions(conn: Connection, f: DecisionFilter) -> list[DecisionRecord]:
     """Up to ``f.limit + 1`` matching decisions, newest first (the extra one says "more")."""
-    conds = _conditions(f)
+    conds = _conditions(conn, f)
     want = f.limit + 1
     found: list[DecisionRecord] = []
     before = f.before_seq

@@ -243,6 +243,15 @@ class Store:
 
         return await self.db.run(op, read_only=True)
 
+    async def get_tasks(self, task_ids: list[str]) -> dict[str, Task]:
+        """Several tasks in one query (replay, reviewer pages); missing ids are left out."""
+
+        def op(conn: Connection) -> dict[str, Task]:
+            rows = conn.execute(select(tasks_t).where(tasks_t.c.id.in_(task_ids))).all()
+            return {t.id: t for t in map(_task_from_row, rows)}
+
+        return await self.db.run(op, read_only=True) if task_ids else {}
+
     async def begin_task(self, task: Task, record: DecisionRecord) -> CommitResult:
         """Insert a new task together with the decision that allowed it."""
 
