@@ -58,7 +58,8 @@ async def measure(n_intents: int, calls: int, work: Path) -> dict[str, object]:
     intents_dir = work / f"intents-{n_intents}"
     write_intents(intents_dir, n_intents)
     t0 = time.perf_counter()
-    config = load_config(None, data_dir=work / f"var-{n_intents}", intents_dir=intents_dir, policy_dir=ROOT / "opa")
+    config = load_config(None, data_dir=work / f"var-{n_intents}", intents_dir=intents_dir, policy_dir=ROOT / "opa",
+                         front={"rate_limit_per_second": None})  # the pipeline, not the limiter
     rt = await Runtime.open(config)
     load_s = time.perf_counter() - t0
     try:

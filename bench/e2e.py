@@ -139,6 +139,7 @@ async def main() -> None:
             (work / "intentgate.yaml").write_text(yaml.safe_dump({
                 "intents_dir": str(work / "intents"), "policy_dir": str(ROOT / "opa"), "data_dir": str(work),
                 "upstreams": [{"name": "orders", "url": upstream}],
+                "front": {"rate_limit_per_second": None},  # one agent drives every client: measure gating only
             }))
             token = DevIssuer(KeySet.open_or_create(work / "keys" / "agent-issuer")).mint(AGENT)
             procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",

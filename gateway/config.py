@@ -92,6 +92,10 @@ class UpstreamConfig(_Strict):
 class FrontConfig(_Strict):
     max_request_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
     max_argument_bytes: int = Field(default=256_000, ge=256, le=64_000_000)
+    rate_limit_per_second: float | None = Field(
+        default=100.0, gt=0, le=1_000_000, description="decisions per second per agent (null: no limit)"
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000, description="calls an agent may make at once")
 
 
 class AuditConfig(_Strict):

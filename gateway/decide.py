@@ -21,6 +21,7 @@ from .errors import GatewayError, ReasonCode, TaskError, reason, reason_code_of
 from .identity import AgentIdentity
 from .intents import Intent, IntentRegistry
 from .policy import PolicyEngine, PolicyResult
+from .ratelimit import RateLimiter
 from .store import ApprovalRecord, DecisionRecord, Outcome, Store, TaskAdvance, TokenRecord
 from .tokens import ActionTokenIssuer, MintedToken
 from .workflow import HistoryEntry, Task, WorkflowResult, allowed_next, check_call
@@ -141,6 +142,8 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
             return "the arguments are not canonical JSON (e.g. NaN or an integer beyond 2**53)"
         case ReasonCode.UNKNOWN_TOOL:
             return f"no tool {detail!r} behind this gateway"
+        case ReasonCode.RATE_LIMITED:
+            return "too many requests from this agent; retry later"
         case ReasonCode.PAYLOAD_TOO_LARGE:
             return "the arguments are larger than this gateway accepts"
         case ReasonCode.MISSING_TASK_CONTEXT:
@@ -180,6 +183,7 @@ class Decider:
         policy_timeout: float = 2.0,
         approval_ttl: int = 3600,
         audit_arguments: bool = True,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.intents = intents
         self.policy = policy
@@ -191,6 +195,11 @@ class Decider:
         self.policy_timeout = policy_timeout
         self.approval_ttl = approval_ttl
         self.audit_arguments = audit_arguments
+        self.limiter = limiter
+
+    def over_limit(self, agent: AgentIdentity) -> bool:
+        """True when the agent has used up its rate (the caller refuses with ``rate_limited``)."""
+        return self.limiter is not None and not self.limiter.allow(agent.id)
 
     def set_intents(self, intents: IntentRegistry) -> None:
         self.intents = intents
@@ -211,6 +220,8 @@ class Decider:
             problem = (ReasonCode.AGENT_NOT_PERMITTED, f"agent may not declare intent {intent_name!r}")
         elif errors := intent.param_errors(params):
             problem = (ReasonCode.INVALID_PARAMS, "; ".join(errors))
+        elif self.over_limit(agent):
+            problem = (ReasonCode.RATE_LIMITED, "too many requests from this agent; slow down")
         elif not isinstance(task_reason, str) or not task_reason.strip() or len(task_reason) > 2000:
             problem = (ReasonCode.INVALID_PARAMS, "reason must be a non-empty text of at most 2000 characters")
         record = DecisionRecord(
@@ -313,6 +324,9 @@ class Decider:
         digest: str | None = None
         record = self._call_record(call)
         decision_id = record.id
+        if self.over_limit(call.agent):
+            record.masked = ["/arguments"]  # a flood is not worth storing
+            return await self.record_failure(record, ReasonCode.RATE_LIMITED)
         try:
             try:
                 digest = arguments_sha256(call.untrusted_arguments)

@@ -46,6 +46,7 @@ class ReasonCode(StrEnum):
     MALFORMED_REQUEST = "malformed_request"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNKNOWN_TOOL = "unknown_tool"
+    RATE_LIMITED = "rate_limited"
     UNKNOWN_RESOURCE = "unknown_resource"
     UNKNOWN_PROMPT = "unknown_prompt"
     # intents and tasks

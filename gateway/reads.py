@@ -79,6 +79,8 @@ async def decide_read(decider: Decider, read: ReadRequest) -> Verdict:
     Shadow mode does not apply to reads: a read the policy refuses is refused.
     """
     record = _record(decider, read)
+    if decider.over_limit(read.agent):
+        return await decider.record_failure(record, ReasonCode.RATE_LIMITED)
     try:
         pinput = policy_input(decider, read, record.at)
         record.policy_input = pinput

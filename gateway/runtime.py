@@ -15,6 +15,7 @@ from .intents import IntentRegistry, load_intents
 from .keys import KeySet
 from .metrics import Metrics
 from .policy import PolicyEngine, make_engine
+from .ratelimit import RateLimiter
 from .store import Store
 from .tokens import ActionTokenIssuer
 from .verify import ActionTokenVerifier
@@ -80,6 +81,8 @@ class Runtime:
                 policy_timeout=config.policy.timeout_seconds,
                 approval_ttl=config.approval_ttl_seconds,
                 audit_arguments=config.audit.arguments,
+                limiter=RateLimiter(config.front.rate_limit_per_second, config.front.rate_limit_burst, clock)
+                if config.front.rate_limit_per_second else None,
             )
         except BaseException:
             if store is not None:

@@ -30,6 +30,7 @@ REASON_TEXT: dict[ReasonCode, str] = {
     ReasonCode.MALFORMED_REQUEST: "The request was malformed (e.g. arguments that are not canonical JSON).",
     ReasonCode.PAYLOAD_TOO_LARGE: "The request was larger than the gateway accepts.",
     ReasonCode.UNKNOWN_TOOL: "No upstream offers a tool by that name.",
+    ReasonCode.RATE_LIMITED: "The agent called more often than the gateway allows; it must slow down.",
     ReasonCode.UNKNOWN_RESOURCE: "No upstream offers that resource.",
     ReasonCode.UNKNOWN_PROMPT: "No upstream offers that prompt.",
     ReasonCode.UNKNOWN_INTENT: "No intent by that name is loaded.",

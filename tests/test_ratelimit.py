@@ -1,0 +1,84 @@
+"""Per-agent rate limiting: token buckets on the injected clock, refusals recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.clock import FrozenClock
+from gateway.config import load_config
+from gateway.errors import ReasonCode, TaskError
+from gateway.ratelimit import RateLimiter
+from gateway.reads import ReadRequest, decide_read
+from gateway.runtime import Runtime
+from tests.conftest import INTENTS_DIR, POLICY_DIR
+from tests.test_decide import MONDAY_10, OTHER, REFUND_PARAMS, SUPPORT, call
+
+READ = {"ticket_id": "TCK-1"}
+
+
+def test_bucket_allows_a_burst_then_the_rate() -> None:
+    clock = FrozenClock(MONDAY_10)
+    limiter = RateLimiter(2.0, 3, clock)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")  # another agent has its own bucket
+    clock.advance(1.0)  # two tokens back
+    assert [limiter.allow("a") for _ in range(3)] == [True, True, False]
+    clock.advance(60)  # never more than the burst
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    with pytest.raises(ValueError):
+        RateLimiter(0, 1, clock)
+
+
+def test_bucket_memory_is_bounded() -> None:
+    limiter = RateLimiter(1.0, 1, FrozenClock(MONDAY_10), max_agents=10)
+    for i in range(50):
+        limiter.allow(f"agent-{i}")
+    assert len(limiter._buckets) == 10
+
+
+@pytest.fixture
+async def rt(tmp_path: Path):
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR,
+                         front={"rate_limit_per_second": 1, "rate_limit_burst": 3})
+    runtime = await Runtime.open(config, clock=FrozenClock(MONDAY_10))
+    yield runtime
+    await runtime.aclose()
+
+
+async def test_calls_over_the_limit_are_refused_and_recorded(rt: Runtime) -> None:
+    started = await rt.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "x")  # token 1
+    first = await rt.decider.decide(call(started.task_id, "read_ticket", "tickets.get_ticket", READ))  # 2
+    assert first.outcome == "allow"
+    await rt.decider.decide(call(started.task_id, "lookup", "orders.get_order", {"order_id": "ORD-7"}))  # 3
+    limited = await rt.decider.decide(call(started.task_id, "refund", "payments.refund", {"amount": 1}))
+    assert limited.outcome == "deny" and limited.reasons == ["rate_limited"] and limited.token is None
+    assert "retry later" in limited.explanation
+    record = await rt.store.get_decision(limited.decision_id)
+    assert record.reasons == ["rate_limited"] and record.arguments is None and record.masked == ["/arguments"]
+    read = await decide_read(rt.decider, ReadRequest(agent=SUPPORT, action="resources/read", upstream="tickets",
+                                                     name="tickets://TCK-1"))
+    assert read.reasons == ["rate_limited"]
+    with pytest.raises(TaskError) as refused:
+        await rt.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "again")
+    assert refused.value.code is ReasonCode.RATE_LIMITED
+    # another agent is not slowed down by this one
+    other = await rt.decider.begin_task(OTHER, "refund-order", REFUND_PARAMS, "x")
+    assert other.task_id
+    rt.clock.advance(1.0)  # one more token for SUPPORT
+    again = await rt.decider.decide(call(started.task_id, "lookup", "orders.get_order", {"order_id": "ORD-7"}))
+    assert again.reasons != ["rate_limited"]
+
+
+async def test_no_limit_when_disabled(tmp_path: Path) -> None:
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR,
+                         front={"rate_limit_per_second": None})
+    runtime = await Runtime.open(config, clock=FrozenClock(MONDAY_10))
+    try:
+        started = await runtime.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "x")
+        verdicts = [await runtime.decider.decide(call(started.task_id, "nope", "tickets.get_ticket", READ))
+                    for _ in range(300)]
+        assert all(v.reasons != ["rate_limited"] for v in verdicts)
+    finally:
+        await runtime.aclose()
