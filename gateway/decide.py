@@ -430,8 +430,8 @@ class Decider:
                 outcome, reasons = "allow", [reason(ReasonCode.APPROVED, approved.id)]
         hard = any(reason_code_of(r) in _HARD for r in reasons)
         use_grant = None
-        if outcome in ("deny", "hold") and not hard:  # a reviewer's break-glass exception?
-            grant = await self.store.grants.find_active(
+        if outcome in ("deny", "hold") and not hard and await self.store.grants.may_have_grant(call.agent.id, now):
+            grant = await self.store.grants.find_active(  # a reviewer's break-glass exception
                 agent=call.agent.id, tool=call.qualified_tool, intent=intent.name, now=now
             )
             clocked.lap("grant")

@@ -106,6 +106,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             review = ReviewService.open(
                 config, lambda: rt.decider.intents, agents=rt.identity_verifier(), clock=rt.clock
             )
+            review.on_grants_changed = rt.store.grants.changed  # a new grant works at once here
             app.state.review = review
             failures = await pool.start()
             for name, message in failures.items():

@@ -104,3 +104,23 @@ async def test_every_grant_needs_review_until_signed_off_once(rt: Runtime) -> No
     assert [g.id for g in await rt.store.grants.list(needs_review=True)] == [b.id]
     with pytest.raises(GrantConflict, match="unknown"):
         await rt.store.grants.sign_off("grt_nope", reviewer=REVIEWER, now=MONDAY_10)
+
+
+async def test_grant_made_elsewhere_takes_effect_when_the_cache_is_renewed(rt: Runtime, db_url: str) -> None:
+    """Denied calls consult a cached set of agents holding grants (one query per second, not per
+    denial); a grant created through another store (another replica) shows up once it is renewed."""
+    from gateway.store import Store
+
+    task_id = await begin_refund(rt)
+    await walk_to_refund(rt, task_id)
+    assert (await rt.decider.decide(call(task_id, "refund", "payments.refund", OVER_LIMIT))).outcome == "deny"
+    elsewhere = Store.open(db_url)
+    try:
+        await elsewhere.grants.create(grant())
+    finally:
+        elsewhere.close()
+    # still the cached set (this test runs well within a second of the first read)
+    rt.store.grants.CACHE_SECONDS = 3600
+    assert (await rt.decider.decide(call(task_id, "refund", "payments.refund", OVER_LIMIT))).outcome == "deny"
+    rt.store.grants.CACHE_SECONDS = 0.0
+    assert (await rt.decider.decide(call(task_id, "refund", "payments.refund", OVER_LIMIT))).outcome == "allow"

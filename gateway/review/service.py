@@ -63,6 +63,8 @@ class ReviewService:
         self._owns_store = owns_store
         self.config = config or GatewayConfig()
         self.clock = clock or SystemClock()
+        # called after a grant is created or revoked (the gateway's decider caches who holds one)
+        self.on_grants_changed: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -148,7 +150,10 @@ class ReviewService:
             id=new_id("grt"), agent=request.agent, tool=request.tool, intent=request.intent, reason=request.reason,
             created_by=reviewer.id, created_at=now, expires_at=now + request.duration_seconds,
         )
-        return grant_public(await self.store.grants.create(grant), now)
+        created = await self.store.grants.create(grant)
+        if self.on_grants_changed is not None:
+            self.on_grants_changed()
+        return grant_public(created, now)
 
     async def grants(self, *, needs_review: bool = False, active: bool = False) -> list[GrantPublic]:
         now = self.clock.now()
@@ -161,7 +166,10 @@ class ReviewService:
 
     async def revoke_grant(self, grant_id: str, *, reviewer: Reviewer) -> GrantPublic:
         now = self.clock.now()
-        return grant_public(await self.store.grants.revoke(grant_id, reviewer=reviewer.id, now=now), now)
+        revoked = await self.store.grants.revoke(grant_id, reviewer=reviewer.id, now=now)
+        if self.on_grants_changed is not None:
+            self.on_grants_changed()
+        return grant_public(revoked, now)
 
     # ----- what-if replay ----------------------------------------------------------
     async def replay(self, request: ReplayRequest, *, progress: Callable[[int], None] | None = None) -> ReplayReport:

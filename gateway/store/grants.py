@@ -9,6 +9,8 @@ so an expired or revoked grant can never be used, on any replica.  Every grant s
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import Connection, or_, select, update
 
 from .db import Database
@@ -44,16 +46,43 @@ def _record(row: object) -> GrantRecord:
 
 
 class GrantStore:
-    """Grants in the gateway's database (each method one transaction)."""
+    """Grants in the gateway's database (each method one transaction).
+
+    Denied calls ask :meth:`may_have_grant` first: the set of agents holding an unrevoked,
+    unexpired grant, read at most once per ``CACHE_SECONDS`` (and at once after a change made
+    through this store), so that a flood of denials costs no extra query.  A grant created
+    through another gateway replica takes effect here within ``CACHE_SECONDS``.
+    """
+
+    CACHE_SECONDS = 1.0
 
     def __init__(self, database: Database) -> None:
         self.db = database
+        self._agents: frozenset[str] = frozenset()
+        self._agents_read_at = float("-inf")
+
+    async def may_have_grant(self, agent: str, now: float) -> bool:
+        if time.monotonic() - self._agents_read_at > self.CACHE_SECONDS:
+
+            def op(conn: Connection) -> frozenset[str]:
+                t = grants_t.c
+                rows = conn.execute(select(t.agent).where(t.expires_at > now, t.revoked_at.is_(None)).distinct())
+                return frozenset(r[0] for r in rows)
+
+            self._agents = await self.db.run(op, read_only=True)
+            self._agents_read_at = time.monotonic()
+        return agent in self._agents
+
+    def changed(self) -> None:
+        """Forget the cached set (a grant was created or revoked, here or by the reviewer service)."""
+        self._agents_read_at = float("-inf")
 
     async def create(self, grant: GrantRecord) -> GrantRecord:
         def op(conn: Connection) -> None:
             conn.execute(grants_t.insert(), grant.model_dump())
 
         await self.db.run(op)
+        self.changed()
         return grant
 
     async def get(self, grant_id: str) -> GrantRecord | None:
@@ -126,4 +155,6 @@ class GrantStore:
                 raise GrantConflict("already revoked")
             return _record(row)
 
-        return await self.db.run(op)
+        revoked = await self.db.run(op)
+        self.changed()
+        return revoked
