@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,15 @@ async def store(db_url: str) -> AsyncIterator[Store]:
     s = Store.open(db_url, timeout=10.0, pool_size=4)
     yield s
     s.close()
+
+
+def strict_refund_policy(tmp_path: Path) -> Path:
+    """A copy of opa/ whose refund limits (10 EUR, held above 5) turn most refunds into denials:
+    the candidate policy of the replay tests."""
+    candidate = tmp_path / "candidate"
+    shutil.copytree(POLICY_DIR, candidate)
+    data = candidate / "intentgate" / "data.json"
+    doc = json.loads(data.read_text())
+    doc["limits"]["refund"] = {"max": {"EUR": 10}, "hold_above": {"EUR": 5}}
+    data.write_text(json.dumps(doc))
+    return candidate

@@ -4,12 +4,11 @@ database filled by the real pipeline, without a running gateway."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from gateway.clock import FrozenClock
 from gateway.runtime import Runtime
-from tests.conftest import POLICY_DIR
+from tests.conftest import strict_refund_policy
 from tests.test_review_api import HOUR, MONDAY_10, SUPPORT, _call
 from tests.test_review_cli import cli, filled  # noqa: F401 - the fixture
 
@@ -68,12 +67,7 @@ def test_replay_from_the_cli(filled, tmp_path: Path) -> None:  # noqa: F811
     config_path, _, f = filled
     unchanged = cli(config_path, "replay").stdout
     assert "no outcome would change" in unchanged
-    candidate = tmp_path / "candidate"
-    shutil.copytree(POLICY_DIR, candidate)
-    data = candidate / "intentgate" / "data.json"
-    doc = json.loads(data.read_text())
-    doc["limits"]["refund"] = {"max": {"EUR": 10}, "hold_above": {"EUR": 5}}
-    data.write_text(json.dumps(doc))
+    candidate = strict_refund_policy(tmp_path)
     changed = cli(config_path, "replay", "--policy", str(candidate), code=1)
     assert "would change" in changed.stdout and f["a_refund"] in changed.stdout
     report = json.loads(cli(config_path, "replay", f["a_refund"], "--policy", str(candidate), "--json", code=1).stdout)

@@ -8,14 +8,12 @@ database.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from gateway.clock import FrozenClock
 from gateway.runtime import Runtime
-from tests.conftest import POLICY_DIR
+from tests.conftest import strict_refund_policy
 from tests.test_review_api import HOUR, MONDAY_10, SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
 
 HELD = {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"}
@@ -142,12 +140,7 @@ def test_replay_reports_what_a_candidate_policy_would_change(env: Env, tmp_path:
     same = r.json()
     assert same["transitions"] == {} and same["changes"] == [] and same["checked"] > 10
 
-    candidate = tmp_path / "candidate"
-    shutil.copytree(POLICY_DIR, candidate)
-    data = candidate / "intentgate" / "data.json"
-    doc = json.loads(data.read_text())
-    doc["limits"]["refund"] = {"max": {"EUR": 10}, "hold_above": {"EUR": 5}}
-    data.write_text(json.dumps(doc))
+    candidate = strict_refund_policy(tmp_path)
     r = post(env, "/v1/replay", {"policy_dir": str(candidate)})
     report = r.json()
     assert r.status_code == 200 and report["allow_to_deny"] == 1  # task A's 30 EUR refund

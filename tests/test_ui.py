@@ -4,9 +4,7 @@ form POSTs and the session cookie."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -17,7 +15,7 @@ from gateway.runtime import Runtime
 from gateway.ui.graph import layout
 from gateway.ui.render import REASON_TEXT
 from gateway.ui.session import COOKIE
-from tests.conftest import POLICY_DIR
+from tests.conftest import strict_refund_policy
 from tests.test_review_actions import HELD, as_agent
 from tests.test_review_api import SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
 
@@ -313,12 +311,7 @@ def test_replay_form_reports_changes(env: Env, tmp_path: Path) -> None:
     page = env.client.get("/ui/replay", params={"decision_id": env.filled["a_refund"]}).text
     assert f'value="{env.config.policy_dir}"' in page and f'value="{env.filled["a_refund"]}"' in page
 
-    candidate = tmp_path / "candidate"
-    shutil.copytree(POLICY_DIR, candidate)
-    data = candidate / "intentgate" / "data.json"
-    doc = json.loads(data.read_text())
-    doc["limits"]["refund"] = {"max": {"EUR": 10}, "hold_above": {"EUR": 5}}
-    data.write_text(json.dumps(doc))
+    candidate = strict_refund_policy(tmp_path)
     form = {"csrf": csrf, "policy_dir": str(candidate), "intents_dir": str(env.config.intents_dir)}
     assert env.client.post("/ui/replay", data={**form, "csrf": "nope"}).status_code == 403
     r = env.client.post("/ui/replay", data=form)
