@@ -46,7 +46,7 @@ from gateway.decide import CallRequest  # noqa: E402
 from gateway.identity import AgentIdentity  # noqa: E402
 from gateway.intents import load_intents  # noqa: E402
 from gateway.policy import make_engine  # noqa: E402
-from gateway.replay import Replayer, stored_batches  # noqa: E402
+from gateway.replay import Replayer  # noqa: E402
 from gateway.review import DecisionQuery, ReviewService  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.store import Store  # noqa: E402
@@ -239,7 +239,7 @@ async def measure(path: Path, samples: int, replay_n: int) -> None:
 
         async def first(n: int):
             taken = 0
-            async for batch in stored_batches(service.store, batch=2000):
+            async for batch in service.store.decision_batches(batch=2000):
                 yield batch[: n - taken]
                 taken += len(batch)
                 if taken >= n:

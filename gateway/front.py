@@ -283,12 +283,7 @@ class Front:
         agent = await self.identify(ctx)
         allowed = {tool for intent in self.rt.intents.for_agent(agent.id) for tool in intent.tools()}
         tools = list(_GATEWAY_TOOLS)
-        for up in self.pool.upstreams.values():
-            try:
-                await up.ensure()
-            except UpstreamError as exc:
-                log.warning("listing tools: %s", exc.message)
-                continue
+        for up in await self._visible(agent):
             for tool in up.tools:
                 if f"{up.name}.{tool.name}" not in allowed:
                     continue

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field, computed_field
@@ -27,10 +27,10 @@ from .identity import AgentIdentity
 from .intents import IntentRegistry
 from .policy import PolicyEngine, PolicyResult
 from .reads import read_verdict
-from .store import DecisionRecord, Store, queries
+from .store import DecisionRecord, Store
 from .workflow import Task, check_call
 
-__all__ = ["ReplayChange", "ReplayReport", "Replayer", "stored_batches"]
+__all__ = ["ReplayChange", "ReplayReport", "Replayer"]
 
 _READS = {"resources/read", "prompts/get"}
 _EXCEPTIONS = ("approved:", "break_glass:")
@@ -215,15 +215,3 @@ class Replayer:
         report.decisions_per_second = report.checked / report.seconds if report.seconds > 0 else 0.0
         return report
 
-
-async def stored_batches(
-    store: Store, *, since: float | None = None, after_seq: int = 0, batch: int = 1000
-) -> AsyncIterator[list[DecisionRecord]]:
-    """Every recorded decision from ``since`` (or after ``after_seq``) on, in seq order, in batches."""
-    upto = await store.db.run(lambda conn: queries.last_seq(conn), read_only=True)
-    while True:
-        rows = await store.decisions_from(after_seq=after_seq, upto_seq=upto, since=since, limit=batch)
-        if not rows:
-            return
-        yield rows
-        after_seq = rows[-1].seq or after_seq

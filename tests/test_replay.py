@@ -16,7 +16,7 @@ from gateway.identity import AgentIdentity
 from gateway.intents import load_intents
 from gateway.policy import make_engine
 from gateway.reads import ReadRequest, decide_read
-from gateway.replay import Replayer, stored_batches
+from gateway.replay import Replayer
 from gateway.runtime import Runtime
 from tests.conftest import INTENTS_DIR
 from tests.test_approvals import BIG, REVIEWER, clock, policy_dir, rt  # noqa: F401 - shared fixtures
@@ -66,7 +66,7 @@ def candidate(tmp_path: Path, policy_dir: Path, *, data: dict | None = None, int
 
 async def replay(rt: Runtime, tmp_path: Path, policy_dir: Path, **changes):
     registry, engine = candidate(tmp_path, policy_dir, **changes)
-    report = await Replayer(rt.store, registry, engine).replay(stored_batches(rt.store))
+    report = await Replayer(rt.store, registry, engine).replay(rt.store.decision_batches())
     await engine.aclose()
     return report
 

@@ -21,7 +21,7 @@ from ..identity import IdentityVerifier
 from ..intents import IntentRegistry, load_intents
 from ..keys import KeySet
 from ..policy import make_engine
-from ..replay import ReplayReport, Replayer, stored_batches
+from ..replay import ReplayReport, Replayer
 from ..store import DecisionRecord, GrantRecord, Store
 from .auth import Reviewer, ReviewerAuth
 from .models import (
@@ -117,14 +117,9 @@ class ReviewService:
         The export ends at the newest decision when it started (``upto_seq``): a consumer that
         wants more asks again with ``after_seq`` = the last seq it got.
         """
-        upto = await self.store.last_seq() if upto_seq is None else upto_seq
-        last, start = after_seq, epoch(since)
-        while True:
-            records = await self.store.decisions_from(after_seq=last, upto_seq=upto, since=start, limit=batch)
-            if not records:
-                return
+        async for records in self.store.decision_batches(since=epoch(since), after_seq=after_seq, upto_seq=upto_seq,
+                                                         batch=batch):
             yield [public(r) for r in records]
-            last = records[-1].seq or last
 
     # ----- approvals ----------------------------------------------------------------
     async def approvals(self, *, status: str | None = "pending", limit: int = 200) -> list[ApprovalPublic]:
@@ -192,7 +187,7 @@ class ReviewService:
                     raise LookupError(request.decision_id)
                 records: list[DecisionRecord] | object = [record]
             else:
-                records = stored_batches(self.store, since=epoch(request.since))
+                records = self.store.decision_batches(since=epoch(request.since))
             return await replayer.replay(records, until=epoch(request.until), progress=progress)
         finally:
             await engine.aclose()

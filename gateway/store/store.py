@@ -8,7 +8,7 @@ Decision rows are appended under the ``chain_head`` row lock, which serialises t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, update
@@ -461,6 +461,19 @@ class Store:
 
     async def last_seq(self) -> int:
         return await self.db.run(queries.last_seq, read_only=True)
+
+    async def decision_batches(
+        self, *, since: float | None = None, after_seq: int = 0, upto_seq: int | None = None, batch: int = 1000
+    ) -> AsyncIterator[list[DecisionRecord]]:
+        """Decisions after ``after_seq`` (and at or after ``since``) in seq order, in batches,
+        up to ``upto_seq`` (default: the newest when the iteration starts)."""
+        upto = await self.last_seq() if upto_seq is None else upto_seq
+        while True:
+            rows = await self.decisions_from(after_seq=after_seq, upto_seq=upto, since=since, limit=batch)
+            if not rows:
+                return
+            yield rows
+            after_seq = rows[-1].seq or after_seq
 
     # ----- tokens --------------------------------------------------------------------
     async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome:
