@@ -133,7 +133,7 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
                 t = dict(task)
                 t["id"], t["agent"] = new_task, agent
                 t["created_at"] = start + seq * step_s
-                t["expires_at"] = t["created_at"] + 900
+                t["expires_at"] = t["created_at"] + 900 + len(group) * step_s  # alive for all its decisions
                 history = json.loads(t["history"])
                 for h in history:
                     h["decision_id"] = ids.get(h["decision_id"], h["decision_id"])
