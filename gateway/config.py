@@ -54,6 +54,10 @@ class StoreConfig(_Strict):
     sqlite_inline: bool = Field(
         default=True, description="run uncontended SQLite transactions on the event loop (no thread hop)"
     )
+    migrate: bool = Field(
+        default=True,
+        description="apply pending schema migrations at start (false: refuse to start on an outdated schema)",
+    )
 
 
 class TokenConfig(_Strict):
@@ -96,6 +100,11 @@ class FrontConfig(_Strict):
         default=100.0, gt=0, le=1_000_000, description="decisions per second per agent (null: no limit)"
     )
     rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000, description="calls an agent may make at once")
+    stateless_http: bool = Field(
+        default=False,
+        description="serve /mcp without server-side sessions, so replicas behind a load balancer "
+        "can take any request (no server-initiated messages outside a request)",
+    )
 
 
 class AuditConfig(_Strict):

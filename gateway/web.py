@@ -122,7 +122,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
             front = Front(rt, pool, identify)
             manager = StreamableHTTPSessionManager(
-                app=front.server, max_request_body_size=config.front.max_request_bytes
+                app=front.server,
+                max_request_body_size=config.front.max_request_bytes,
+                stateless=config.front.stateless_http,
             )
             app.state.runtime, app.state.front = rt, front
             app.state.verify, app.state.session_manager = verifier.verify, manager
