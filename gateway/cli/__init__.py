@@ -6,6 +6,7 @@ import typer
 
 from .audit import audit_app
 from .core import register_core
+from .db import db_app
 from .keys import keys_app
 from .policy import policy_app
 from .actions import register_actions
@@ -26,3 +27,4 @@ app.add_typer(keys_app, name="keys", help="Manage the action-token signing keys.
 register_review(app, audit_app)
 register_actions(app)
 app.add_typer(audit_app, name="audit", help="Verify and export the decision log.")
+app.add_typer(db_app, name="db", help="Database schema: status and migrations.")

@@ -14,11 +14,13 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from ..errors import StoreError
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
 from . import queries
 from .db import Database
 from .grants import GrantStore, use_grant
+from .migrate import ensure_schema
 from .records import (
     GENESIS_HASH,
     ApprovalRecord,
@@ -27,7 +29,7 @@ from .records import (
     TokenRecord,
     chain_hash,
 )
-from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskRow, TokenRow, metadata
+from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskRow, TokenRow
 
 __all__ = ["ApprovalConflict", "CommitResult", "Store", "StoreEvents", "TaskAdvance"]
 
@@ -43,7 +45,6 @@ outcomes_t = OutcomeRow.__table__
 _GET_TASK = select(tasks_t).where(tasks_t.c.id == bindparam("task_id"))
 _CHAIN_HEAD = select(chain_t.c.seq, chain_t.c.hash).where(chain_t.c.id == 1)
 _CHAIN_HEAD_LOCKED = _CHAIN_HEAD.with_for_update()
-_CHAIN_INIT = insert(chain_t)
 _CHAIN_MOVE = (
     update(chain_t).where(chain_t.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
@@ -189,11 +190,9 @@ def _append_decision(conn: Connection, record: DecisionRecord) -> int:
         head = _chain_head(conn).fetchone()
     else:
         head = conn.execute(_CHAIN_HEAD_LOCKED).first()
-    if head is None:
-        conn.execute(_CHAIN_INIT, {"id": 1, "seq": 0, "hash": GENESIS_HASH})
-        prev_seq, prev_hash = 0, GENESIS_HASH
-    else:
-        prev_seq, prev_hash = head
+    if head is None:  # the migrations seed it: a missing head row means a damaged database
+        raise StoreError("the decision log's chain head row is missing; run `intentgate audit verify`")
+    prev_seq, prev_hash = head
     row = record.model_dump()
     row["seq"] = prev_seq + 1
     row["prev_hash"] = prev_hash
@@ -227,9 +226,17 @@ class Store:
             self.events.tokens_revoked(revoked)
 
     @classmethod
-    def open(cls, url: str, **kwargs: Any) -> Store:
+    def open(cls, url: str, *, migrate: bool = True, **kwargs: Any) -> Store:
+        """Open the database and bring its schema to the newest revision (see ``migrate``).
+
+        With ``migrate=False`` a database whose schema is not current is refused instead.
+        """
         store = cls(Database(url, **kwargs))
-        store.db.run_sync(lambda conn: metadata.create_all(conn))
+        try:
+            ensure_schema(store.db, migrate=migrate)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the gateway's schema (``intentgate db upgrade`` applies them)."""

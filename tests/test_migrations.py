@@ -1,0 +1,158 @@
+"""Schema migrations (Alembic) on SQLite and PostgreSQL: fresh, legacy, behind, ahead, concurrent."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from gateway.errors import StoreError
+from gateway.store import Database, Store
+from gateway.store.migrate import BASELINE, ensure_schema, head_revision, schema_status
+from gateway.store.tables import metadata
+
+from .test_store import a_decision
+
+
+def _revision(url: str) -> str | None:
+    eng = create_engine(url)
+    with eng.connect() as conn:
+        rev = MigrationContext.configure(conn).get_current_revision()
+    eng.dispose()
+    return rev
+
+
+def test_fresh_database_is_migrated_to_head_and_matches_the_models(db_url: str) -> None:
+    store = Store.open(db_url, timeout=10.0, pool_size=2)
+    store.close()
+    assert _revision(db_url) == head_revision()
+    eng = create_engine(db_url)
+    with eng.connect() as conn:
+        # the migrations build exactly the tables the code declares: a model change without
+        # a migration fails here
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
+        head = conn.execute(text("SELECT id, seq, hash FROM chain_head")).all()
+    eng.dispose()
+    assert diffs == []
+    assert head == [(1, 0, "0" * 64)]  # seeded, so replicas never race to insert it
+
+
+async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_url: str) -> None:
+    store = Store.open(db_url, timeout=10.0, pool_size=2)
+    await store.commit_decision(a_decision(1))
+    store.close()
+    # make it look like a database written before migrations existed: no alembic_version
+    eng = create_engine(db_url)
+    with eng.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    eng.dispose()
+    db = Database(db_url, timeout=10.0, pool_size=1, inline=False)
+    try:
+        status = schema_status(db)
+        assert status.legacy and status.current is None
+    finally:
+        db.close()
+
+    store = Store.open(db_url, timeout=10.0, pool_size=2)
+    try:
+        assert _revision(db_url) == head_revision()
+        report = store.verify_chain()
+        assert report.ok and report.checked == 1
+        assert (await store.decision_detail("dec_1")) is not None
+        await store.commit_decision(a_decision(2))
+        assert store.verify_chain().checked == 2
+    finally:
+        store.close()
+
+
+async def test_empty_pre_migration_schema_gets_its_chain_head(db_url: str) -> None:
+    """Tables made by the gateway's old ``create_all`` and no decision yet: no chain head row."""
+    eng = create_engine(db_url)
+    metadata.create_all(eng)
+    eng.dispose()
+    store = Store.open(db_url, timeout=10.0, pool_size=2)
+    try:
+        await store.commit_decision(a_decision(1))
+        report = store.verify_chain()
+        assert report.ok and report.head_seq == 1
+    finally:
+        store.close()
+    assert _revision(db_url) == head_revision()
+
+
+def test_migrate_false_refuses_an_outdated_schema_and_touches_nothing(db_url: str) -> None:
+    with pytest.raises(StoreError, match="intentgate db upgrade"):
+        Store.open(db_url, migrate=False, timeout=10.0, pool_size=2)
+    eng = create_engine(db_url)
+    assert not inspect(eng).has_table("decisions")
+    eng.dispose()
+    Store.open(db_url, timeout=10.0, pool_size=2).close()
+    Store.open(db_url, migrate=False, timeout=10.0, pool_size=2).close()  # current now: accepted
+
+
+def test_a_schema_from_a_newer_gateway_is_refused(db_url: str) -> None:
+    Store.open(db_url, timeout=10.0, pool_size=2).close()
+    eng = create_engine(db_url)
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    eng.dispose()
+    with pytest.raises(StoreError, match="newer IntentGate"):
+        Store.open(db_url, timeout=10.0, pool_size=2)
+    assert _revision(db_url) == "9999_from_the_future"
+
+
+def test_replicas_starting_together_migrate_once(db_url: str) -> None:
+    """Eight stores open one fresh database at the same moment: all succeed, one migration runs."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def open_one() -> None:
+        try:
+            barrier.wait()
+            s = Store.open(db_url, timeout=30.0, pool_size=1)
+            s.close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    eng = create_engine(db_url)
+    with eng.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(head_revision(),)]
+        assert conn.execute(text("SELECT count(*) FROM chain_head")).scalar() == 1
+    eng.dispose()
+
+
+def test_db_cli_status_and_upgrade(tmp_path: Path) -> None:
+    cfg = tmp_path / "intentgate.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    runner = CliRunner()
+    r = runner.invoke(app, ["db", "status", "--config", str(cfg)])
+    assert r.exit_code == 1 and "none (empty database)" in r.output and "intentgate db upgrade" in r.output
+    r = runner.invoke(app, ["db", "upgrade", "--config", str(cfg)])
+    assert r.exit_code == 0 and f"none -> {head_revision()}" in r.output
+    r = runner.invoke(app, ["db", "upgrade", "--config", str(cfg)])
+    assert r.exit_code == 0 and "already at" in r.output
+    r = runner.invoke(app, ["db", "status", "--config", str(cfg)])
+    assert r.exit_code == 0 and "up to date" in r.output
+    assert head_revision() >= BASELINE
+
+
+def test_ensure_schema_is_idempotent(db_url: str) -> None:
+    db = Database(db_url, timeout=10.0, pool_size=1, inline=False)
+    try:
+        first = ensure_schema(db)
+        second = ensure_schema(db)
+    finally:
+        db.close()
+    assert first.up_to_date and second.up_to_date and first.current == second.current == head_revision()
