@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .canonical import arguments_sha256
 from .clock import Clock, SystemClock, iso
-from .errors import GatewayError, ReasonCode, TaskError, reason, reason_code_of
+from .errors import GatewayError, PolicyError, ReasonCode, TaskError, reason, reason_code_of
 from .identity import AgentIdentity
 from .intents import Intent, IntentRegistry
 from .policy import PolicyEngine, PolicyResult
@@ -383,6 +383,24 @@ class Decider:
             decision_id=record.id, outcome="deny", reasons=record.reasons, explanation=explain(record.reasons, [])
         )
 
+    async def evaluate_policy(self, pinput: dict[str, Any]) -> PolicyResult:
+        """The policy's answer within ``policy_timeout``, else ``PolicyError`` (the call is denied).
+
+        An engine that evaluates on the event loop (the embedded one) cannot be interrupted,
+        so an answer that arrives after the deadline is refused as well: a policy that has
+        become slow denies, whatever it would have answered.
+        """
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.policy_timeout):  # no extra task, unlike wait_for
+                result = await self.policy.evaluate(pinput)
+        except TimeoutError as exc:
+            raise PolicyError(f"policy evaluation did not finish within {self.policy_timeout}s") from exc
+        elapsed = time.perf_counter() - started
+        if elapsed > self.policy_timeout:
+            raise PolicyError(f"policy evaluation took {elapsed:.3f}s, beyond its {self.policy_timeout}s timeout")
+        return result
+
     async def _decide(self, call: CallRequest, record: DecisionRecord, clocked: _Clocked, digest: str) -> Verdict:
         now = record.at
         # --- task
@@ -410,8 +428,7 @@ class Decider:
         record.policy_input = pinput if self.audit_arguments else _without_arguments(pinput)
         await self.policy.reload_if_changed()
         record.policy_revision = self.policy.revision
-        async with asyncio.timeout(self.policy_timeout):  # no extra task, unlike wait_for
-            result: PolicyResult = await self.policy.evaluate(pinput)
+        result: PolicyResult = await self.evaluate_policy(pinput)
         record.policy_result = result.model_dump()
         clocked.lap("policy")
 

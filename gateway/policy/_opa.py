@@ -8,7 +8,8 @@ own bundles, and ``revision`` describes the local files only.
 
 Every failure (connection refused, timeout, HTTP error, undefined or off-contract result)
 raises ``PolicyError``: the caller denies.  Requests are not retried: a failing OPA must
-deny fast rather than retry into the timeout.
+deny fast rather than retry into the timeout.  After a connection failure the policy is
+pushed again before the next query, since an OPA that restarted has forgotten it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from opa_client import AsyncOpaClient
 from opa_client.errors import DeletePolicyError
 
@@ -147,6 +149,10 @@ class OpaServerEngine:
         except TimeoutError as exc:
             raise PolicyError(f"OPA at {self.url} did not answer within {self.timeout}s") from exc
         except Exception as exc:  # noqa: BLE001 - unreachable or failing server: deny
+            if isinstance(exc, OSError | aiohttp.ClientConnectionError):
+                # the server went away; one that comes back (a restarted sidecar) has lost what
+                # was pushed to it, so push again before the next query
+                self._pushed_revision = None
             raise PolicyError(f"OPA query failed: {type(exc).__name__}: {exc}"[:300]) from exc
         if not isinstance(response, dict):
             raise PolicyError("OPA answered something other than a JSON object")
