@@ -37,6 +37,7 @@ __all__ = [
 DEV_ISSUER = "intentgate-dev"
 DEV_AUDIENCE = "intentgate"
 _SPIFFE_ID = re.compile(r"^spiffe://(?P<td>[a-z0-9._-]+)(?P<path>(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+)$")
+_MAX_DATE = 2**53  # seconds: any time claim beyond (or NaN) is refused
 _ASYMMETRIC = {"EdDSA", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 
 
@@ -140,7 +141,9 @@ class IdentityVerifier:
         self._cache_size = cache_size
 
     def verify(self, token: str | None) -> AgentIdentity:
-        if token and (hit := self._cache.get(token)) is not None:
+        if not isinstance(token, str):  # a boundary: whatever arrives is refused, never a TypeError
+            raise IdentityError("no workload token")
+        if (hit := self._cache.get(token)) is not None:
             if self.clock.now() < hit.claims["exp"] + self.leeway:
                 self._cache.move_to_end(token)
                 return hit
@@ -152,7 +155,7 @@ class IdentityVerifier:
         except Exception as exc:  # noqa: BLE001 - anything odd about a token is a failed login
             raise IdentityError(f"malformed workload token ({type(exc).__name__})") from exc
         if self._cache_size:
-            self._cache[token] = identity  # type: ignore[index]
+            self._cache[token] = identity
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return identity
@@ -189,8 +192,10 @@ class IdentityVerifier:
             raise IdentityError(f"workload token rejected: {type(exc).__name__}: {exc}") from exc
         now = self.clock.now()
         for name in ("exp", "iat", "nbf"):
-            if name in claims and (isinstance(claims[name], bool) or not isinstance(claims[name], int | float)):
-                raise IdentityError(f"claim {name} is not a number")
+            value = claims.get(name, 0)
+            # NaN and Infinity (which JSON parsers accept) would never expire; nor would a huge integer
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -_MAX_DATE <= value <= _MAX_DATE:
+                raise IdentityError(f"claim {name} is not a number of seconds")
         if now >= claims["exp"] + self.leeway:
             raise IdentityError("workload token expired")
         if now + self.leeway < claims.get("nbf", claims["iat"]):
