@@ -4,7 +4,10 @@ SQLAlchemy Core over a connection held by each worker thread keeps the hot path 
 (no per-call ORM session).  SQLite gets one worker (it has one writer anyway), WAL, and
 ``BEGIN IMMEDIATE`` transactions so that another process writing at the same time waits
 on the busy timeout instead of failing a lock upgrade.  PostgreSQL gets a worker per pooled
-connection.  Every operation has a timeout; any database failure becomes a ``StoreError``.
+connection.  Every operation has a timeout; any database failure becomes a ``StoreError``,
+and the connection that failed is replaced by a new one on next use.  A transaction whose
+held connection turns out to be dead (server restart, failover) before it could commit is
+run once more on a new connection, so a database that came back costs no failed calls.
 
 SQLite fast path (``inline=True``, the default): a thread hop costs more than a whole SQLite
 WAL transaction here, so a transaction first runs on the calling (event-loop) thread over a
@@ -26,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from ..errors import StoreError
 
@@ -140,19 +143,36 @@ class Database:
         read_only: bool = False,
         abandoned: threading.Event | None = None,
     ) -> T:
-        try:
-            conn = self._connection()
-            conn.info["read_only"] = read_only
-            with conn.begin() as tx:
-                result = fn(conn, *args)
-                if abandoned is not None and abandoned.is_set():
-                    # the caller timed out and has already failed closed: write nothing
-                    tx.rollback()
-                    raise StoreError("database operation abandoned after its timeout")
+        retried = False
+        while True:
+            held: Connection | None = getattr(self._local, "conn", None)
+            reused = held is not None and not held.closed and not held.invalidated
+            committing = False
+            try:
+                conn = self._connection()
+                conn.info["read_only"] = read_only
+                with conn.begin() as tx:
+                    result = fn(conn, *args)
+                    if abandoned is not None and abandoned.is_set():
+                        # the caller timed out and has already failed closed: write nothing
+                        tx.rollback()
+                        raise StoreError("database operation abandoned after its timeout")
+                    committing = True
                 return result
-        except (SQLAlchemyError, sqlite3.Error) as exc:
-            self._drop_connection()
-            raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                self._drop_connection()
+                if (
+                    not retried and reused and not committing
+                    and isinstance(exc, DBAPIError) and exc.connection_invalidated
+                    and not (abandoned is not None and abandoned.is_set())
+                ):
+                    # the held connection had died (server restart, failover, terminated
+                    # backend) before this transaction could commit anything: run it once
+                    # more on a new connection instead of failing the call
+                    log.warning("database connection lost; retrying once on a new connection")
+                    retried = True
+                    continue
+                raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
 
     def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction on a worker, blocking (CLI, tests)."""
@@ -170,6 +190,19 @@ class Database:
                 self._held.append(conn)
         return conn
 
+    def _drop_inline(self) -> None:
+        """Forget a failed inline connection (the next transaction opens a new one)."""
+        conn, self._inline_conn = self._inline_conn, None
+        if conn is not None:
+            with self._held_lock:
+                if conn in self._held:
+                    self._held.remove(conn)
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # noqa: BLE001 - best effort on a broken connection
+                pass
+
     def _try_inline(
         self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False
     ) -> tuple[bool, T | None]:
@@ -185,10 +218,10 @@ class Database:
             if "locked" in text or "busy" in text:
                 self.inline_fallbacks += 1
                 return False, None
-            self._inline_conn = None
+            self._drop_inline()
             raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
         except (SQLAlchemyError, sqlite3.Error) as exc:
-            self._inline_conn = None
+            self._drop_inline()
             raise StoreError(f"database error: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
         if read_only:
             return True, result
