@@ -22,6 +22,9 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from .canonical import canonical_json, sha256_hex
 from .errors import IntentFileError
@@ -234,6 +237,12 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:  # a list or mapping as a key (`? [a, b]`): what PyYAML itself refuses
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -245,21 +254,58 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+_SCHEMA_BASE = "urn:intentgate:schema"
+# keywords whose values are data, not subschemas: a "$ref" inside them is not a reference
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def _refs(node: Any) -> Iterable[str]:
+    """Every ``$ref`` / ``$dynamicRef`` in a schema."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                yield value
+            elif key not in _DATA_KEYWORDS:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def _check_refs(schema: Any) -> None:
+    """Refuse references that validation could not follow (it would fail at call time instead).
+
+    Only references within the schema itself (``#/$defs/x``, ``#anchor``) are allowed: nothing
+    is ever fetched, and a schema's meaning does not depend on another document.
+    """
+    resolver = Registry().with_resource(_SCHEMA_BASE, DRAFT202012.create_resource(schema)).resolver(_SCHEMA_BASE)
+    for ref in _refs(schema):
+        if not ref.startswith("#"):
+            raise SchemaError(f"$ref {ref[:80]!r}: only references within the schema ('#...') are allowed")
+        try:
+            resolver.lookup(ref)
+        except (Unresolvable, ValueError) as exc:
+            raise SchemaError(f"$ref {ref[:80]!r} does not resolve within the schema") from exc
+
+
 @functools.lru_cache(maxsize=4096)
 def _validator_for(schema_json: str) -> Draft202012Validator:
     """A checked, compiled validator per distinct schema (checking against the metaschema is slow)."""
     schema = json.loads(schema_json)
     Draft202012Validator.check_schema(schema)
+    _check_refs(schema)
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
 
 
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
     """Raises ``SchemaError`` for an invalid schema, including one that is not JSON at all."""
     try:
-        text = json.dumps(schema, sort_keys=True)
-    except (TypeError, ValueError) as exc:  # YAML dates, NaN...: not a JSON Schema
+        text = json.dumps(schema, sort_keys=True, allow_nan=False)
+        return _validator_for(text)
+    except (TypeError, ValueError) as exc:  # YAML dates, NaN, integers of thousands of digits: not JSON
         raise SchemaError(f"not plain JSON ({exc})") from exc
-    return _validator_for(text)
+    except RecursionError as exc:
+        raise SchemaError("nested too deeply") from exc
 
 
 def _compile(intent: Intent, file: str) -> list[Problem]:
@@ -381,6 +427,8 @@ def _load_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
         return None, [Problem(Severity.ERROR, display, f"invalid YAML: {exc}".replace("\n", " "))]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Problem(Severity.ERROR, display, f"cannot read: {exc}")]
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting deeper than the stack
+        return None, [Problem(Severity.ERROR, display, f"invalid YAML: {type(exc).__name__}: {str(exc)[:200]}")]
     if not isinstance(raw, dict):
         return None, [Problem(Severity.ERROR, display, "an intent file must hold one YAML mapping")]
     intent_name = raw.get("name") if isinstance(raw.get("name"), str) else None
