@@ -4,6 +4,8 @@
   check: no valid workload token, no MCP (401, one opaque answer);
 - ``POST /v1/decide``: the same pipeline for enforcement points that are not MCP clients
   (an ext-authz hook, say); the answer carries the action token on allow;
+- ``POST /v1/tokens/redeem``: tool servers burn an action token in the gateway's database
+  (``gateway.redeem``): honoured once across every replica;
 - ``/.well-known/jwks.json``: the public keys that verify action tokens;
 - ``/healthz``: liveness plus a database round trip;
 - ``/v1/decisions``, ``/v1/decisions/{id}``, ``/v1/audit/export``: the reviewer API
@@ -32,6 +34,7 @@ from .errors import GatewayError, ReasonCode
 from .front import Front
 from .identity import AgentIdentity, IdentityError
 from .metrics import CONTENT_TYPE_LATEST
+from .redeem import Redeemed, redeem
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
@@ -66,6 +69,33 @@ class DecideResponse(BaseModel):
     approval_id: str | None = None
     token: str | None = Field(default=None, description="the action token, on allow")
     token_expires_at: int | None = None
+
+
+class RedeemRequest(BaseModel):
+    """A tool server presenting the action token that came with a call it received."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(max_length=8192)
+    audience: str = Field(max_length=64, description="the tool server's upstream name (the token's aud)")
+    tool: str = Field(max_length=256, description="the tool called, as intents name it: upstream.tool")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="the arguments received, as received")
+
+
+class RedeemResponse(BaseModel):
+    jti: str
+    agent: str
+    task: str
+    intent: str
+    step: str
+    tool: str
+    expires_at: int
+
+
+class RedeemRefusal(BaseModel):
+    error: str = Field(description="token_replayed, token_revoked, token_expired, ... or store_error")
+    message: str
+    decision_id: str = Field(description="the refusal as recorded in the decision log")
 
 
 def _bearer(headers: Any) -> str | None:
@@ -183,6 +213,26 @@ def create_app(config: GatewayConfig) -> FastAPI:
             token=verdict.token.token if verdict.token else None,
             token_expires_at=verdict.token.expires_at if verdict.token else None,
         )
+
+    @app.post(
+        "/v1/tokens/redeem", response_model=RedeemResponse,
+        responses={403: {"model": RedeemRefusal, "description": "not a valid token for this call"},
+                   409: {"model": RedeemRefusal, "description": "already used or revoked"},
+                   503: {"model": RedeemRefusal, "description": "the database is unavailable: not honoured"}},
+    )
+    async def redeem_token(body: RedeemRequest, request: Request) -> Any:
+        """Verify an action token for the call a tool server received and burn it, once."""
+        rt: Runtime = request.app.state.runtime
+        result = await redeem(verifier=rt.verifier, store=rt.store, decider=rt.decider, token=body.token,
+                              audience=body.audience, tool=body.tool, arguments=body.arguments)
+        if isinstance(result, Redeemed):
+            c = result.claims
+            return RedeemResponse(jti=c.jti, agent=c.sub, task=c.detail.task, intent=c.detail.intent,
+                                  step=c.detail.step, tool=c.detail.tool, expires_at=int(c.exp))
+        status = (409 if result.code in (ReasonCode.TOKEN_REPLAYED, ReasonCode.TOKEN_REVOKED)
+                  else 503 if result.code in (ReasonCode.STORE_ERROR, ReasonCode.INTERNAL_ERROR) else 403)
+        refusal = RedeemRefusal(error=result.code.value, message=result.message, decision_id=result.decision_id)
+        return JSONResponse(refusal.model_dump(), status_code=status)
 
     app.include_router(review_router)
     app.include_router(ui_router)
