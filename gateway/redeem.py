@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .decide import Decider, new_id
-from .errors import GatewayError, ReasonCode, TokenError
+from .errors import GatewayError, ReasonCode, TokenError, reason
 from .store import DecisionRecord, Store
 from .verify import ActionClaims, ActionTokenVerifier, ConsumeOutcome
 
@@ -66,22 +66,33 @@ async def redeem(
     claims: ActionClaims | None = None
     try:
         claims = verifier.verify(token, tool=tool, arguments=arguments, audience=audience)
-        outcome = await store.consume(claims.jti, expires_at=float(claims.exp), now=verifier.clock.now())
     except TokenError as exc:
-        return await _refuse(decider, claims, audience, tool, exc.code, exc.message)
+        return await _record_refusal(decider, _refusal(decider, None, audience, tool), exc.code, exc.message)
+    refused: list[DecisionRecord] = []
+
+    def record(outcome: ConsumeOutcome) -> DecisionRecord:
+        # built inside the burning transaction, appended with it: one commit per refusal
+        code, _ = _REFUSED[outcome]
+        refused[:] = [_refusal(decider, claims, audience, tool)]
+        refused[0].reasons = [reason(code, claims.jti)]
+        return refused[0]
+
+    try:
+        outcome = await store.consume(claims.jti, expires_at=float(claims.exp), now=verifier.clock.now(),
+                                      on_refused=record)
     except GatewayError as exc:  # the store is down: nothing was burnt, nothing is honoured
-        return await _refuse(decider, claims, audience, tool, exc.code, exc.message)
+        return await _record_refusal(decider, _refusal(decider, claims, audience, tool), exc.code, exc.message)
     if outcome is ConsumeOutcome.CONSUMED:
         return Redeemed(claims)
     code, message = _REFUSED[outcome]
-    return await _refuse(decider, claims, audience, tool, code, f"{message} ({claims.jti})")
+    log.info("token redemption refused", extra={"decision_id": refused[0].id, "code": code.value})
+    return Redemption(code, f"{message} ({claims.jti})", refused[0].id, True)
 
 
-async def _refuse(
-    decider: Decider, claims: ActionClaims | None, audience: str, tool: str, code: ReasonCode, message: str
-) -> Redemption:
+def _refusal(decider: Decider, claims: ActionClaims | None, audience: str, tool: str) -> DecisionRecord:
+    """The decision recording a refused redemption (reasons are filled in by the caller)."""
     detail = claims.detail if claims is not None else None
-    record = DecisionRecord(
+    return DecisionRecord(
         id=new_id("dec"),
         at=decider.clock.now(),
         kind=KIND,
@@ -95,6 +106,10 @@ async def _refuse(
         reasons=[],
         masked=["/arguments"],  # a tool server's copy of the arguments: the allow already holds them
     )
-    verdict = await decider.record_failure(record, code, claims.jti if claims is not None else None)
+
+
+async def _record_refusal(decider: Decider, record: DecisionRecord, code: ReasonCode, message: str) -> Redemption:
+    """Record a refusal decided outside the burning transaction (bad token, store down)."""
+    verdict = await decider.record_failure(record, code)
     log.info("token redemption refused", extra={"decision_id": verdict.decision_id, "code": code.value})
     return Redemption(code, message, verdict.decision_id, verdict.recorded)

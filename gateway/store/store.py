@@ -483,24 +483,40 @@ class Store:
             after_seq = rows[-1].seq or after_seq
 
     # ----- tokens --------------------------------------------------------------------
-    async def consume(self, jti: str, *, expires_at: float, now: float) -> ConsumeOutcome:
-        """Burn a jti: one conditional UPDATE, so a token is used at most once."""
+    async def consume(
+        self,
+        jti: str,
+        *,
+        expires_at: float,
+        now: float,
+        on_refused: Callable[[ConsumeOutcome], DecisionRecord] | None = None,
+    ) -> ConsumeOutcome:
+        """Burn a jti: one conditional UPDATE, so a token is used at most once.
+
+        ``on_refused`` builds the decision that records a refusal (replayed, revoked, unknown);
+        it is appended in the same transaction, so a refusal is never lost or recorded twice.
+        """
+        refusal: list[DecisionRecord] = []
 
         def op(conn: Connection) -> ConsumeOutcome:
+            refusal.clear()  # a transaction rerun on another connection starts over
             res = _consume_token(conn, {"token_jti": jti, "now": now})
             if res.rowcount == 1:
                 return ConsumeOutcome.CONSUMED
             found = _token_status(conn, {"token_jti": jti}).fetchone()
             status = found[0] if found else None
-            if status == "consumed":
-                return ConsumeOutcome.REPLAYED
-            if status == "revoked":
-                return ConsumeOutcome.REVOKED
-            return ConsumeOutcome.UNKNOWN
+            outcome = (ConsumeOutcome.REPLAYED if status == "consumed"
+                       else ConsumeOutcome.REVOKED if status == "revoked" else ConsumeOutcome.UNKNOWN)
+            if on_refused is not None:
+                refusal.append(on_refused(outcome))
+                _append_decision(conn, refusal[0])
+            return outcome
 
         outcome = await self.db.run(op)
         if outcome is ConsumeOutcome.CONSUMED and self.events is not None:
             self.events.token_consumed()
+        if refusal:
+            self._committed(refusal)
         return outcome
 
     async def get_token(self, jti: str) -> TokenRecord | None:
