@@ -5,7 +5,12 @@ call's result echoes what the server received (tool, arguments, whether a gatewa
 came in ``_meta``, which ``Authorization`` header came over HTTP).  With ``INTENTGATE_JWKS``
 set, the server verifies each call's action token with ``gateway.verify`` (signature,
 audience, arguments digest, single use in its own ledger) and refuses calls without a valid
-one (``CAPTURE_TOKENS=FILE`` appends each raw token to FILE, for replay tests).  Extra tools for fault tests: ``crash`` exits the process, ``hang`` never answers.
+one (``CAPTURE_TOKENS=FILE`` appends each raw token to FILE, for replay tests).
+``RECORD_CALLS=FILE`` appends one JSON line per call that came with a token (upstream, tool,
+arguments, the raw token, and its ``jti`` once verified or the refusal code) and fsyncs it
+before the call runs, so a crash test can match what the server executed against the
+gateway's database.  Extra tools for fault tests: ``crash`` exits the process, ``hang``
+never answers.
 Every call reports progress (1/2, 2/2) when the caller asked for it and logs one ``info``
 line.  The ``tickets`` server also has resources (two tickets and a customer list), a
 resource template ``tickets://{ticket_id}`` and a prompt ``summarise_ticket``.
@@ -101,6 +106,22 @@ def _ticket_handlers() -> dict[str, Any]:
             "on_read_resource": read_resource, "on_list_prompts": list_prompts, "on_get_prompt": get_prompt}
 
 
+def _record(upstream: str, tool: str, arguments: dict[str, Any], token: str | None, *, jti: str | None = None,
+            refused: str | None = None) -> None:
+    """Append one line to ``RECORD_CALLS`` and fsync it: on disk before the call has any effect."""
+    path = os.environ.get("RECORD_CALLS")
+    if not path or not token:
+        return
+    line = json.dumps({"upstream": upstream, "tool": tool, "arguments": arguments, "token": token, "jti": jti,
+                       "refused": refused}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())  # one write of one line under O_APPEND: lines never interleave
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def build(name: str) -> Server[Any]:
     tools = {**TOOLS[name], **FAULTS}
     verifier = None
@@ -137,10 +158,12 @@ def build(name: str) -> Server[Any]:
                 )
                 verified = claims.jti
             except TokenError as exc:
+                _record(name, params.name, args, token, refused=exc.code.value)
                 return types.CallToolResult(
                     content=[types.TextContent(type="text", text=f"refused: {exc.code.value}")],
                     structured_content={"refused": exc.code.value}, is_error=True,
                 )
+        _record(name, params.name, args, token, jti=verified)
         await ctx.session.report_progress(1, 2, "half way")
         await ctx.session.report_progress(2, 2, "done")
         with warnings.catch_warnings():
