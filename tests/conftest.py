@@ -112,3 +112,13 @@ def strict_refund_policy(tmp_path: Path) -> Path:
     doc["limits"]["refund"] = {"max": {"EUR": 10}, "hold_above": {"EUR": 5}}
     data.write_text(json.dumps(doc))
     return candidate
+
+
+@pytest.fixture(scope="session")
+def recorded_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """1,000 policy inputs recorded by the real pipeline (see tests/recorded_inputs.py)."""
+    import asyncio
+
+    from tests.recorded_inputs import record_policy_inputs
+
+    return asyncio.run(record_policy_inputs(tmp_path_factory.mktemp("recorded"), 1000))

@@ -10,7 +10,9 @@ import typer
 
 from ..errors import GatewayError
 from ..intents import load_intents
-from ..policy import EmbeddedEngine, run_rego_tests
+from ..policy import EmbeddedEngine, load_policy_dir, run_rego_tests
+from ..policy._embedded import check_compiles
+from ..policy._opa_bundle import build_opa_bundle
 from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["policy_app"]
@@ -64,6 +66,34 @@ def test(
     if failed:
         console.print(f"[red]FAIL[/red]: {len(failed)}/{len(results)}", highlight=False)
         raise typer.Exit(1)
+
+
+@policy_app.command("bundle")
+def bundle(
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the bundle (.tar.gz)")],
+    config: ConfigOption = None,
+    policy: PolicyDir = None,
+    intents: IntentsDir = None,
+) -> None:
+    """Write an OPA bundle: the policy modules, the data documents and the intents.
+
+    For an OPA sidecar that pulls its policy from a bundle server (set policy.push_policy:
+    false on the gateway).  Exit 2 if the policy or intents do not load.
+    """
+    cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
+    try:
+        registry = load_intents(cfg.intents_dir)
+        check_compiles(load_policy_dir(cfg.policy_dir), registry.data_document())
+        content, manifest = build_opa_bundle(cfg.policy_dir, registry.data_document())
+        output.write_bytes(content)
+    except GatewayError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] {output}: {exc.strerror}", highlight=False)
+        raise typer.Exit(2) from exc
+    console.print(f"wrote {output} (revision {manifest['revision']}, roots {', '.join(manifest['roots'])})",
+                  highlight=False)
 
 
 @policy_app.command("eval")
