@@ -32,6 +32,7 @@ from mcp.server.lowlevel import Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .canonical import canonical_json
 from .decide import CallRequest, Verdict
 from .errors import GatewayError, ReasonCode, TokenError, reason
 from .identity import AgentIdentity
@@ -313,8 +314,24 @@ class Front:
             return _error_result({"outcome": "deny", "reasons": [ReasonCode.INTERNAL_ERROR.value],
                                   "explanation": "internal error", "decision_id": None})
 
+    async def _refuse_if_too_large(self, request: CallRequest) -> types.CallToolResult | None:
+        """Arguments over ``front.max_argument_bytes``: a recorded deny, the arguments not stored."""
+        size = len(json.dumps(request.untrusted_arguments, default=str))
+        if size <= self.rt.config.front.max_argument_bytes:
+            return None
+        verdict = await self.rt.decider.refuse(request, ReasonCode.PAYLOAD_TOO_LARGE, str(size), keep_arguments=False)
+        return _error_result(_verdict_payload(verdict))
+
     async def _gateway_tool(self, agent: AgentIdentity, name: str, args: dict[str, Any]) -> types.CallToolResult:
         decider = self.rt.decider
+        request = CallRequest(agent=agent, upstream=GATEWAY, tool=name[:128] or "-", untrusted_arguments=args)
+        if (refused := await self._refuse_if_too_large(request)) is not None:
+            return refused
+        try:  # task parameters go into the hash-chained log: NaN or a huge integer cannot
+            canonical_json(args)
+        except Exception:  # noqa: BLE001 - whatever rfc8785 refuses
+            verdict = await decider.refuse(request, ReasonCode.MALFORMED_REQUEST, "arguments", keep_arguments=False)
+            return _error_result(_verdict_payload(verdict))
         try:
             if name == "list_intents":
                 intents = [
@@ -346,7 +363,6 @@ class Front:
         except GatewayError as exc:
             return _error_result({"outcome": "deny", "reasons": [exc.code.value], "explanation": exc.message,
                                   "decision_id": exc.decision_id})
-        request = CallRequest(agent=agent, upstream=GATEWAY, tool=name[:128] or "-", untrusted_arguments=args)
         verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, f"{GATEWAY}{SEP}{name}"[:128])
         return _error_result(_verdict_payload(verdict))
 
@@ -372,10 +388,8 @@ class Front:
         if upstream is None:
             verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, params.name[:128])
             return _error_result(_verdict_payload(verdict))
-        size = len(json.dumps(untrusted_args, default=str))
-        if size > self.rt.config.front.max_argument_bytes:
-            verdict = await decider.refuse(request, ReasonCode.PAYLOAD_TOO_LARGE, str(size), keep_arguments=False)
-            return _error_result(_verdict_payload(verdict))
+        if (refused := await self._refuse_if_too_large(request)) is not None:
+            return refused
 
         verdict = await decider.decide(request)
         if not verdict.forward:
