@@ -8,7 +8,6 @@ upstream is asked.  Any failure is a recorded deny, as for tool calls.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Literal
 
@@ -86,8 +85,7 @@ async def decide_read(decider: Decider, read: ReadRequest) -> Verdict:
         record.policy_input = pinput
         await decider.policy.reload_if_changed()
         record.policy_revision = decider.policy.revision
-        async with asyncio.timeout(decider.policy_timeout):
-            result: PolicyResult = await decider.policy.evaluate(pinput)
+        result: PolicyResult = await decider.evaluate_policy(pinput)  # late answers deny too
         record.policy_result = result.model_dump()
         record.outcome, record.reasons = read_verdict(result)
         await decider.store.commit_decision(record)

@@ -249,3 +249,25 @@ async def test_opa_slow_or_failing_denies_then_recovers(opa_rt: Runtime, opa: St
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[1])))
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[2])))
     assert opa.handler.queries == ["ok", fault, "ok", "ok"]
+
+
+async def test_a_slow_policy_denies_reads_too(tmp_path: Path, faulty_policy: Path) -> None:
+    """resources/read goes through the same deadline: a late answer is a policy_error deny."""
+    from gateway.reads import ReadRequest, decide_read
+    from tests.test_decide import SUPPORT
+
+    rt = await open_runtime(tmp_path, faulty_policy)
+    read = ReadRequest(agent=SUPPORT, action="resources/read", upstream="tickets", name="tickets://TCK-1")
+    try:
+        assert (await decide_read(rt.decider, read)).outcome == "allow"
+        set_fault(faulty_policy, "slow")
+        assert await rt.policy.reload_if_changed(force=True)
+        v = await decide_read(rt.decider, read)
+        assert v.outcome == "deny" and v.reasons == ["policy_error"], v
+        stored = await rt.store.get_decision(v.decision_id)
+        assert stored is not None and stored.kind == "resources/read" and stored.reasons == ["policy_error"]
+        set_fault(faulty_policy, "none")
+        assert await rt.policy.reload_if_changed(force=True)
+        assert (await decide_read(rt.decider, read)).outcome == "allow"
+    finally:
+        await rt.aclose()
