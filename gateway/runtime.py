@@ -62,6 +62,7 @@ class Runtime:
                 pool_size=config.store.pool_size,
                 sqlite_synchronous=config.store.sqlite_synchronous,
                 inline=config.store.sqlite_inline,
+                migrate=config.store.migrate,
             )
             keys = KeySet.open_or_create(config.action_keys_dir, clock=clock)
             issuer = ActionTokenIssuer(

@@ -156,3 +156,17 @@ def test_ensure_schema_is_idempotent(db_url: str) -> None:
     finally:
         db.close()
     assert first.up_to_date and second.up_to_date and first.current == second.current == head_revision()
+
+
+async def test_a_gateway_with_migrate_off_refuses_to_start_on_an_empty_database(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from gateway.runtime import Runtime
+    from tests.conftest import INTENTS_DIR, POLICY_DIR
+
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR,
+                         store={"migrate": False})
+    with pytest.raises(StoreError, match="intentgate db upgrade"):
+        await Runtime.open(config)
+    Store.open(config.database_url).close()  # what `intentgate db upgrade` does
+    rt = await Runtime.open(config)  # now current: it starts
+    await rt.aclose()

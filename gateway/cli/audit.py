@@ -19,7 +19,7 @@ def verify(config: ConfigOption = None) -> None:
     """Recompute the decision log's hash chain; exit 1 if any row was edited or deleted."""
     cfg = config_or_exit(config)
     try:
-        store = Store.open(cfg.database_url, timeout=cfg.store.timeout_seconds)
+        store = Store.open(cfg.database_url, timeout=cfg.store.timeout_seconds, migrate=cfg.store.migrate)
     except GatewayError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
