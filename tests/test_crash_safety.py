@@ -16,6 +16,8 @@ Then the gateway is restarted on the same data directory and database and a fres
 get through the whole workflow.  Agents see connection errors around each kill and start over;
 a refusal (a tool error) is never expected.  At the end every token of the database is tried
 twice against the store: none can be used twice, and ``intentgate audit verify`` passes.
+Beside the MCP agents, an enforcement point asks ``POST /v1/decide`` for tokens and keeps them
+unused (ending half of its tasks): after the crashes each still works once, or is revoked.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Tally:
     workflows: int = 0
     connection_errors: int = 0
     hung: int = 0
+    last_error: str = ""
+    held: list[dict[str, Any]] = field(default_factory=list)  # tokens from POST /v1/decide, never used
     refusals: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -235,7 +239,8 @@ async def refund_workflow(client: Client, scope: anyio.CancelScope, n: int, tall
     ]
     for tool, args, step in steps[:2] if abandon else steps:
         echo = await call(client, scope, tool, args, task, step)
-        assert echo["verified_jti"], echo  # the upstream verified and burnt the gateway's token
+        if not echo.get("verified_jti"):  # the upstream verified and burnt the gateway's token
+            raise Refused({"tool": tool, "step": step, "result": echo})
         tally.calls += 1
     if abandon:
         await call(client, scope, "intentgate__end_task", {"task": task})
@@ -259,13 +264,90 @@ async def agent_loop(base: str, token: str, index: int, stop: asyncio.Event, up:
                     scope.deadline = anyio.current_time() + CALL_TIMEOUT  # for the teardown
             except Refused as exc:
                 tally.refusals.append(exc.args[0])
-            except Exception:  # noqa: BLE001 - connection refused/reset around a kill: start over
+            except Exception as exc:  # noqa: BLE001 - connection refused/reset around a kill: start over
                 tally.connection_errors += 1
+                tally.last_error = f"{type(exc).__name__}: {exc}"[:500]
         if scope.cancelled_caught:
             tally.hung += 1
         if not stop.is_set():
             await asyncio.sleep(0.1)
             await up.wait()
+
+
+async def decide_loop(base: str, token: str, stop: asyncio.Event, up: asyncio.Event, tally: Tally,
+                      seed: int) -> None:
+    """An enforcement point that is not an MCP client: it asks ``POST /v1/decide`` for the first
+    two steps and keeps the tokens unused, so issued, unconsumed tokens live through the kills
+    (half of its tasks are then ended, which revokes them)."""
+    rng = random.Random(seed)
+    n = 5_000_000
+    while not stop.is_set():
+        with anyio.CancelScope() as scope:
+            try:
+                scope.deadline = anyio.current_time() + CALL_TIMEOUT
+                async with session(base, token) as client, \
+                        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=CALL_TIMEOUT) as rest:
+                    while not stop.is_set():
+                        n += 1
+                        ticket, order = f"TCK-{n}", f"ORD-{n}"
+                        task = (await call(client, scope, "intentgate__begin_task", {
+                            "intent": "refund-order", "params": {"ticket_id": ticket, "order_id": order},
+                            "reason": "decide only"}))["task"]
+                        steps = (("tickets", "get_ticket", {"ticket_id": ticket}, "read_ticket"),
+                                 ("orders", "get_order", {"order_id": order}, "lookup"))
+                        for upstream, tool, args, step in steps:
+                            scope.deadline = anyio.current_time() + CALL_TIMEOUT
+                            r = await rest.post(f"{base}/v1/decide", json={
+                                "task": task, "step": step, "upstream": upstream, "tool": tool, "arguments": args})
+                            body = r.json()
+                            if r.status_code != 200 or body["outcome"] != "allow" or not body["token"]:
+                                raise Refused({"decide": step, "status": r.status_code, "body": body})
+                            tally.held.append({"token": body["token"], "upstream": upstream, "tool": tool,
+                                               "arguments": args})
+                        if rng.random() < 0.5:
+                            await call(client, scope, "intentgate__end_task", {"task": task})
+                        await asyncio.sleep(0.05)
+            except Refused as exc:
+                tally.refusals.append(exc.args[0])
+            except Exception as exc:  # noqa: BLE001 - connection refused/reset around a kill: start over
+                tally.connection_errors += 1
+                tally.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        if scope.cancelled_caught:
+            tally.hung += 1
+        if not stop.is_set():
+            await asyncio.sleep(0.1)
+            await up.wait()
+
+
+async def check_held_tokens(s: Setup, held: list[dict[str, Any]]) -> dict[str, int]:
+    """Tokens ``/v1/decide`` handed out and nobody used: each works at most once, or not at all
+    when its task ended (revoked), whatever kills came in between."""
+    keys = PublicKeySet.from_file(s.jwks)
+    store = Store.open(s.db_url, timeout=10.0)
+    counts = {"used once": 0, "revoked": 0}
+    try:
+        for h in held:
+            verifier = verifier_at(keys, h["token"])
+            qualified = f"{h['upstream']}.{h['tool']}"
+
+            async def present(v: ActionTokenVerifier = verifier, h: dict[str, Any] = h, q: str = qualified) -> Any:
+                try:
+                    return await v.verify_and_consume(h["token"], tool=q, arguments=h["arguments"],
+                                                      audience=h["upstream"], ledger=store)
+                except TokenError as exc:
+                    return exc.code
+
+            first, second = await present(), await present()
+            if first is ReasonCode.TOKEN_REVOKED:
+                assert second is ReasonCode.TOKEN_REVOKED
+                counts["revoked"] += 1
+            else:
+                assert not isinstance(first, ReasonCode), (h["upstream"], h["tool"], first)
+                assert second is ReasonCode.TOKEN_REPLAYED, second
+                counts["used once"] += 1
+    finally:
+        store.close()
+    return counts
 
 
 async def probe(base: str, token: str, n: int) -> None:
@@ -278,9 +360,10 @@ async def probe(base: str, token: str, n: int) -> None:
 
 async def wait_for_calls(tally: Tally, more: int, timeout: float = 60) -> None:
     target = tally.calls + more
-    with anyio.fail_after(timeout):
+    with anyio.move_on_after(timeout):
         while tally.calls < target:
             await asyncio.sleep(0.02)
+    assert tally.calls >= target, f"the agents stopped making progress; last failure: {tally.last_error}"
 
 
 # ----- checks on the state a crash left ------------------------------------------------
@@ -382,6 +465,8 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
                                        stop, up, tally, SEED + i))
         for i in range(1, AGENTS + 1)
     ]
+    agents.append(asyncio.create_task(decide_loop(
+        gw.base, s.agent_token("spiffe://example.org/agent/support-rest"), stop, up, tally, SEED)))
     probe_token = s.agent_token("spiffe://example.org/agent/support-probe")
     checked: set[str] = set()
     try:
@@ -405,20 +490,24 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
             task.result()  # an agent's own bug (not a connection failure) fails the test
     gw.kill()  # once more, with the agents gone
     await check_crash_state(s, checked)
+    # allowed MCP calls whose outcome was never recorded: the kill came while they were in flight
+    cut = query(s, "SELECT count(*) FROM decisions d WHERE d.kind = 'tools/call' AND d.outcome = 'allow' "
+                   "AND d.agent != 'spiffe://example.org/agent/support-rest' "
+                   "AND NOT EXISTS (SELECT 1 FROM call_outcomes o WHERE o.decision_id = d.id)")[0][0]
+    held = await check_held_tokens(s, tally.held)  # before the sweep below uses them up
     counts = await check_tokens_single_use(s, checked)
 
     assert not tally.refusals, tally.refusals[:5]
     assert tally.hung == 0
     assert gw.starts == KILLS + 1
     assert counts["consumed"] >= len(checked) > 0
+    assert held["used once"] > 0 and held["revoked"] > 0, held
     verify = subprocess.run(
         [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(s.config)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert verify.returncode == 0 and "audit chain OK" in verify.stdout, verify.stdout + verify.stderr
-    # allowed calls whose outcome was never recorded: the kill came while they were in flight
-    cut = query(s, "SELECT count(*) FROM decisions d WHERE d.kind = 'tools/call' AND d.outcome = 'allow' "
-                   "AND NOT EXISTS (SELECT 1 FROM call_outcomes o WHERE o.decision_id = d.id)")[0][0]
     print(f"\ncrash test (seed {SEED}): {KILLS} kills, {tally.workflows} workflows and {tally.calls} tool calls "
           f"answered to the agents, {len(checked)} calls executed upstream and checked, {cut} cut in flight, "
-          f"{tally.connection_errors} sessions failed around kills, tokens {counts}")
+          f"{tally.connection_errors} sessions failed around kills, tokens {counts}, "
+          f"tokens from /v1/decide never used: {held}")
