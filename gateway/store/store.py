@@ -361,11 +361,13 @@ class Store:
                     raise _Lost  # roll back the approval use above, if any
                 if advance.complete:
                     revoked = _revoke_task_tokens(conn, advance.task_id, record.at)
-            seq = _append_decision(conn, record)
             if token is not None:
                 _insert_token(conn, token.model_dump())
             if approval is not None:
                 conn.execute(_INSERT_APPROVAL, approval.model_dump())
+            # last: on PostgreSQL the chain head's row lock serialises every replica's
+            # decisions, so it is held only for the append and the commit
+            seq = _append_decision(conn, record)
             return CommitResult(True, seq, revoked)
 
         try:
