@@ -22,6 +22,7 @@ from ..replay import ReplayReport
 from ..store import ApprovalConflict, GrantConflict
 from .auth import Reviewer, ReviewerDenied
 from .models import (
+    MAX_SEQ,
     ApprovalList,
     ApprovalPublic,
     DecisionDetail,
@@ -86,6 +87,7 @@ router = APIRouter(
     prefix="/v1",
     tags=["review"],
     responses={
+        400: {"description": "the request body is not JSON"},
         401: {"description": "no valid reviewer token"},
         403: {"description": "not a reviewer"},
         503: {"description": "the decision store failed or timed out"},
@@ -142,7 +144,7 @@ async def export(
     reviewer: ReviewerDep,
     service: ServiceDep,
     since: Annotated[datetime | None, Query(description="decisions at or after this time (RFC 3339)")] = None,
-    after_seq: Annotated[int, Query(ge=0, description="decisions with a larger seq")] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="decisions with a larger seq")] = 0,
 ) -> StreamingResponse:
     """Every decision from a time or a seq onwards, one JSON object per line (stable field
     names), up to the newest decision when the export started; continue with `after_seq`."""

@@ -22,6 +22,7 @@ from ..store.queries import DecisionDetailRows, DecisionFilter
 from ..workflow import Task, allowed_next
 
 __all__ = [
+    "MAX_SEQ",
     "ApprovalList",
     "ApprovalPublic",
     "GrantCreate",
@@ -47,6 +48,8 @@ __all__ = [
     "public",
     "summary",
 ]
+
+MAX_SEQ = 2**63 - 1  # the largest integer SQLite and PostgreSQL store: a seq beyond it is a 422, not a crash
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -131,7 +134,7 @@ class DecisionQuery(_Public):
     )
     since: datetime | None = Field(default=None, description="decided at or after (RFC 3339; UTC if no offset)")
     until: datetime | None = Field(default=None, description="decided before")
-    before: int | None = Field(default=None, ge=1, description="page key: only decisions with a smaller seq")
+    before: int | None = Field(default=None, ge=1, le=MAX_SEQ, description="page key: only decisions with a smaller seq")
     limit: int = Field(default=50, ge=1, le=500)
 
     @field_validator("reason")
