@@ -420,3 +420,55 @@ def test_workload_token_character_mutations_are_refused(identities, dev, data) -
     assert [unb64(s) for s in mutated.split(".")] == [unb64(s) for s in good.split(".")]
     assert identity.id == AGENT
 
+
+
+# ----- reviewer tokens (review/auth.py): the same verifier, one more layer ------------------
+
+
+@pytest.fixture(scope="module")
+def reviewers(tmp_path_factory: pytest.TempPathFactory, dev: DevIssuer, identities: IdentityVerifier) -> Any:
+    from gateway.config import ReviewConfig
+    from gateway.review import AdminTokenIssuer
+    from gateway.review.auth import ReviewerAuth
+
+    clock = FrozenClock(NOW)
+    admin_keys = KeySet.open_or_create(tmp_path_factory.mktemp("admin-keys"), clock=clock)
+    auth = ReviewerAuth(ReviewConfig(), admin_keys=admin_keys, agents=identities, clock=clock)
+    return auth, AdminTokenIssuer(admin_keys, clock=clock)
+
+
+@FUZZ
+@given(where=st.sampled_from(["header", "claims"]), key=st.sampled_from(
+    ["alg", "kid", "typ", "iss", "sub", "aud", "exp", "iat", "nbf", "roles", "jti"]), value=json_values)
+@example(where="header", key="typ", value="JWT")  # an admin-key signature without the admin typ
+@example(where="claims", key="roles", value=[])
+@example(where="claims", key="roles", value="intentgate-reviewer")
+@example(where="claims", key="exp", value=float("inf"))
+def test_reviewer_token_mutations_are_401_or_403(reviewers, dev, where, key, value) -> None:
+    from gateway.review.auth import ReviewerDenied
+
+    auth, admin = reviewers
+    head, claims = parts(admin.mint("alice", 600))
+    if where == "header":
+        head = {**head, key: value}
+    else:
+        claims = {**claims, key: value}
+    token = sign(admin.keyset.current.private, head, claims)
+    try:
+        reviewer = auth.authenticate(token)
+    except ReviewerDenied as exc:
+        assert exc.status in (401, 403) and exc.code is ReasonCode.UNAUTHENTICATED
+        return
+    # accepted: only for a change that leaves a valid admin token (a name, another jti, a later exp)
+    assert head["typ"] == "intentgate-admin+jwt" and head["alg"] == "EdDSA"
+    assert claims["iss"] == claims["aud"] == "intentgate-admin" and "intentgate-reviewer" in claims["roles"]
+    assert reviewer.id == claims["sub"] and reviewer.via == "admin_token"
+
+
+def test_agent_tokens_are_never_reviewers(reviewers, dev) -> None:
+    from gateway.review.auth import ReviewerDenied
+
+    auth, _ = reviewers
+    with pytest.raises(ReviewerDenied) as exc:
+        auth.authenticate(agent_token(dev))
+    assert exc.value.status == 403
