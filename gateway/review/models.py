@@ -72,7 +72,8 @@ class DecisionSummary(_Public):
     seq: int = Field(description="position in the hash-chained log (the paging key)")
     id: str
     at: datetime
-    kind: str = Field(description="tools/call, task/begin, task/end or task/expire")
+    kind: str = Field(description="tools/call, task/begin, task/end, task/expire, resources/read, prompts/get "
+                      "or token/redeem")
     outcome: Outcome
     reasons: list[str] = Field(description="reason codes, `code` or `code:detail`")
     agent: str
