@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .canonical import arguments_sha256
+from .canonical import arguments_sha256, canonical_json
 from .clock import Clock, SystemClock, iso
 from .errors import GatewayError, PolicyError, ReasonCode, TaskError, reason, reason_code_of
 from .identity import AgentIdentity
@@ -214,7 +214,14 @@ class Decider:
         decision_id = new_id("dec")
         intent = self.intents.get(intent_name)
         problem: tuple[ReasonCode, str] | None = None
-        if intent is None:
+        try:  # what cannot be canonical JSON cannot enter the hash-chained log either
+            canonical_json({"params": params, "reason": task_reason})
+            plain = True
+        except Exception:  # noqa: BLE001 - NaN, Infinity, integers beyond 2^53, non-JSON types
+            plain = False
+        if not plain:
+            problem = (ReasonCode.MALFORMED_REQUEST, "task parameters and reason must be plain JSON")
+        elif intent is None:
             problem = (ReasonCode.UNKNOWN_INTENT, f"no intent named {intent_name!r}")
         elif not intent.permits_agent(agent.id):
             problem = (ReasonCode.AGENT_NOT_PERMITTED, f"agent may not declare intent {intent_name!r}")
@@ -232,8 +239,9 @@ class Decider:
             intent=intent_name[:64],
             intent_version=intent.version if intent else None,
             outcome="deny" if problem else "allow",
-            reasons=[reason(problem[0])] if problem else [],
-            policy_input={"params": params, "reason": task_reason} if self.audit_arguments else None,
+            reasons=[reason(problem[0], "arguments" if not plain else None)] if problem else [],
+            policy_input={"params": params, "reason": task_reason} if self.audit_arguments and plain else None,
+            masked=[] if plain else ["/policy_input"],
             intents_revision=self.intents.revision,
         )
         if problem or intent is None:

@@ -221,6 +221,19 @@ async def test_begin_task_refusals_are_recorded(rt: Runtime) -> None:
         assert stored.kind == "task/begin" and stored.outcome == "deny" and stored.reasons == [code.value]
 
 
+async def test_begin_task_with_parameters_that_are_not_plain_json_is_a_recorded_refusal(rt: Runtime) -> None:
+    """Called directly (not only through the front, which checks first): NaN or a huge integer
+    in the parameters must not reach the hash-chained log, nor fail its commit."""
+    for params in ({"ticket_id": "TCK-1", "order_id": float("nan")}, {"ticket_id": 2**80, "order_id": "ORD-7"}):
+        with pytest.raises(TaskError) as exc:
+            await rt.decider.begin_task(SUPPORT, "refund-order", params, "why")
+        assert exc.value.code is ReasonCode.MALFORMED_REQUEST
+        stored = await rt.store.get_decision(exc.value.decision_id)
+        assert stored.outcome == "deny" and stored.reasons == ["malformed_request:arguments"]
+        assert stored.policy_input is None and stored.masked == ["/policy_input"]
+    assert rt.store.verify_chain().ok
+
+
 async def test_concurrent_calls_for_one_step_allow_exactly_one(rt: Runtime) -> None:
     task_id = await begin_refund(rt)
     req = call(task_id, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"})
