@@ -405,6 +405,11 @@ class Front:
                                                                  "code": exc.code.value})
             return _error_result({**_verdict_payload(verdict), "outcome": "deny",
                                   "reasons": [reason(exc.code)], "explanation": "token could not be used"})
+        except GatewayError as exc:  # the store failed while burning: not forwarded
+            log.error("could not consume the token", extra={"decision_id": verdict.decision_id,
+                                                            "code": exc.code.value})
+            return _error_result({**_verdict_payload(verdict), "outcome": "deny", "reasons": [exc.code.value],
+                                  "explanation": "the gateway's store is unavailable; retry later"})
         started = time.perf_counter()
         status, detail = "ok", None
         try:

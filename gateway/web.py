@@ -45,6 +45,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("intentgate.web")
 
+_NOT_JSON = {"description": "the request body is not JSON"}
 _UNAUTHENTICATED = {"error": ReasonCode.UNAUTHENTICATED.value, "message": "a valid workload token is required"}
 
 
@@ -196,7 +197,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def jwks(request: Request) -> dict[str, Any]:
         return request.app.state.runtime.keys.jwks()
 
-    @app.post("/v1/decide", response_model=DecideResponse, responses={401: {"description": "no valid workload token"}})
+    @app.post("/v1/decide", response_model=DecideResponse,
+              responses={400: _NOT_JSON, 401: {"description": "no valid workload token"}})
     async def decide(body: DecideRequest, request: Request) -> Any:
         try:
             agent = request.app.state.verify(_bearer(request.headers))
@@ -216,7 +218,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.post(
         "/v1/tokens/redeem", response_model=RedeemResponse,
-        responses={403: {"model": RedeemRefusal, "description": "not a valid token for this call"},
+        responses={400: _NOT_JSON,
+                   403: {"model": RedeemRefusal, "description": "not a valid token for this call"},
                    409: {"model": RedeemRefusal, "description": "already used or revoked"},
                    503: {"model": RedeemRefusal, "description": "the database is unavailable: not honoured"}},
     )

@@ -36,19 +36,9 @@ from tests.test_hostile_jsonrpc import HANDSHAKE, HttpGateway, start_serve, stop
 
 pytestmark = pytest.mark.slow
 
-# FastAPI answers a body that is not JSON with 400; the reviewer API documents it, the
-# operations of gateway/web.py (/v1/decide, /v1/tokens/redeem) do not yet
-UNDOCUMENTED_400 = {"/v1/decide", "/v1/tokens/redeem"}
 
 
-def status_code_documented(ctx: Any, response: Any, case: Any) -> bool | None:
-    if (response.status_code == 400 and case.operation.path in UNDOCUMENTED_400
-            and response.json() == {"detail": "There was an error parsing the body"}):
-        return None
-    return status_code_conformance(ctx, response, case)
-
-
-CHECKS = [not_a_server_error, status_code_documented, content_type_conformance, response_schema_conformance]
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 def held_refund(gw: HttpGateway) -> None:
