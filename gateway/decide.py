@@ -57,6 +57,11 @@ class CallRequest(BaseModel):
     upstream: str
     tool: str = Field(description="the upstream's own tool name")
     untrusted_arguments: dict[str, Any] = Field(default_factory=dict)
+    burn_on_commit: bool = Field(
+        default=False,
+        description="the caller forwards the call itself (the MCP front): the token is recorded as "
+        "consumed in the decision's own transaction instead of being burnt in a second one",
+    )
 
     @property
     def qualified_tool(self) -> str:
@@ -504,6 +509,7 @@ class Decider:
             jti=minted.jti, decision_id=record.id, task_id=task.id, agent=call.agent.id,
             audience=call.upstream, tool=call.qualified_tool, arguments_sha256=digest,
             issued_at=minted.issued_at, expires_at=minted.expires_at,
+            **({"status": "consumed", "consumed_at": now} if call.burn_on_commit else {}),
         )
         record.timings_us = dict(clocked.timings)
         committed = await self.store.commit_decision(record, advance=advance, token=token_row,

@@ -383,6 +383,7 @@ class Front:
             upstream=upstream_name[:64] or "-",
             tool=tool[:128] or "-",
             untrusted_arguments=untrusted_args,
+            burn_on_commit=True,  # forwarded right here, or not at all
         )
         upstream = self.pool.get(upstream_name) if tool else None
         if upstream is None:
@@ -395,21 +396,15 @@ class Front:
         if not verdict.forward:
             return _error_result(_verdict_payload(verdict))
         assert verdict.token is not None
-        try:  # burn the token here: it is used exactly once, for exactly these arguments
-            await self.rt.verifier.verify_and_consume(
-                verdict.token.token, tool=request.qualified_tool, arguments=untrusted_args,
-                audience=upstream_name, ledger=self.rt.store,
+        try:  # the token was burnt with the decision; check it binds exactly what goes upstream
+            self.rt.verifier.verify(
+                verdict.token.token, tool=request.qualified_tool, arguments=untrusted_args, audience=upstream_name,
             )
         except TokenError as exc:
             log.error("minted token failed verification", extra={"decision_id": verdict.decision_id,
                                                                  "code": exc.code.value})
             return _error_result({**_verdict_payload(verdict), "outcome": "deny",
                                   "reasons": [reason(exc.code)], "explanation": "token could not be used"})
-        except GatewayError as exc:  # the store failed while burning: not forwarded
-            log.error("could not consume the token", extra={"decision_id": verdict.decision_id,
-                                                            "code": exc.code.value})
-            return _error_result({**_verdict_payload(verdict), "outcome": "deny", "reasons": [exc.code.value],
-                                  "explanation": "the gateway's store is unavailable; retry later"})
         started = time.perf_counter()
         status, detail = "ok", None
         try:

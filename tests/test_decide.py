@@ -303,3 +303,22 @@ async def test_arguments_can_be_kept_out_of_the_audit_log(tmp_path: Path, clock:
         assert rt.store.verify_chain().ok
     finally:
         await rt.aclose()
+
+
+async def test_a_token_the_caller_forwards_itself_is_burnt_with_the_decision(rt: Runtime) -> None:
+    """burn_on_commit (the MCP front): one transaction records the allow and the consumed token,
+    so the token can never be presented anywhere, even if the forward never happens."""
+    task_id = await begin_refund(rt)
+    req = call(task_id, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}).model_copy(
+        update={"burn_on_commit": True})
+    v = await rt.decider.decide(req)
+    assert v.outcome == "allow" and v.token is not None
+    row = await rt.store.get_token(v.token.jti)
+    assert row.status == "consumed" and row.consumed_at is not None
+    with pytest.raises(TokenError) as exc:
+        await rt.verifier.verify_and_consume(v.token.token, tool="tickets.get_ticket",
+                                             arguments={"ticket_id": "TCK-1"}, audience="tickets", ledger=rt.store)
+    assert exc.value.code is ReasonCode.TOKEN_REPLAYED
+    # without the flag (POST /v1/decide) the token stays issued until someone redeems it
+    v = await rt.decider.decide(call(task_id, "lookup", "orders.get_order", {"order_id": "ORD-7"}))
+    assert (await rt.store.get_token(v.token.jti)).status == "issued"

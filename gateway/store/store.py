@@ -376,6 +376,8 @@ class Store:
             return CommitResult(False)
         if result.committed:
             self._committed([record], result.revoked)
+            if token is not None and token.status == "consumed" and self.events is not None:
+                self.events.token_consumed()  # burnt on commit (the front forwards it itself)
         return result
 
     async def record_outcome(
