@@ -12,8 +12,10 @@ checked:
 3. presenting a token an upstream saw again, to a verifier burning ids in the gateway's
    store, is refused as replayed.
 
-Then the gateway is restarted on the same data directory and database and a fresh agent must
-get through the whole workflow.  Agents see connection errors around each kill and start over;
+On PostgreSQL two replicas share the database and the agents are spread over them; one
+replica at a time is killed while the other goes on serving, so the checks also run against
+a live database.  Then the killed gateway is restarted on the same data directory and
+database and a fresh agent must get through the whole workflow.  Agents see connection errors around each kill and start over;
 a refusal (a tool error) is never expected.  At the end every token of the database is tried
 twice against the store: none can be used twice, and ``intentgate audit verify`` passes.
 Beside the MCP agents, an enforcement point asks ``POST /v1/decide`` for tokens and keeps them
@@ -27,7 +29,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ import jwt
 import pytest
 import yaml
 from mcp import Client
+from sqlalchemy import create_engine, text
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.clock import FrozenClock
@@ -133,19 +135,22 @@ class Setup:
     config: Path
     jwks: Path
     records: list[Path]
-    gateway: GatewayProcess
+    gateways: list[GatewayProcess]  # SQLite: one; PostgreSQL: two replicas of one database
+    db_url: str
 
     def agent_token(self, agent: str) -> str:
         return DevIssuer(KeySet.open_or_create(self.data_dir / "keys" / "agent-issuer")).mint(agent)
 
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.data_dir / 'intentgate.db'}"
 
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    """Three recording HTTP upstreams (they live through every gateway crash) and a gateway config."""
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
+    """Three recording HTTP upstreams (they live through every gateway crash) and a gateway config:
+    one gateway on SQLite, or two replicas on one PostgreSQL database (one of them killed at a time)."""
+    if request.param == "postgres":
+        db_url = request.getfixturevalue("pg_schema_url")
+        store: dict[str, Any] = {"store": {"url": db_url}}
+    else:
+        db_url, store = f"sqlite:///{tmp_path / 'intentgate.db'}", {}
     intents = tmp_path / "intents"
     intents.mkdir()
     (intents / "refund-order.yaml").write_text((INTENTS_DIR / "refund-order.yaml").read_text())
@@ -155,7 +160,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Any] = []
     upstreams, records = [], []
-    gateway: GatewayProcess | None = None
+    gateways: list[GatewayProcess] = []
     try:
         for name in UPSTREAMS:
             port = free_port()
@@ -173,12 +178,13 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         config.write_text(yaml.safe_dump({
             "intents_dir": str(intents), "policy_dir": str(POLICY_DIR), "data_dir": str(tmp_path),
             "upstreams": upstreams,
-            "front": {"rate_limit_per_second": None},
+            "front": {"rate_limit_per_second": None}, **store,
         }))
-        gateway = GatewayProcess(config, free_port(), tmp_path / "gateway.log")
-        yield Setup(tmp_path, config, jwks, records, gateway)
+        gateways = [GatewayProcess(config, free_port(), tmp_path / f"gateway{i}.log")
+                    for i in range(2 if request.param == "postgres" else 1)]
+        yield Setup(tmp_path, config, jwks, records, gateways, db_url)
     finally:
-        if gateway is not None:
+        for gateway in gateways:
             gateway.stop()
         for proc in procs:
             proc.terminate()
@@ -419,11 +425,12 @@ async def check_crash_state(s: Setup, checked: set[str]) -> dict[str, int]:
 
 
 def query(s: Setup, sql: str) -> list[Any]:
-    db = sqlite3.connect(s.data_dir / "intentgate.db")
+    engine = create_engine(s.db_url)
     try:
-        return db.execute(sql).fetchall()
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(sql)).all()]
     finally:
-        db.close()
+        engine.dispose()
 
 
 async def check_tokens_single_use(s: Setup, executed: set[str]) -> dict[str, int]:
@@ -455,18 +462,19 @@ async def check_tokens_single_use(s: Setup, executed: set[str]) -> dict[str, int
 async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: Setup) -> None:
     s = setup
     rng = random.Random(SEED)
-    gw = s.gateway
-    await gw.start()
+    for gw in s.gateways:  # one after the other: each migrates (or finds the schema current) alone
+        await gw.start()
     tally = Tally()
     stop, up = asyncio.Event(), asyncio.Event()
     up.set()
-    agents = [
-        asyncio.create_task(agent_loop(gw.base, s.agent_token(f"spiffe://example.org/agent/support-{i}"), i,
+    agents = [  # spread over the replicas; each agent stays on its own
+        asyncio.create_task(agent_loop(s.gateways[i % len(s.gateways)].base,
+                                       s.agent_token(f"spiffe://example.org/agent/support-{i}"), i,
                                        stop, up, tally, SEED + i))
         for i in range(1, AGENTS + 1)
     ]
     agents.append(asyncio.create_task(decide_loop(
-        gw.base, s.agent_token("spiffe://example.org/agent/support-rest"), stop, up, tally, SEED)))
+        s.gateways[0].base, s.agent_token("spiffe://example.org/agent/support-rest"), stop, up, tally, SEED)))
     probe_token = s.agent_token("spiffe://example.org/agent/support-probe")
     checked: set[str] = set()
     try:
@@ -474,6 +482,7 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
             await wait_for_calls(tally, rng.randint(3, 40))  # the agents are moving (again)
             await asyncio.sleep(rng.uniform(0, 0.4))  # lands anywhere inside a call
             up.clear()
+            gw = rng.choice(s.gateways)  # with replicas, the other one goes on serving meanwhile
             gw.kill()
             assert (await check_crash_state(s, checked))["new"] > 0
             await gw.start()
@@ -488,7 +497,8 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
             task.cancel()
         for task in done:
             task.result()  # an agent's own bug (not a connection failure) fails the test
-    gw.kill()  # once more, with the agents gone
+    for gw in s.gateways:
+        gw.kill()  # once more, with the agents gone
     await check_crash_state(s, checked)
     # allowed MCP calls whose outcome was never recorded: the kill came while they were in flight
     cut = query(s, "SELECT count(*) FROM decisions d WHERE d.kind = 'tools/call' AND d.outcome = 'allow' "
@@ -499,7 +509,7 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
 
     assert not tally.refusals, tally.refusals[:5]
     assert tally.hung == 0
-    assert gw.starts == KILLS + 1
+    assert sum(g.starts for g in s.gateways) == KILLS + len(s.gateways)
     assert counts["consumed"] >= len(checked) > 0
     assert held["used once"] > 0 and held["revoked"] > 0, held
     verify = subprocess.run(
@@ -507,7 +517,7 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert verify.returncode == 0 and "audit chain OK" in verify.stdout, verify.stdout + verify.stderr
-    print(f"\ncrash test (seed {SEED}): {KILLS} kills, {tally.workflows} workflows and {tally.calls} tool calls "
+    print(f"\ncrash test (seed {SEED}, {len(s.gateways)} gateway process(es)): {KILLS} kills, {tally.workflows} workflows and {tally.calls} tool calls "
           f"answered to the agents, {len(checked)} calls executed upstream and checked, {cut} cut in flight, "
           f"{tally.connection_errors} sessions failed around kills, tokens {counts}, "
           f"tokens from /v1/decide never used: {held}")
