@@ -3,14 +3,10 @@ MCP client with a bearer workload token, real subprocess upstreams."""
 
 from __future__ import annotations
 
-import json
 import asyncio
+import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +18,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
-from tests.conftest import INTENTS_DIR, ROOT
+from tests.conftest import INTENTS_DIR
+from tests.processes import free_port, serve, stop
 from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
 
 pytestmark = pytest.mark.slow
@@ -41,12 +38,6 @@ steps:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """One gateway (and its four upstream servers) for the whole module: starting them is slow."""
@@ -55,37 +46,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     shutil.copytree(INTENTS_DIR, intents)
     (intents / "quick-look.yaml").write_text(QUICK_LOOK)
     make_gateway(tmp_path, intents_dir=intents)  # writes intentgate.yaml, keys and the upstreams' JWKS
-    port = free_port()
-    log = open(tmp_path / "gateway.log", "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(tmp_path / "intentgate.yaml"),
-         "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx2.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            log.close()
-            raise RuntimeError(f"gateway did not start: {(tmp_path / 'gateway.log').read_text()[-2000:]}")
-        time.sleep(0.2)
+    proc = serve(tmp_path / "intentgate.yaml", port := free_port(), tmp_path / "gateway.log")
     try:
-        yield base, tmp_path
+        yield f"http://127.0.0.1:{port}", tmp_path
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop(proc)
 
 
 def agent_token(data_dir: Path, agent: str = SUPPORT) -> str:

@@ -20,7 +20,6 @@ import copy
 import json
 import queue
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,8 +35,8 @@ from hypothesis import strategies as st
 from mcp.shared.inbound import encode_header_value
 
 from gateway.errors import ReasonCode, reason_code_of
-from tests.conftest import ROOT
-from tests.test_front_http import agent_token, free_port
+from tests.processes import free_port, serve, stop
+from tests.test_front_http import agent_token
 from tests.test_front_stdio import PARAMS, make_gateway
 
 pytestmark = pytest.mark.slow
@@ -347,41 +346,16 @@ class HttpGateway:
         assert result["structuredContent"]["reasons"] == ["missing_task_context"]
 
 
-def start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
-    cfg = configure(tmp_path)
-    port = free_port()
-    log = open(tmp_path / "gateway.log", "w")  # noqa: SIM115 - closed by the caller
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return proc, base, log
-        except httpx2.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            log.close()
-            raise RuntimeError(f"gateway did not start: {(tmp_path / 'gateway.log').read_text()[-2000:]}")
-        time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The configured gateway, serving and healthy (its log in tmp_path/gateway.log)."""
+    proc = serve(configure(tmp_path), port := free_port(), tmp_path / "gateway.log")
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
     tmp_path = tmp_path_factory.mktemp("hostile-http")
-    proc, base, log = start_serve(tmp_path)
+    proc, base = start_serve(tmp_path)
     gateway = HttpGateway(base=base, data_dir=tmp_path, token=agent_token(tmp_path), log=tmp_path / "gateway.log")
     try:
         r = gateway.post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -397,7 +371,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
     finally:
         gateway.http.close()
         stop(proc)
-        log.close()
 
 
 def modern_headers(gw: HttpGateway, msg: Any) -> dict[str, str]:
@@ -429,7 +402,7 @@ def test_mutated_messages_in_a_session(gw: HttpGateway) -> None:
     # the mutations reached the front and the decision pipeline, not only the JSON-RPC layer
     assert ReasonCode.UNKNOWN_TOOL in SEEN_CODES and len(SEEN_CODES) >= 5, SEEN_CODES
     gw.assert_healthy()
-    assert log_problems(gw.log.read_text()[logged:]) == []
+    assert log_problems(gw.log.read_bytes()[logged:].decode(errors="replace")) == []
 
 
 def test_mutated_sessionless_requests(gw: HttpGateway) -> None:
@@ -443,7 +416,7 @@ def test_mutated_sessionless_requests(gw: HttpGateway) -> None:
 
     fuzz()
     gw.assert_healthy()
-    assert log_problems(gw.log.read_text()[logged:]) == []
+    assert log_problems(gw.log.read_bytes()[logged:].decode(errors="replace")) == []
 
 
 def test_random_bodies_and_headers(gw: HttpGateway) -> None:
@@ -477,7 +450,7 @@ def test_random_bodies_and_headers(gw: HttpGateway) -> None:
 
     fuzz()
     gw.assert_healthy()
-    assert log_problems(gw.log.read_text()[logged:]) == []
+    assert log_problems(gw.log.read_bytes()[logged:].decode(errors="replace")) == []
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH"])
@@ -594,4 +567,4 @@ def test_mutated_lines_over_stdio(stdio_gw: StdioGateway) -> None:
     assert stdio_begin(stdio_gw).startswith("tsk_")  # a valid call still works
     assert any("error" in m for m in stdio_gw.seen) and any(
         m.get("result", {}).get("isError") for m in stdio_gw.seen if isinstance(m.get("result"), dict))
-    assert log_problems(stdio_gw.log.read_text()[logged:]) == []
+    assert log_problems(stdio_gw.log.read_bytes()[logged:].decode(errors="replace")) == []

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 
 from tests.test_front_stdio import PARAMS
@@ -71,7 +70,7 @@ def assert_too_large_and_recorded(data_dir: Path, result: dict[str, Any], tool: 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
     tmp_path = tmp_path_factory.mktemp("limits-http")
-    proc, base, log = start_serve(tmp_path)
+    proc, base = start_serve(tmp_path)
     gateway = HttpGateway(base=base, data_dir=tmp_path, token=agent_token(tmp_path), log=tmp_path / "gateway.log")
     try:
         r = gateway.post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -86,7 +85,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
     finally:
         gateway.http.close()
         stop(proc)
-        log.close()
 
 
 def tools_call(name: str, arguments: Any, *, meta: dict[str, Any] | None = None, rid: int = 5) -> bytes:

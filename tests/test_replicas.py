@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import random
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -34,8 +33,8 @@ from gateway.decide import new_id
 from gateway.keys import KeySet
 from gateway.store import DecisionRecord, Store, TokenRecord
 from gateway.tokens import ActionTokenIssuer
-from tests.conftest import ROOT
-from tests.test_front_http import agent_token, free_port
+from tests.processes import free_port, serve, stop
+from tests.test_front_http import agent_token
 from tests.test_front_stdio import PARAMS, make_gateway
 from tests.test_review_api import admin_token
 
@@ -54,36 +53,6 @@ class Replicas:
 
     def url(self, i: int, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[i % len(self.ports)]}{path}"
-
-
-def _start(config: Path, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "w")  # noqa: SIM115 - the child holds it; closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
-    )
-    log.close()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx2.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"replica on {port} did not start: {log_path.read_text()[-2000:]}")
-        time.sleep(0.2)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +92,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> It
     procs: list[subprocess.Popen[bytes]] = []
     try:
         with ThreadPoolExecutor(2) as pool:
-            starts = [pool.submit(_start, cfg_path, p, tmp / f"replica{i}.log") for i, p in enumerate(ports)]
+            starts = [pool.submit(serve, cfg_path, p, tmp / f"replica{i}.log") for i, p in enumerate(ports)]
             procs = [f.result() for f in starts if f.exception() is None]
             failed = [f.exception() for f in starts if f.exception() is not None]
         if failed:
@@ -131,7 +100,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> It
         yield Replicas(ports, tmp, pg_module_url, cfg_path)
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
 
 
 class RoundRobin(httpx2.AsyncBaseTransport):
