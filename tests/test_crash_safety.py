@@ -54,7 +54,7 @@ from gateway.keys import KeySet, PublicKeySet
 from gateway.store import Store
 from gateway.verify import ActionTokenVerifier, ConsumeOutcome
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
-from tests.test_front_http import free_port
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 

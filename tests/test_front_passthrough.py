@@ -29,7 +29,7 @@ from gateway.front import READ_DENIED
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
-from tests.test_front_http import free_port
+from tests.processes import free_port
 from tests.test_front_stdio import PARAMS, SERVER, SUPPORT
 
 pytestmark = pytest.mark.slow
