@@ -23,6 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,31 +347,37 @@ class HttpGateway:
         assert result["structuredContent"]["reasons"] == ["missing_task_context"]
 
 
-def start_serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """The configured gateway, serving and healthy (its log in tmp_path/gateway.log)."""
+@contextmanager
+def http_session(tmp_path: Path, client: str) -> Iterator[HttpGateway]:
+    """The configured gateway serving on 127.0.0.1, with one handshake-era session open; at the
+    end it must still be running."""
     proc = serve(configure(tmp_path), port := free_port(), tmp_path / "gateway.log")
-    return proc, f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
-    tmp_path = tmp_path_factory.mktemp("hostile-http")
-    proc, base = start_serve(tmp_path)
-    gateway = HttpGateway(base=base, data_dir=tmp_path, token=agent_token(tmp_path), log=tmp_path / "gateway.log")
+    gateway = HttpGateway(base=f"http://127.0.0.1:{port}", data_dir=tmp_path, token=agent_token(tmp_path),
+                          log=tmp_path / "gateway.log")
     try:
         r = gateway.post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": {"name": "fuzz", "version": "0"}}}).encode(),
+            "protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": {"name": client, "version": "0"}}}).encode(),
             gateway.headers())
         gateway.session = r.headers["mcp-session-id"]
         assert gateway.post(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}',
                             gateway.legacy()).status_code == 202
-        gateway.task = gateway.call("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                               "reason": "fuzz"})["structuredContent"]["task"]
         yield gateway
         assert proc.poll() is None, "the gateway exited"
     finally:
         gateway.http.close()
         stop(proc)
+
+
+def begin(gateway: HttpGateway, why: str) -> str:
+    return gateway.call("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
+                                                   "reason": why})["structuredContent"]["task"]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
+    with http_session(tmp_path_factory.mktemp("hostile-http"), "fuzz") as gateway:
+        gateway.task = begin(gateway, "fuzz")
+        yield gateway
 
 
 def modern_headers(gw: HttpGateway, msg: Any) -> dict[str, str]:

@@ -28,12 +28,11 @@ from tests.test_hostile_jsonrpc import (
     MODERN,
     HttpGateway,
     StdioGateway,
+    begin,
     check_http,
+    http_session,
     messages_in,
-    start_serve,
-    stop,
 )
-from tests.test_front_http import agent_token
 
 pytestmark = pytest.mark.slow
 
@@ -69,22 +68,9 @@ def assert_too_large_and_recorded(data_dir: Path, result: dict[str, Any], tool: 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGateway]:
-    tmp_path = tmp_path_factory.mktemp("limits-http")
-    proc, base = start_serve(tmp_path)
-    gateway = HttpGateway(base=base, data_dir=tmp_path, token=agent_token(tmp_path), log=tmp_path / "gateway.log")
-    try:
-        r = gateway.post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": {"name": "limits", "version": "0"}}}).encode(),
-            gateway.headers())
-        gateway.session = r.headers["mcp-session-id"]
-        gateway.post(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}', gateway.legacy())
-        gateway.task = gateway.call("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                               "reason": "limits"})["structuredContent"]["task"]
+    with http_session(tmp_path_factory.mktemp("limits-http"), "limits") as gateway:
+        gateway.task = begin(gateway, "limits")
         yield gateway
-        assert proc.poll() is None, "the gateway exited"
-    finally:
-        gateway.http.close()
-        stop(proc)
 
 
 def tools_call(name: str, arguments: Any, *, meta: dict[str, Any] | None = None, rid: int = 5) -> bytes:

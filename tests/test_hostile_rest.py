@@ -11,7 +11,6 @@ reviewer token.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,9 +28,8 @@ from schemathesis.checks import (
 
 from gateway.keys import KeySet
 from gateway.review import AdminTokenIssuer
-from tests.test_front_http import agent_token
 from tests.test_front_stdio import PARAMS
-from tests.test_hostile_jsonrpc import HANDSHAKE, HttpGateway, start_serve, stop
+from tests.test_hostile_jsonrpc import HttpGateway, http_session
 
 pytestmark = pytest.mark.slow
 
@@ -55,26 +53,14 @@ def held_refund(gw: HttpGateway) -> None:
 @pytest.fixture(scope="module")
 def rest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HttpGateway, dict[str, str]]]:
     tmp_path = tmp_path_factory.mktemp("hostile-rest")
-    proc, base = start_serve(tmp_path)
-    gw = HttpGateway(base=base, data_dir=tmp_path, token=agent_token(tmp_path), log=tmp_path / "gateway.log")
-    try:
-        r = gw.post(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": HANDSHAKE, "capabilities": {}, "clientInfo": {"name": "rest", "version": "0"}}}).encode(),
-            gw.headers())
-        gw.session = r.headers["mcp-session-id"]
-        gw.post(b'{"jsonrpc": "2.0", "method": "notifications/initialized"}', gw.legacy())
+    with http_session(tmp_path, "rest") as gw:
         held_refund(gw)
         admin = AdminTokenIssuer(KeySet.open_or_create(tmp_path / "keys" / "admin")).mint("fuzzer", 3600)
-        grant = httpx2.post(f"{base}/v1/grants", headers={"Authorization": f"Bearer {admin}"}, json={
+        grant = httpx2.post(f"{gw.base}/v1/grants", headers={"Authorization": f"Bearer {admin}"}, json={
             "agent": "spiffe://example.org/agent/support-1", "tool": "payments.refund", "reason": "fuzz",
             "duration_seconds": 600}, timeout=10)
         assert grant.status_code == 201, grant.text
-        tokens = {"admin": admin, "agent": gw.token, "garbage": "not.a.jwt", "none": ""}
-        yield gw, tokens
-        assert proc.poll() is None, "the gateway exited"
-    finally:
-        gw.http.close()
-        stop(proc)
+        yield gw, {"admin": admin, "agent": gw.token, "garbage": "not.a.jwt", "none": ""}
 
 
 @pytest.fixture(scope="module")
