@@ -69,15 +69,15 @@ def postgres_unavailable() -> str | None:
     return _pg_checked["why"]
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+def _fresh_pg_schema(prefix: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards (skips where no
+    PostgreSQL is reachable, or fails when INTENTGATE_REQUIRE_PG is set)."""
     why = postgres_unavailable()
     if why:
         if os.environ.get("INTENTGATE_REQUIRE_PG"):
             pytest.fail(why + " but INTENTGATE_REQUIRE_PG is set")
         pytest.skip(why)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
     with admin.begin() as c:
         c.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -86,6 +86,18 @@ def pg_schema_url() -> Iterator[str]:
     with admin.begin() as c:
         c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test."""
+    yield from _fresh_pg_schema("t")
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema shared by a module's tests (e.g. several gateway processes)."""
+    yield from _fresh_pg_schema("r")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from gateway.canonical import arguments_sha256
 from gateway.decide import new_id
@@ -53,29 +53,6 @@ class Replicas:
 
     def url(self, i: int, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[i % len(self.ports)]}{path}"
-
-
-@pytest.fixture(scope="module")
-def pg_module_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema for the module (skips, or fails under INTENTGATE_REQUIRE_PG)."""
-    import os
-    import uuid
-
-    from tests.conftest import PG_URL, postgres_unavailable
-
-    why = postgres_unavailable()
-    if why:
-        if os.environ.get("INTENTGATE_REQUIRE_PG"):
-            pytest.fail(why + " but INTENTGATE_REQUIRE_PG is set")
-        pytest.skip(why)
-    schema = f"r_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    with admin.begin() as c:
-        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="module")
