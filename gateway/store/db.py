@@ -123,18 +123,23 @@ class Database:
                 self._held.append(conn)
         return conn
 
+    def _discard(self, conn: Connection | None) -> None:
+        """Invalidate and forget a failed connection (the next transaction opens a new one)."""
+        if conn is None:
+            return
+        with self._held_lock:
+            if conn in self._held:
+                self._held.remove(conn)
+        try:
+            conn.invalidate()
+            conn.close()
+        except Exception:  # noqa: BLE001 - best effort on a broken connection
+            pass
+
     def _drop_connection(self) -> None:
         conn: Connection | None = getattr(self._local, "conn", None)
         self._local.conn = None
-        if conn is not None:
-            with self._held_lock:
-                if conn in self._held:
-                    self._held.remove(conn)
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:  # noqa: BLE001 - best effort on a broken connection
-                pass
+        self._discard(conn)
 
     def _in_transaction(
         self,
@@ -191,17 +196,8 @@ class Database:
         return conn
 
     def _drop_inline(self) -> None:
-        """Forget a failed inline connection (the next transaction opens a new one)."""
         conn, self._inline_conn = self._inline_conn, None
-        if conn is not None:
-            with self._held_lock:
-                if conn in self._held:
-                    self._held.remove(conn)
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:  # noqa: BLE001 - best effort on a broken connection
-                pass
+        self._discard(conn)
 
     def _try_inline(
         self, fn: Callable[..., T], args: tuple[Any, ...], read_only: bool = False
