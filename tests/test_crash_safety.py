@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,21 +253,16 @@ async def refund_workflow(client: Client, scope: anyio.CancelScope, n: int, tall
     tally.workflows += 1
 
 
-async def agent_loop(base: str, token: str, index: int, stop: asyncio.Event, up: asyncio.Event, tally: Tally,
-                     seed: int) -> None:
-    """Run workflows until told to stop, starting over on a fresh session after any failure
-    (once the gateway is back: ``up``; retrying in a tight loop would only slow its restart)."""
-    rng = random.Random(seed)
-    n = index * 1_000_000
+async def keep_going(stop: asyncio.Event, up: asyncio.Event, tally: Tally,
+                     work: Callable[[anyio.CancelScope], Awaitable[None]]) -> None:
+    """Run ``work`` until told to stop, starting over after any failure (once the gateway is back:
+    ``up``; retrying in a tight loop would only slow its restart).  A refusal is tallied as one,
+    anything else as a connection failure around a kill; a call past its deadline as hung."""
     while not stop.is_set():
         with anyio.CancelScope() as scope:
             try:
                 scope.deadline = anyio.current_time() + CALL_TIMEOUT
-                async with session(base, token) as client:
-                    while not stop.is_set():
-                        n += 1
-                        await refund_workflow(client, scope, n, tally, abandon=rng.random() < 0.2)
-                    scope.deadline = anyio.current_time() + CALL_TIMEOUT  # for the teardown
+                await work(scope)
             except Refused as exc:
                 tally.refusals.append(exc.args[0])
             except Exception as exc:  # noqa: BLE001 - connection refused/reset around a kill: start over
@@ -278,6 +273,23 @@ async def agent_loop(base: str, token: str, index: int, stop: asyncio.Event, up:
         if not stop.is_set():
             await asyncio.sleep(0.1)
             await up.wait()
+
+
+async def agent_loop(base: str, token: str, index: int, stop: asyncio.Event, up: asyncio.Event, tally: Tally,
+                     seed: int) -> None:
+    """Run workflows until told to stop, on a fresh session after any failure."""
+    rng = random.Random(seed)
+    n = index * 1_000_000
+
+    async def work(scope: anyio.CancelScope) -> None:
+        nonlocal n
+        async with session(base, token) as client:
+            while not stop.is_set():
+                n += 1
+                await refund_workflow(client, scope, n, tally, abandon=rng.random() < 0.2)
+            scope.deadline = anyio.current_time() + CALL_TIMEOUT  # for the teardown
+
+    await keep_going(stop, up, tally, work)
 
 
 async def decide_loop(base: str, token: str, stop: asyncio.Event, up: asyncio.Event, tally: Tally,
@@ -287,42 +299,33 @@ async def decide_loop(base: str, token: str, stop: asyncio.Event, up: asyncio.Ev
     (half of its tasks are then ended, which revokes them)."""
     rng = random.Random(seed)
     n = 5_000_000
-    while not stop.is_set():
-        with anyio.CancelScope() as scope:
-            try:
-                scope.deadline = anyio.current_time() + CALL_TIMEOUT
-                async with session(base, token) as client, \
-                        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=CALL_TIMEOUT) as rest:
-                    while not stop.is_set():
-                        n += 1
-                        ticket, order = f"TCK-{n}", f"ORD-{n}"
-                        task = (await call(client, scope, "intentgate__begin_task", {
-                            "intent": "refund-order", "params": {"ticket_id": ticket, "order_id": order},
-                            "reason": "decide only"}))["task"]
-                        steps = (("tickets", "get_ticket", {"ticket_id": ticket}, "read_ticket"),
-                                 ("orders", "get_order", {"order_id": order}, "lookup"))
-                        for upstream, tool, args, step in steps:
-                            scope.deadline = anyio.current_time() + CALL_TIMEOUT
-                            r = await rest.post(f"{base}/v1/decide", json={
-                                "task": task, "step": step, "upstream": upstream, "tool": tool, "arguments": args})
-                            body = r.json()
-                            if r.status_code != 200 or body["outcome"] != "allow" or not body["token"]:
-                                raise Refused({"decide": step, "status": r.status_code, "body": body})
-                            tally.held.append({"token": body["token"], "upstream": upstream, "tool": tool,
-                                               "arguments": args})
-                        if rng.random() < 0.5:
-                            await call(client, scope, "intentgate__end_task", {"task": task})
-                        await asyncio.sleep(0.05)
-            except Refused as exc:
-                tally.refusals.append(exc.args[0])
-            except Exception as exc:  # noqa: BLE001 - connection refused/reset around a kill: start over
-                tally.connection_errors += 1
-                tally.last_error = f"{type(exc).__name__}: {exc}"[:500]
-        if scope.cancelled_caught:
-            tally.hung += 1
-        if not stop.is_set():
-            await asyncio.sleep(0.1)
-            await up.wait()
+
+    async def work(scope: anyio.CancelScope) -> None:
+        nonlocal n
+        async with session(base, token) as client, \
+                httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=CALL_TIMEOUT) as rest:
+            while not stop.is_set():
+                n += 1
+                ticket, order = f"TCK-{n}", f"ORD-{n}"
+                task = (await call(client, scope, "intentgate__begin_task", {
+                    "intent": "refund-order", "params": {"ticket_id": ticket, "order_id": order},
+                    "reason": "decide only"}))["task"]
+                steps = (("tickets", "get_ticket", {"ticket_id": ticket}, "read_ticket"),
+                         ("orders", "get_order", {"order_id": order}, "lookup"))
+                for upstream, tool, args, step in steps:
+                    scope.deadline = anyio.current_time() + CALL_TIMEOUT
+                    r = await rest.post(f"{base}/v1/decide", json={
+                        "task": task, "step": step, "upstream": upstream, "tool": tool, "arguments": args})
+                    body = r.json()
+                    if r.status_code != 200 or body["outcome"] != "allow" or not body["token"]:
+                        raise Refused({"decide": step, "status": r.status_code, "body": body})
+                    tally.held.append({"token": body["token"], "upstream": upstream, "tool": tool,
+                                       "arguments": args})
+                if rng.random() < 0.5:
+                    await call(client, scope, "intentgate__end_task", {"task": task})
+                await asyncio.sleep(0.05)
+
+    await keep_going(stop, up, tally, work)
 
 
 async def check_held_tokens(s: Setup, held: list[dict[str, Any]]) -> dict[str, int]:
