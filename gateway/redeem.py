@@ -49,7 +49,6 @@ class Redemption:
     code: ReasonCode
     message: str
     decision_id: str
-    recorded: bool
 
 
 async def redeem(
@@ -86,7 +85,7 @@ async def redeem(
         return Redeemed(claims)
     code, message = _REFUSED[outcome]
     log.info("token redemption refused", extra={"decision_id": refused[0].id, "code": code.value})
-    return Redemption(code, f"{message} ({claims.jti})", refused[0].id, True)
+    return Redemption(code, f"{message} ({claims.jti})", refused[0].id)
 
 
 def _refusal(decider: Decider, claims: ActionClaims | None, audience: str, tool: str) -> DecisionRecord:
@@ -112,4 +111,4 @@ async def _record_refusal(decider: Decider, record: DecisionRecord, code: Reason
     """Record a refusal decided outside the burning transaction (bad token, store down)."""
     verdict = await decider.record_failure(record, code)
     log.info("token redemption refused", extra={"decision_id": verdict.decision_id, "code": code.value})
-    return Redemption(code, message, verdict.decision_id, verdict.recorded)
+    return Redemption(code, message, verdict.decision_id)
