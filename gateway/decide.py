@@ -396,7 +396,7 @@ class Decider:
             decision_id=record.id, outcome="deny", reasons=record.reasons, explanation=explain(record.reasons, [])
         )
 
-    async def evaluate_policy(self, pinput: dict[str, Any]) -> PolicyResult:
+    async def evaluate_policy(self, pinput: dict[str, Any], decision_id: str | None = None) -> PolicyResult:
         """The policy's answer within ``policy_timeout``, else ``PolicyError`` (the call is denied).
 
         An engine that evaluates on the event loop (the embedded one) cannot be interrupted,
@@ -406,7 +406,7 @@ class Decider:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.policy_timeout):  # no extra task, unlike wait_for
-                result = await self.policy.evaluate(pinput)
+                result = await self.policy.evaluate(pinput, decision_id=decision_id)
         except TimeoutError as exc:
             raise PolicyError(f"policy evaluation did not finish within {self.policy_timeout}s") from exc
         elapsed = time.perf_counter() - started
@@ -441,7 +441,8 @@ class Decider:
         record.policy_input = pinput if self.audit_arguments else _without_arguments(pinput)
         await self.policy.reload_if_changed()
         record.policy_revision = self.policy.revision
-        result: PolicyResult = await self.evaluate_policy(pinput)
+        result: PolicyResult = await self.evaluate_policy(pinput, record.id)
+        record.policy_revision = self.policy.revision  # an OPA on bundles says which answered
         record.policy_result = result.model_dump()
         clocked.lap("policy")
 

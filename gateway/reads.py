@@ -85,7 +85,8 @@ async def decide_read(decider: Decider, read: ReadRequest) -> Verdict:
         record.policy_input = pinput
         await decider.policy.reload_if_changed()
         record.policy_revision = decider.policy.revision
-        result: PolicyResult = await decider.evaluate_policy(pinput)  # late answers deny too
+        result: PolicyResult = await decider.evaluate_policy(pinput, record.id)  # late answers deny too
+        record.policy_revision = decider.policy.revision
         record.policy_result = result.model_dump()
         record.outcome, record.reasons = read_verdict(result)
         await decider.store.commit_decision(record)

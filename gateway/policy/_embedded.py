@@ -104,7 +104,7 @@ class EmbeddedEngine:
         self._vm: _ThreadBoundVM | None
         self._vm, self.revision = _compile(self.bundle, intents_doc)
 
-    async def evaluate(self, input: dict[str, Any]) -> PolicyResult:
+    async def evaluate(self, input: dict[str, Any], *, decision_id: str | None = None) -> PolicyResult:
         return self.evaluate_sync(input)
 
     def evaluate_sync(self, input: dict[str, Any]) -> PolicyResult:

@@ -1,10 +1,20 @@
 """The OPA-server engine: a real OPA over its REST Data API (opa-python-client, aiohttp).
 
-With ``push_policy`` the engine uploads the policy modules (``PUT /v1/policies/intentgate/
-<path>``) and the data documents, intents included (``PUT /v1/data/<top-level key>``),
-before its first query and again whenever the revision changes; other policies under the
-``intentgate/`` id prefix are deleted, so the server runs exactly the policy dir.  Without it, the server is expected to have the policy and data from its
-own bundles, and ``revision`` describes the local files only.
+With ``push_policy`` the engine uploads the policy (``PUT /v1/policies/intentgate/<package>``,
+one module per package: see ``_modules``) and the data documents, intents included
+(``PUT /v1/data/<top-level key>``), before its first query and again whenever the revision
+changes; other policies under the ``intentgate/`` id prefix are deleted, so the server runs
+exactly the policy dir.
+
+Without it, the server gets policy and data from its own bundles (``intentgate policy bundle``
+writes one whose manifest revision is the gateway's own revision).  Each query then asks for
+OPA's provenance, and ``revision`` is the revision of the bundles that actually answered
+(``bundle:<revision>``), so a recorded decision names the policy OPA ran, not the local files.
+
+Each query carries the gateway's decision id in the ``X-IntentGate-Decision-Id`` header:
+an OPA whose decision logs keep that header (``decision_logs.request_context.http.headers``)
+logs it beside its own ``decision_id``, which the gateway records in the decision's policy
+result (``engine_decision_id``).  Either id finds the other.
 
 Every failure (connection refused, timeout, HTTP error, undefined or off-contract result)
 raises ``PolicyError``: the caller denies.  Requests are not retried: a failing OPA must
@@ -28,6 +38,7 @@ from opa_client.errors import DeletePolicyError
 from ..errors import ConfigError, PolicyError
 from ._bundle import PolicyBundle, PolicyWatcher, load_policy_dir
 from ._embedded import check_compiles
+from ._modules import merge_by_package
 from ._result import PolicyResult, parse_result
 
 __all__ = ["OpaServerEngine"]
@@ -35,6 +46,19 @@ __all__ = ["OpaServerEngine"]
 log = logging.getLogger("intentgate.policy")
 
 POLICY_ID_PREFIX = "intentgate"
+DECISION_ID_HEADER = "X-IntentGate-Decision-Id"
+_QUERY_PATH = "/v1/data/intentgate/decision"
+
+
+class _Client(AsyncOpaClient):
+    """opa-python-client, plus a decision query that sends the gateway's decision id."""
+
+    async def query_decision(self, input: dict[str, Any], decision_id: str | None, provenance: bool) -> Any:
+        headers = {DECISION_ID_HEADER: decision_id} if decision_id else {}
+        url = f"{self.root_url}/data/intentgate/decision" + ("?provenance=true" if provenance else "")
+        async with self._request("POST", url, json={"input": input}, headers=headers) as response:
+            response.raise_for_status()
+            return await response.json()
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:
@@ -68,9 +92,10 @@ class OpaServerEngine:
         self._watcher = PolicyWatcher(self.policy_dir, reload_interval)
         self.bundle = load_policy_dir(self.policy_dir)
         self.intents_doc = intents_doc
-        self.revision = self.bundle.revision(intents_doc)
+        self.local_revision = self.bundle.revision(intents_doc)
+        self._served_revision: str | None = None  # push_policy false: what OPA's bundles answer with
         self._check_pushable(self.bundle, intents_doc)
-        self._client = AsyncOpaClient(
+        self._client = _Client(
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 80),
             ssl=parts.scheme == "https",
@@ -79,7 +104,15 @@ class OpaServerEngine:
         )
         self._session_open = False
         self._pushed_revision: str | None = None
+        self._check_pushed = False  # an undefined answer: is our policy still on the server?
         self._push_task: asyncio.Task[None] | None = None
+
+    @property
+    def revision(self) -> str:
+        """The policy that answers: the local dir's when pushed, else the bundles' OPA reported."""
+        if self.push_policy or self._served_revision is None:
+            return self.local_revision
+        return self._served_revision
 
     def _check_pushable(self, bundle: PolicyBundle, intents_doc: dict[str, Any]) -> None:
         """What will be uploaded must compile (checked with regorus) and map onto data paths."""
@@ -89,6 +122,7 @@ class OpaServerEngine:
             if not isinstance(value, dict):
                 raise ConfigError(f"{bundle.root}: top-level data key {key!r} must hold an object to push to OPA")
         check_compiles(bundle, intents_doc)
+        merge_by_package(bundle.modules)  # imports that would clash once merged
 
     async def _ensure_ready(self) -> None:
         """Open the HTTP session, and upload the policy unless the server has this revision.
@@ -100,7 +134,15 @@ class OpaServerEngine:
         if not self._session_open:  # no suspension point inside: never two sessions
             await self._client.__aenter__()
             self._session_open = True
-        while self.push_policy and self._pushed_revision != self.revision:
+        if self._check_pushed and self.push_policy:
+            # an OPA restarted behind a kept-alive address (no refused connection was seen) has
+            # forgotten what was pushed: look, and push again if our modules are gone
+            self._check_pushed = False
+            on_server = set(await self._client.get_policies_list())
+            if not {f"{POLICY_ID_PREFIX}/{m}" for m, _ in merge_by_package(self.bundle.modules)} <= on_server:
+                log.warning("the policy is gone from OPA at %s (restarted?); pushing it again", self.url)
+                self._pushed_revision = None
+        while self.push_policy and self._pushed_revision != self.local_revision:
             task = self._push_task
             if task is None or task.done():
                 task = self._push_task = asyncio.create_task(self._push_current())
@@ -108,9 +150,9 @@ class OpaServerEngine:
             await asyncio.shield(task)
 
     async def _push_current(self) -> None:
-        revision, bundle, intents_doc = self.revision, self.bundle, self.intents_doc
+        revision, bundle, intents_doc = self.local_revision, self.bundle, self.intents_doc
         try:
-            await self._push(bundle.modules, bundle.data_with(intents_doc))
+            await self._push(merge_by_package(bundle.modules), bundle.data_with(intents_doc))
         except Exception as exc:  # noqa: BLE001 - any upload failure is a policy failure
             raise PolicyError(f"could not push the policy to OPA at {self.url}: {type(exc).__name__}: {exc}") from exc
         self._pushed_revision = revision
@@ -139,11 +181,11 @@ class OpaServerEngine:
         for key, value in data.items():
             await self._client.update_or_create_data(value, key)
 
-    async def evaluate(self, input: dict[str, Any]) -> PolicyResult:
+    async def evaluate(self, input: dict[str, Any], *, decision_id: str | None = None) -> PolicyResult:
         try:
             await self._ensure_ready()
             async with asyncio.timeout(self.timeout):
-                response = await self._client.query_rule(input, "intentgate", "decision")
+                response = await self._client.query_decision(input, decision_id, provenance=not self.push_policy)
         except PolicyError:
             raise
         except TimeoutError as exc:
@@ -156,12 +198,33 @@ class OpaServerEngine:
             raise PolicyError(f"OPA query failed: {type(exc).__name__}: {exc}"[:300]) from exc
         if not isinstance(response, dict):
             raise PolicyError("OPA answered something other than a JSON object")
-        return parse_result(response.get("result"))
+        if "result" not in response:
+            self._check_pushed = True
+        result = parse_result(response.get("result"))
+        if not self.push_policy:
+            self._note_provenance(response.get("provenance"))
+        engine_id = response.get("decision_id")
+        if isinstance(engine_id, str) and engine_id:
+            result = result.model_copy(update={"engine_decision_id": engine_id[:128]})
+        return result
+
+    def _note_provenance(self, provenance: Any) -> None:
+        """``revision`` := the revision of the bundles that answered (``bundle:<rev>[,<rev>…]``)."""
+        bundles = provenance.get("bundles") if isinstance(provenance, dict) else None
+        if not isinstance(bundles, dict) or not bundles:
+            raise PolicyError("OPA answered without an active bundle (policy.push_policy is false)")
+        revs = sorted(f"{name}={b.get('revision', '')}" if len(bundles) > 1 else str(b.get("revision", ""))
+                      for name, b in bundles.items() if isinstance(b, dict))
+        revision = ("bundle:" + ",".join(revs))[:64]
+        if revision != self._served_revision:
+            how = "matches" if revision == f"bundle:{self.local_revision}" else "differs from"
+            log.info("OPA answers with %s, which %s the local policy dir (%s)", revision, how, self.local_revision)
+            self._served_revision = revision
 
     def set_intents(self, intents_doc: dict[str, Any]) -> None:
         """Replace ``data.intentgate.intents``; pushed with the next query."""
         self._check_pushable(self.bundle, intents_doc)
-        self.revision = self.bundle.revision(intents_doc)
+        self.local_revision = self.bundle.revision(intents_doc)
         self.intents_doc = intents_doc
 
     async def reload_if_changed(self, *, force: bool = False) -> bool:
@@ -177,10 +240,10 @@ class OpaServerEngine:
             self._check_pushable(bundle, self.intents_doc)
             revision = bundle.revision(self.intents_doc)
         except ConfigError as exc:
-            log.error("policy reload failed; keeping revision %s: %s", self.revision, exc.message)
+            log.error("policy reload failed; keeping revision %s: %s", self.local_revision, exc.message)
             return False
-        changed = revision != self.revision
-        self.bundle, self.revision = bundle, revision
+        changed = revision != self.local_revision
+        self.bundle, self.local_revision = bundle, revision
         return changed
 
     async def aclose(self) -> None:

@@ -26,6 +26,14 @@ class PolicyResult(BaseModel):
     reasons: Annotated[list[str], AfterValidator(sorted)]
     hold: bool
     ttl_seconds: int | None = Field(default=None, ge=1, le=3600)
+    engine_decision_id: str | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="the engine's own id for this evaluation (OPA's decision_id, when its decision logs are on)",
+    )
+
+    def same_decision(self, other: PolicyResult) -> bool:
+        """Equal answers, whichever engine gave them (the engine's own id aside)."""
+        return self.model_dump(exclude={"engine_decision_id"}) == other.model_dump(exclude={"engine_decision_id"})
 
 
 def parse_result(raw: Any) -> PolicyResult:
@@ -51,7 +59,9 @@ class PolicyEngine(Protocol):
 
     revision: str
 
-    async def evaluate(self, input: dict[str, Any]) -> PolicyResult: ...
+    async def evaluate(self, input: dict[str, Any], *, decision_id: str | None = None) -> PolicyResult:
+        """``decision_id``: the gateway's id for the decision, for the engine's own logs."""
+        ...
 
     def set_intents(self, intents_doc: dict[str, Any]) -> None: ...
 
