@@ -84,7 +84,11 @@ class UpstreamConfig(_Strict):
     cwd: Path | None = None
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600, description="each request to the upstream")
+    start_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=600,
+        description="starting the upstream (spawn, handshake, tools/list): a loaded machine starts slowly",
+    )
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamConfig:

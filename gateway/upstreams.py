@@ -157,7 +157,7 @@ class Upstream:
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._runner = asyncio.create_task(self._run(ready), name=f"upstream-{self.name}")
             try:
-                async with asyncio.timeout(self.config.timeout_seconds):
+                async with asyncio.timeout(self.config.start_timeout_seconds):
                     await ready
             except Exception as exc:  # noqa: BLE001 - any start failure is an upstream error
                 await self._shutdown()
