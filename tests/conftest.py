@@ -127,6 +127,25 @@ def strict_refund_policy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def opa_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The shared OPA server: ``$INTENTGATE_OPA_URL`` (the one `.ci/run` starts), or one started
+    from the OPA binary for this session; skips (fails under ``INTENTGATE_REQUIRE_OPA``) without."""
+    from tests.opa import OpaProcess, opa_or_skip, reachable
+
+    url = os.environ.get("INTENTGATE_OPA_URL", "")
+    if url:
+        if not reachable(url):
+            opa_or_skip(f"no OPA server reachable at $INTENTGATE_OPA_URL={url}")
+        yield url.rstrip("/")
+        return
+    server = OpaProcess(tmp_path_factory.mktemp("opa")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def recorded_inputs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """1,000 policy inputs recorded by the real pipeline (see tests/recorded_inputs.py)."""
     import asyncio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import httpx2
 
 from tests.conftest import ROOT
 
-__all__ = ["free_port", "serve", "stop"]
+__all__ = ["free_port", "serve", "startup_budget", "stop"]
 
 
 def free_port() -> int:
@@ -21,15 +22,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(config: Path, port: int, log: Path, timeout: float = 60) -> subprocess.Popen[bytes]:
+def startup_budget(base: float = 30.0) -> float:
+    """Seconds a process may take to start: ``base`` times ``$INTENTGATE_SLOW`` (default 1),
+    plus half the base per runnable process beyond the cores (a loaded machine starts slowly).
+    A budget only: the tests wait for readiness, never for the budget."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    return base * float(os.environ.get("INTENTGATE_SLOW", "1")) * (1 + max(0.0, load - 1) / 2)
+
+
+def serve(config: Path, port: int, log: Path, timeout: float | None = None) -> subprocess.Popen[bytes]:
     """``intentgate serve --config config --port port`` on 127.0.0.1, its stderr appended to
-    ``log``; returns once ``/healthz`` answers 200, or raises with the log's tail."""
+    ``log``; returns once ``/healthz`` answers 200 (within ``timeout``, default the start-up
+    budget), or raises with the log's tail."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out,
         )
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout or startup_budget(60))
     while True:
         try:
             if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:

@@ -3,22 +3,20 @@
 The embedded engine runs a copy of the project's policy with one extra module whose
 behaviour a data document (``data.fault``) switches: a loop beyond the VM's instruction
 limit (the engine raises), or a slow evaluation beyond ``policy.timeout_seconds``.  The OPA
-engine talks to a stand-in HTTP server that goes down, comes back empty (a restarted
-sidecar), or answers late.  Every faulty call must be a recorded ``policy_error`` deny with
+engine talks to a real OPA server that is stopped or killed and comes back empty (a restarted
+sidecar), forgets the policy while connected, loops past the deadline or fails to evaluate.  Every faulty call must be a recorded ``policy_error`` deny with
 no token and no step taken, and the call after the fault clears must be allowed.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from gateway.clock import FrozenClock
@@ -26,6 +24,7 @@ from gateway.config import load_config
 from gateway.decide import Verdict
 from gateway.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
+from tests.opa import OpaProcess
 from tests.test_decide import MONDAY_10, begin_refund, call
 
 POLICY_TIMEOUT = 0.25
@@ -40,6 +39,21 @@ deny contains "fault_loop" if {
 	data.fault.mode == "loop"
 	count([x | some x in numbers.range(1, 1000000); x % 7 == 3]) < 0
 }
+
+# a million iterations without building a collection: seconds on OPA, which has no instruction limit
+deny contains "fault_spin" if {
+	data.fault.mode == "spin"
+	some i in numbers.range(1, 1000)
+	some j in numbers.range(1, 1000)
+	i * j == -1
+}
+
+# two answers for one complete rule: OPA fails the evaluation (HTTP 500)
+_fault_conflict := 1 if data.fault.mode == "conflict"
+
+_fault_conflict := 2 if data.fault.mode == "conflict"
+
+deny contains "fault_conflict" if _fault_conflict == 3
 
 # a few instructions, each slow: the evaluation answers (allow), but late
 deny contains "fault_slow" if {
@@ -118,137 +132,88 @@ async def test_embedded_policy_that_raises_or_is_slow_denies_then_recovers(tmp_p
         await rt.aclose()
 
 
-# ----- the OPA engine --------------------------------------------------------------------------
-
-
-class _StandInOpa(http.server.BaseHTTPRequestHandler):
-    """Test double for an OPA server, which cannot run on this machine (no OPA binary can be
-    installed here).  It does not evaluate Rego.  It keeps what the engine pushes in memory,
-    as OPA does without bundles, so a restart forgets it; a query against a server without
-    the policy answers ``{}`` (undefined), as OPA does; with the policy it answers a canned
-    decision (allow exactly when ``input.workflow.ok``).  ``mode`` makes it answer late
-    (``slow``) or fail (``http_500``).  What is under test is the gateway's handling of the
-    transport and of OPA's state, not policy semantics."""
-
-    mode = "ok"
-    policies: dict[str, str]
-    queries: list[str]
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
-        path = self.path
-        if self.command == "GET" and path == "/v1/policies/":
-            return self._json(200, {"result": [{"id": p} for p in self.policies]})
-        if self.command == "PUT" and path.startswith("/v1/policies/"):
-            self.policies[path.removeprefix("/v1/policies/")] = body
-            return self._json(200, {})
-        if self.command == "DELETE" and path.startswith("/v1/policies/"):
-            self.policies.pop(path.removeprefix("/v1/policies/"), None)
-            return self._json(200, {})
-        if self.command == "PUT" and path.startswith("/v1/data/"):
-            self.send_response(204)
-            self.end_headers()
-            return None
-        if self.command == "POST" and path == "/v1/data/intentgate/decision":
-            self.queries.append(self.mode)
-            if self.mode == "slow":
-                time.sleep(POLICY_TIMEOUT * 4)
-            if self.mode == "http_500":
-                return self._json(500, {"code": "internal_error", "message": "boom"})
-            if not self.policies:
-                return self._json(200, {})
-            ok = json.loads(body)["input"]["workflow"]["ok"] is True
-            return self._json(200, {"result": {"allow": ok, "reasons": [], "hold": False, "ttl_seconds": 30}})
-        return self._json(404, {"code": "resource_not_found"})
-
-    def _json(self, status: int, doc: Any) -> None:
-        raw = json.dumps(doc).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    do_GET = do_PUT = do_POST = do_DELETE = _answer
-
-
-class StandIn:
-    """Starts, stops and restarts the stand-in on one port (a restart begins empty)."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.handler: type[_StandInOpa] | None = None
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        self.handler = type("Handler", (_StandInOpa,), {"policies": {}, "queries": []})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
-        server.daemon_threads = True
-        self.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self._server = server
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+# ----- the OPA engine, on a real OPA server ---------------------------------------------------------
 
 
 @pytest.fixture
-def opa() -> Iterator[StandIn]:
-    stand_in = StandIn()
-    stand_in.start()
-    yield stand_in
-    stand_in.stop()
+def opa_server(tmp_path: Path) -> Iterator[OpaProcess]:
+    server = OpaProcess(tmp_path / "opa-server").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-async def opa_rt(tmp_path: Path, opa: StandIn) -> AsyncIterator[Runtime]:
-    rt = await open_runtime(tmp_path, POLICY_DIR, engine="opa", url=opa.url)
+async def opa_rt(tmp_path: Path, opa_server: OpaProcess, faulty_policy: Path) -> AsyncIterator[Runtime]:
+    rt = await open_runtime(tmp_path, faulty_policy, engine="opa", url=opa_server.url)
     yield rt
     await rt.aclose()
 
 
-async def test_opa_down_denies_and_a_restarted_opa_gets_the_policy_again(opa_rt: Runtime, opa: StandIn) -> None:
+def _pushed(server: OpaProcess) -> set[str]:
+    with httpx2.Client(base_url=server.url, timeout=5) as opa:
+        return {p["id"] for p in opa.get("/v1/policies").json()["result"]}
+
+
+@pytest.mark.opa
+@pytest.mark.parametrize("how", ["stopped", "killed"])
+async def test_opa_down_denies_and_a_restarted_opa_gets_the_policy_again(
+    opa_rt: Runtime, opa_server: OpaProcess, how: str
+) -> None:
     rt = opa_rt
     task_id = await begin_refund(rt)
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[0])))
-    assert opa.handler is not None and opa.handler.policies  # the engine pushed the policy
+    assert _pushed(opa_server) == {"intentgate/intentgate"}  # one module per package
     step, tool, args = STEPS[1]
 
-    opa.stop()  # connection refused
+    opa_server.stop() if how == "stopped" else opa_server.kill()  # connection refused
     v = await rt.decider.decide(call(task_id, step, tool, args))
     await assert_policy_error(rt, task_id, v, steps_taken=1)
 
-    opa.start()  # the sidecar comes back on the same port, without the policy
-    assert not opa.handler.policies
+    opa_server.start()  # the sidecar comes back on the same port, without the policy
+    assert _pushed(opa_server) == set()
     await assert_allowed(rt, await rt.decider.decide(call(task_id, step, tool, args)))
-    assert opa.handler.policies  # pushed again before the query
-    assert opa.handler.queries == ["ok"]
+    assert _pushed(opa_server) == {"intentgate/intentgate"}  # pushed again before the query
 
 
-@pytest.mark.parametrize("fault", ["slow", "http_500"])
-async def test_opa_slow_or_failing_denies_then_recovers(opa_rt: Runtime, opa: StandIn, fault: str) -> None:
+@pytest.mark.opa
+async def test_opa_that_forgot_the_policy_unseen_denies_once_then_gets_it_again(
+    opa_rt: Runtime, opa_server: OpaProcess
+) -> None:
+    """An OPA that lost the policy without the engine seeing a refused connection (restarted
+    behind a proxy, or its policies deleted): the query answers undefined, which denies; the
+    engine then looks, finds its modules gone, and pushes them before the next query."""
     rt = opa_rt
     task_id = await begin_refund(rt)
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[0])))
-    assert opa.handler is not None
-    opa.handler.mode = fault
+    with httpx2.Client(base_url=opa_server.url, timeout=5) as opa:
+        for policy_id in _pushed(opa_server):  # what a restart forgets, while the engine is connected
+            assert opa.delete(f"/v1/policies/{policy_id}").status_code == 200
     v = await rt.decider.decide(call(task_id, *STEPS[1]))
     await assert_policy_error(rt, task_id, v, steps_taken=1)
-    opa.handler.mode = "ok"
+    await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[1])))
+    assert _pushed(opa_server) == {"intentgate/intentgate"}
+
+
+@pytest.mark.opa
+@pytest.mark.parametrize("fault", ["spin", "conflict"])
+async def test_opa_slow_or_failing_denies_then_recovers(
+    opa_rt: Runtime, opa_server: OpaProcess, faulty_policy: Path, fault: str
+) -> None:
+    """``spin``: a policy that loops for seconds on OPA (no instruction limit there), answered
+    after the engine's deadline; ``conflict``: one that OPA fails to evaluate (HTTP 500)."""
+    rt = opa_rt
+    task_id = await begin_refund(rt)
+    await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[0])))
+    set_fault(faulty_policy, fault)
+    assert await rt.policy.reload_if_changed(force=True)
+    v = await rt.decider.decide(call(task_id, *STEPS[1]))
+    await assert_policy_error(rt, task_id, v, steps_taken=1)
+    set_fault(faulty_policy, "none")
+    assert await rt.policy.reload_if_changed(force=True)
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[1])))
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *STEPS[2])))
-    assert opa.handler.queries == ["ok", fault, "ok", "ok"]
+    assert len((await rt.store.get_task(task_id)).history) == 3
+    assert rt.store.verify_chain().ok
 
 
 async def test_a_slow_policy_denies_reads_too(tmp_path: Path, faulty_policy: Path) -> None:

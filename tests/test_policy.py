@@ -1,9 +1,9 @@
 """Policy engines: one suite both engines pass (the OPA server where one is reachable).
 
-The ``engine``/``make`` fixtures give the embedded engine always, and an OPA-server engine
-when ``INTENTGATE_OPA_URL`` points at a reachable OPA (it is skipped otherwise).  Below the
-suite: the contract model, policy-dir loading, the OPA engine's fail-closed behaviour
-without a real server, the Rego test runner, and the CLI.
+The ``engine``/``make`` fixtures give the embedded engine and an OPA-server engine on a real
+OPA (``opa_url``: skipped without an OPA binary, required in CI).  Below the suite: the
+contract model, policy-dir loading, the OPA engine's fail-closed behaviour on answers a real
+OPA never gives, the Rego test runner, and the CLI.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import copy
 import gc
 import http.server
 import json
-import os
 import shutil
 import socket
 import threading
@@ -20,8 +19,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpx2
 import pytest
 from typer.testing import CliRunner
 
@@ -42,20 +41,7 @@ from tests.conftest import INTENTS_DIR, POLICY_DIR
 MONDAY_10_MS = 1_799_056_800_000  # Monday 2027-01-04 10:00:00 UTC
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-OPA_URL = os.environ.get("INTENTGATE_OPA_URL", "")
 GARBAGE: list[Any] = [None, True, 0, -1, 1.5, 1e300, "", "x", [], {}, ["a"], {"a": 1}]
-
-
-def opa_unreachable() -> str | None:
-    """Why the OPA-server engine cannot be tested here, or None."""
-    if not OPA_URL:
-        return "no OPA server reachable at $INTENTGATE_OPA_URL (set it to run)"
-    parts = urlsplit(OPA_URL)
-    try:
-        socket.create_connection((parts.hostname, parts.port or 80), timeout=2).close()
-    except OSError:
-        return f"no OPA server reachable at $INTENTGATE_OPA_URL={OPA_URL} (set it to run)"
-    return None
 
 
 def base_input(**over: Any) -> dict:
@@ -109,12 +95,10 @@ MakeEngine = Callable[..., PolicyEngine]
 @pytest.fixture(params=["embedded", pytest.param("opa", marks=pytest.mark.opa)])
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[MakeEngine]:
     """Build engines of one kind; closes them afterwards."""
-    if request.param == "opa" and (why := opa_unreachable()):
-        pytest.skip(why)
+    extra = {"url": request.getfixturevalue("opa_url")} if request.param == "opa" else {}
     built: list[PolicyEngine] = []
 
     def build(policy_dir: Path, intents_doc: dict, **kw: Any) -> PolicyEngine:
-        extra = {"url": OPA_URL} if request.param == "opa" else {}
         eng = make_engine(request.param, policy_dir=policy_dir, intents_doc=intents_doc, **extra, **kw)
         built.append(eng)
         return eng
@@ -422,48 +406,32 @@ def test_embedded_engine_refuses_other_threads_and_is_freed_anywhere(registry) -
     EmbeddedEngine(POLICY_DIR, registry.data_document())  # frees the parked VM on this thread
 
 
-# ----- the OPA engine without an OPA: every failure denies ---------------------------------------
+# ----- the OPA engine: every failure denies ------------------------------------------------------
 
 
-class _Misbehaving(http.server.BaseHTTPRequestHandler):
-    """Test double for an OPA server, which cannot run on this machine (no OPA binary can be
-    installed here). It never evaluates policy: it answers the real REST client the way a
-    failing OPA would (HTTP 500, undefined, off-contract, not JSON, slow) and records the
-    requests, so the engine's fail-closed handling is tested on the wire."""
+class _NotOpa(http.server.BaseHTTPRequestHandler):
+    """Test double for what sits between the gateway and OPA, not for OPA: a proxy or load
+    balancer that answers its own error page (HTML, 502), which a real OPA never sends.  Policy
+    and data uploads succeed, so the engine gets as far as the query."""
 
-    mode = "http_500"
-    seen: list[tuple[str, str, str]] = []
+    mode = "html"
 
     def log_message(self, *args: Any) -> None:
         pass
 
     def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
-        self.seen.append((self.command, self.path, body))
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.command == "GET" and self.path == "/v1/policies/":
-            return self._json(200, {"result": [{"id": "intentgate/intentgate/old.rego"}, {"id": "other/x.rego"}]})
+            return self._raw(200, b'{"result": []}', "application/json")
+        if self.command == "PUT" and self.path.startswith("/v1/data/"):
+            self.send_response(204)
+            self.end_headers()
+            return None
         if self.command in ("PUT", "DELETE"):
-            return self._json(200, {}) if self.command == "DELETE" or "/policies/" in self.path else self._empty()
-        if self.mode == "slow":
-            time.sleep(1.0)
-            return self._json(200, {"result": {"allow": True, "reasons": [], "hold": False, "ttl_seconds": 30}})
-        if self.mode == "http_500":
-            return self._json(500, {"code": "internal_error", "message": "boom"})
-        if self.mode == "undefined":
-            return self._json(200, {})
-        if self.mode == "off_contract":
-            return self._json(200, {"result": "allow"})
-        if self.mode == "not_json":
-            return self._raw(200, b"<html>proxy error</html>", "text/html")
-        raise AssertionError(self.mode)
-
-    def _json(self, status: int, doc: Any) -> None:
-        self._raw(status, json.dumps(doc).encode(), "application/json")
-
-    def _empty(self) -> None:
-        self.send_response(204)
-        self.end_headers()
+            return self._raw(200, b"{}", "application/json")
+        if self.mode == "bad_gateway":
+            return self._raw(502, b"<html>502 Bad Gateway</html>", "text/html")
+        return self._raw(200, b"<html>proxy error</html>", "text/html")
 
     def _raw(self, status: int, body: bytes, ctype: str) -> None:
         self.send_response(status)
@@ -475,57 +443,90 @@ class _Misbehaving(http.server.BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_DELETE = _answer
 
 
-@pytest.fixture
-def misbehaving_opa() -> Iterator[tuple[str, type[_Misbehaving]]]:
-    handler = type("Handler", (_Misbehaving,), {"seen": []})
+@pytest.mark.parametrize("mode", ["html", "bad_gateway"])
+async def test_opa_engine_fails_closed_behind_a_failing_proxy(registry, mode: str) -> None:
+    handler = type("Handler", (_NotOpa,), {"mode": mode})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.mark.parametrize("mode", ["http_500", "undefined", "off_contract", "not_json", "slow"])
-async def test_opa_engine_fails_closed(misbehaving_opa, registry, mode: str) -> None:
-    url, handler = misbehaving_opa
-    handler.mode = mode
-    eng = OpaServerEngine(url, POLICY_DIR, registry.data_document(), timeout=0.3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    eng = OpaServerEngine(f"http://127.0.0.1:{server.server_address[1]}", POLICY_DIR, registry.data_document())
     try:
-        start = time.monotonic()
-        with pytest.raises(PolicyError):
+        with pytest.raises(PolicyError, match="OPA query failed"):
             await eng.evaluate(base_input())
-        assert time.monotonic() - start < 1.0
     finally:
         await eng.aclose()
+        server.shutdown()
+        server.server_close()
 
 
-async def test_opa_engine_uploads_the_policy_dir_once(misbehaving_opa, registry) -> None:
-    url, handler = misbehaving_opa
-    handler.mode = "undefined"
-    eng = OpaServerEngine(url, POLICY_DIR, registry.data_document())
+# a policy that errors when evaluated (two values for one complete rule: OPA answers 500), and
+# one that loops for seconds on OPA (which has no instruction limit)
+_CONFLICT = 'decision := {"allow": true, "reasons": [], "hold": false} if input.x == 1\n' \
+            'decision := {"allow": false, "reasons": [], "hold": false} if input.x == 1'
+_LOOP = 'decision := {"allow": true, "reasons": [], "hold": false} if {\n' \
+        '\tcount([x | some x in numbers.range(1, 30000000); x % 7 == 3]) > 0\n}'
+
+
+@pytest.mark.opa
+@pytest.mark.parametrize("body", [_CONFLICT, _LOOP], ids=["eval_error", "slow"])
+async def test_opa_engine_fails_closed_on_a_real_opa(opa_url: str, tmp_path: Path, body: str) -> None:
+    eng = OpaServerEngine(opa_url, write_policy(tmp_path / "opa", body), {}, timeout=0.3)
     try:
-        for _ in range(2):
-            with pytest.raises(PolicyError, match="undefined"):
-                await eng.evaluate(base_input())
+        started = time.monotonic()
+        with pytest.raises(PolicyError):
+            await eng.evaluate({"x": 1})
+        assert time.monotonic() - started < 3.0  # the engine's timeout, not OPA's evaluation
     finally:
         await eng.aclose()
-    calls = [(method, path) for method, path, _ in handler.seen]
-    modules = sorted(m for m, _ in load_policy_dir(POLICY_DIR).modules)
-    assert calls == [
-        ("GET", "/v1/policies/"),
-        ("DELETE", "/v1/policies/intentgate/intentgate/old.rego"),  # ours, not in the dir; other/x.rego stays
-        *[("PUT", f"/v1/policies/intentgate/{m}") for m in modules],
-        ("PUT", "/v1/data/intentgate"),
-        ("POST", "/v1/data/intentgate/decision"),
-        ("POST", "/v1/data/intentgate/decision"),  # the second query uploads nothing
-    ]
-    pushed = {path: body for method, path, body in handler.seen if method == "PUT"}
-    assert pushed[f"/v1/policies/intentgate/{modules[0]}"] == dict(load_policy_dir(POLICY_DIR).modules)[modules[0]]
-    data = json.loads(pushed["/v1/data/intentgate"])
-    assert set(data) == {"limits", "reads", "intents"} and "refund-order" in data["intents"]
-    assert json.loads(handler.seen[-1][2]) == {"input": base_input()}
+
+
+def _opa_request_counts(client: httpx2.Client) -> dict[tuple[str, str, str], int]:
+    """OPA's own count of the requests it served, by (handler, method, status code)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("http_request_duration_seconds_count{"):
+            labels = dict(kv.split("=", 1) for kv in line[line.index("{") + 1:line.index("}")].split(","))
+            key = (labels["handler"].strip('"'), labels["method"].strip('"'), labels["code"].strip('"'))
+            counts[key] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+@pytest.mark.opa
+async def test_opa_engine_uploads_the_policy_dir_once(opa_url: str, registry) -> None:
+    from gateway.policy._modules import merge_by_package
+
+    with httpx2.Client(base_url=opa_url, timeout=10) as opa:
+        text = {"Content-Type": "text/plain"}
+        # left by an earlier gateway (ours: removed) and by someone else (kept)
+        assert opa.put("/v1/policies/intentgate/stale/old", content=b"package intentgate_old\n\nx := 1\n",
+                       headers=text).status_code == 200
+        assert opa.put("/v1/policies/other/x", content=b"package other\n\ny := 2\n", headers=text).status_code == 200
+        try:
+            before = _opa_request_counts(opa)
+            eng = OpaServerEngine(opa_url, POLICY_DIR, registry.data_document())
+            try:
+                for _ in range(2):
+                    assert (await eng.evaluate(base_input())).allow
+            finally:
+                await eng.aclose()
+            after = _opa_request_counts(opa)
+            delta = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+            merged = merge_by_package(load_policy_dir(POLICY_DIR).modules)
+            assert delta == {
+                ("v1/policies", "get", "301"): 1,                  # opa-python-client asks for /v1/policies/
+                ("v1/policies", "get", "200"): 1,
+                ("v1/policies", "delete", "200"): 1,               # intentgate/stale/old; other/x stays
+                ("v1/policies", "put", "200"): len(merged),        # one module per package
+                ("v1/data", "put", "204"): 1,                      # data.intentgate, intents included
+                ("v1/data", "post", "200"): 2,                     # the second query uploads nothing
+            }
+            ids = {p["id"] for p in opa.get("/v1/policies").json()["result"]}
+            assert ids == {"other/x", *(f"intentgate/{pkg}" for pkg, _ in merged)}
+            assert opa.get("/v1/policies/intentgate/intentgate").json()["result"]["raw"] == dict(merged)["intentgate"]
+            data = opa.get("/v1/data/intentgate").json()["result"]
+            assert {"limits", "reads", "intents"} <= set(data) and "refund-order" in data["intents"]
+        finally:
+            opa.delete("/v1/policies/other/x")
 
 
 async def test_opa_engine_unreachable_fails_closed(registry) -> None:
