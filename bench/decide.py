@@ -2,18 +2,27 @@
 
 Prints, side by side in one run:
 - p50/p99 of ``Decider.decide`` for allowed and for denied calls, on SQLite (WAL), with
-  10 and with 10,000 intents loaded (ratio printed: the target is ≤ 1.2×);
-- the embedded Rego evaluation alone, the token mint alone, and a raw SQLite insert+commit,
-  as baselines for what the pipeline adds.
+  10 and with 10,000 intents loaded (ratio printed: the target is ≤ 1.2×), on each policy
+  engine: the embedded one and a real OPA server over its REST API on loopback;
+- each engine's policy evaluation alone, the token mint alone, and a raw SQLite
+  insert+commit, as baselines for what the pipeline adds.
 
-Usage: ``python bench/decide.py [--calls 2000] [--intents 10,10000]``
+The OPA server is ``--opa-url``, or one started here from ``--opa-bin`` (default
+``$INTENTGATE_OPA_BIN`` or ``opa`` on the PATH; ``bash .ci/opa.sh`` builds it); without
+either, the OPA rows are left out, saying so.
+
+Usage: ``python bench/decide.py [--calls 2000] [--intents 10,10000] [--engines embedded,opa]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import socket
 import sqlite3
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -54,11 +63,14 @@ def write_intents(directory: Path, count: int) -> None:
         (directory / f"refund-order-{i:05d}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-async def measure(n_intents: int, calls: int, work: Path) -> dict[str, object]:
+async def measure(n_intents: int, calls: int, work: Path, engine: str, opa_url: str | None) -> dict[str, object]:
     intents_dir = work / f"intents-{n_intents}"
-    write_intents(intents_dir, n_intents)
+    if not intents_dir.exists():
+        write_intents(intents_dir, n_intents)
     t0 = time.perf_counter()
-    config = load_config(None, data_dir=work / f"var-{n_intents}", intents_dir=intents_dir, policy_dir=ROOT / "opa",
+    policy = {"engine": "opa", "url": opa_url, "timeout_seconds": 10} if engine == "opa" else {}
+    config = load_config(None, data_dir=work / f"var-{engine}-{n_intents}", intents_dir=intents_dir,
+                         policy_dir=ROOT / "opa", policy=policy,
                          front={"rate_limit_per_second": None})  # the pipeline, not the limiter
     rt = await Runtime.open(config)
     load_s = time.perf_counter() - t0
@@ -105,6 +117,23 @@ async def measure(n_intents: int, calls: int, work: Path) -> dict[str, object]:
         await rt.aclose()
 
 
+def start_opa(binary: str, work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error",
+                             "--disable-telemetry"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"OPA ({binary}) did not start")
+
+
 def raw_sqlite(calls: int, work: Path) -> list[int]:
     conn = sqlite3.connect(work / "raw.db", isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -125,43 +154,68 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--intents", default="10,10000", help="comma-separated intent counts")
+    ap.add_argument("--engines", default="embedded,opa", help="comma-separated: embedded, opa")
+    ap.add_argument("--opa-url", help="an OPA server to use (default: start one from --opa-bin)")
+    ap.add_argument("--opa-bin", default=os.environ.get("INTENTGATE_OPA_BIN") or shutil.which("opa"),
+                    help="the OPA binary to start (default: $INTENTGATE_OPA_BIN or opa on the PATH)")
     args = ap.parse_args()
     counts = [int(x) for x in args.intents.split(",")]
-    console = Console(width=120)
+    engines = [e for e in args.engines.split(",") if e]
+    console = Console(width=140)
+    opa_proc = None
     with tempfile.TemporaryDirectory(prefix="intentgate-bench-") as tmp:
         work = Path(tmp)
+        opa_url = args.opa_url
+        if "opa" in engines and not opa_url:
+            if args.opa_bin:
+                opa_proc, opa_url = start_opa(args.opa_bin, work)
+            else:
+                console.print("[yellow]no OPA binary (--opa-bin, $INTENTGATE_OPA_BIN, or `bash .ci/opa.sh`): "
+                              "the OPA-server rows are left out[/yellow]")
+                engines.remove("opa")
         results = {}
-        for n in counts:
-            console.print(f"measuring with {n} intents ({args.calls} calls each)...")
-            results[n] = await measure(n, args.calls, work)
+        try:
+            for n in counts:
+                for engine in engines:
+                    console.print(f"measuring {engine} with {n} intents ({args.calls} calls each)...")
+                    results[engine, n] = await measure(n, args.calls, work, engine, opa_url)
+        finally:
+            if opa_proc is not None:
+                opa_proc.terminate()
+                opa_proc.wait()
         raw = raw_sqlite(args.calls, work)
 
+    names = {"embedded": "embedded Rego", "opa": "OPA server, REST on loopback"}
     table = Table(title=f"decide() latency, SQLite WAL, {args.calls} calls each (ms)")
     table.add_column("what")
     for n in counts:
         table.add_column(f"{n} intents p50", justify="right")
         table.add_column(f"{n} intents p99", justify="right")
-    for key, label in [
-        ("allow", "decide: allow (token minted, durable write)"),
-        ("deny", "decide: deny (durable write)"),
-        ("policy", "policy eval alone (embedded Rego)"),
-        ("mint", "token mint alone (EdDSA)"),
-    ]:
+    rows: list[tuple[str, str, str]] = []
+    for engine in engines:
+        rows += [(engine, "allow", f"decide: allow (token minted, durable write), {names[engine]}"),
+                 (engine, "deny", f"decide: deny (durable write), {names[engine]}")]
+    rows += [(engine, "policy", f"policy evaluation alone, {names[engine]}") for engine in engines]
+    rows.append((engines[0], "mint", "token mint alone (EdDSA)"))
+    for engine, key, label in rows:
         row = [label]
         for n in counts:
-            p50, p99 = percentiles(results[n][key])  # type: ignore[arg-type]
+            p50, p99 = percentiles(results[engine, n][key])  # type: ignore[arg-type]
             row += [f"{p50:.3f}", f"{p99:.3f}"]
         table.add_row(*row)
     p50, p99 = percentiles(raw)
     table.add_row("baseline: raw sqlite3 insert+commit", *([f"{p50:.3f}", f"{p99:.3f}"] * len(counts)))
     console.print(table)
     for n in counts:
-        console.print(f"startup with {n} intents (load + compile): {results[n]['load_s']:.2f} s")
+        for engine in engines:
+            console.print(f"startup with {n} intents, {names[engine]} (load + compile): "
+                          f"{results[engine, n]['load_s']:.2f} s")
     if len(counts) >= 2:
         lo, hi = counts[0], counts[-1]
-        for key in ("allow", "deny"):
-            r = percentiles(results[hi][key])[0] / percentiles(results[lo][key])[0]  # type: ignore[arg-type]
-            console.print(f"{key} p50 ratio {hi} vs {lo} intents: {r:.2f}x (target <= 1.2x)")
+        for engine in engines:
+            for key in ("allow", "deny"):
+                r = percentiles(results[engine, hi][key])[0] / percentiles(results[engine, lo][key])[0]  # type: ignore[arg-type]
+                console.print(f"{names[engine]}: {key} p50 ratio {hi} vs {lo} intents: {r:.2f}x (target <= 1.2x)")
 
 
 if __name__ == "__main__":

@@ -638,3 +638,25 @@ def test_cli_policy_eval(tmp_path: Path) -> None:
     unreadable = _cli("eval", "--input", str(tmp_path / "bad.json"), "--policy", str(POLICY_DIR),
                       "--intents", str(INTENTS_DIR))
     assert unreadable.exit_code == 2
+
+
+# ----- one module per package, for OPA's Policy API ------------------------------------------------
+
+
+def test_merging_by_package_keeps_every_rule_and_refuses_clashing_imports() -> None:
+    from gateway.policy._modules import merge_by_package, package_of
+
+    a = "# METADATA\n# title: a\npackage p\n\nimport rego.v1\nimport data.x as lib\n\nx := 1\n"
+    b = "package p\nimport rego.v1\n\ny := `package q\nimport data.z`\n"
+    c = "package p.sub\n\nz := 3\n"
+    merged = dict(merge_by_package([("a.rego", a), ("b.rego", b), ("c.rego", c)]))
+    assert list(merged) == ["p", "p/sub"]
+    text = merged["p"]
+    assert text.startswith("package p\n\nimport rego.v1\nimport data.x as lib\n")
+    assert "x := 1" in text and "y := `package q\nimport data.z`" in text  # bodies verbatim, raw strings too
+    assert "# METADATA" not in text  # a package annotation would have attached to the next rule
+    assert package_of("c.rego", c) == "p.sub"
+    with pytest.raises(ConfigError, match=r"d\.rego: 'import data\.y' uses the name 'lib'"):
+        merge_by_package([("a.rego", a), ("d.rego", "package p\nimport data.y as lib\n")])
+    with pytest.raises(ConfigError, match="e.rego:1: expected the package statement"):
+        merge_by_package([("e.rego", "x := 1\n")])
