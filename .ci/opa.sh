@@ -16,7 +16,11 @@ CACHE="${INTENTGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/intentgate}"
 GOBIN_DIR="$CACHE/opa-$OPA_VERSION"
 OPA="$GOBIN_DIR/opa"
 
-if [ ! -x "$OPA" ] || ! "$OPA" version 2>/dev/null | grep -qx "Version: ${OPA_VERSION#v}"; then
+# the version the binary reports ("Version: 1.22.3"); sed reads all of it (grep -q would
+# close the pipe early, and under pipefail opa's SIGPIPE would count as a mismatch)
+built_version() { [ -x "$OPA" ] && "$OPA" version 2>/dev/null | sed -n 's/^Version: //p'; }
+
+if [ "$(built_version || true)" != "${OPA_VERSION#v}" ]; then
     command -v go >/dev/null || { echo "Go is needed to build OPA (go install)" >&2; exit 1; }
     echo "building OPA $OPA_VERSION from its Go module (once; cached in $GOBIN_DIR)" >&2
     mkdir -p "$GOBIN_DIR"
@@ -25,5 +29,5 @@ if [ ! -x "$OPA" ] || ! "$OPA" version 2>/dev/null | grep -qx "Version: ${OPA_VE
         go install "github.com/open-policy-agent/opa@$OPA_VERSION" >&2
     echo "built OPA in $(( $(date +%s) - started )) s" >&2
 fi
-"$OPA" version | grep -qx "Version: ${OPA_VERSION#v}" || { echo "$OPA is not OPA $OPA_VERSION" >&2; exit 1; }
+[ "$(built_version)" = "${OPA_VERSION#v}" ] || { echo "$OPA is not OPA $OPA_VERSION" >&2; exit 1; }
 echo "$OPA"
