@@ -2,9 +2,13 @@
 
 An agent connects over Streamable HTTP with its workload token as ``Authorization: Bearer``
 (:func:`connect`), or over stdio by starting ``intentgate stdio --config CONFIG`` with the
-token in ``INTENTGATE_AGENT_TOKEN``.  :class:`Agent` wraps the MCP client: it begins and
-ends tasks, calls tools with the task and step in ``_meta`` (the LLM-style agent puts them
-in the ``intent_task`` / ``intent_step`` arguments instead and only uses
+token in ``INTENTGATE_AGENT_TOKEN``.  Its task comes from someone it trusts and an injection
+cannot reach: a task issuer (the support queue, ``orchestrator``) begins it and hands over the
+task id (:meth:`Agent.take`), or the host hands over a signed task grant that the agent
+presents once (:meth:`Agent.begin_with_grant`); only read-only intents (``lookup-order``) may
+be begun by the agent itself (:meth:`Agent.begin`).  :class:`Agent` wraps the MCP client: it
+takes, begins and ends tasks, calls tools with the task and step in ``_meta`` (the LLM-style
+agent puts them in the ``intent_task`` / ``intent_step`` arguments instead and only uses
 :meth:`Agent.record`), and appends every call to a :class:`Transcript` that the demo and
 the tests read.
 
@@ -111,6 +115,7 @@ class Agent:
         self.name = name
         self.transcript = transcript if transcript is not None else Transcript(name)
         self._say = say
+        self.agent_id = ""  # its workload id, where the agent needs to name itself (break-glass)
 
     def say(self, line: str) -> None:
         if self._say is not None:
@@ -124,16 +129,39 @@ class Agent:
     async def list_tools(self) -> list[types.Tool]:
         return list((await self.client.list_tools()).tools)
 
+    def take(self, task: str, what: str = "") -> str:
+        """Work on a task someone the agent trusts began for it (a task issuer); its id."""
+        self.transcript.tasks.append(task)
+        self.say(f"[{self.name}] assigned task {task}{': ' + what if what else ''}")
+        return task
+
     async def begin(self, intent: str, params: dict[str, Any], reason: str) -> str:
-        result = await self.client.call_tool("intentgate__begin_task",
-                                             {"intent": intent, "params": params, "reason": reason})
+        """Begin a task itself (only intents that allow ``begin: agent``); its id."""
+        return await self._begin({"intent": intent, "params": params, "reason": reason},
+                                 f"intent {intent} {_short(params)}")
+
+    async def begin_with_grant(self, grant: str) -> str:
+        """Begin the task a task grant from the host names (once); its id."""
+        return await self._begin({"grant": grant}, "from its host's task grant")
+
+    async def _begin(self, arguments: dict[str, Any], what: str) -> str:
+        result = await self.client.call_tool("intentgate__begin_task", arguments)
         body = result.structured_content or {}
         if result.is_error:
-            raise RuntimeError(f"could not begin {intent}: {body.get('reasons')} {body.get('explanation')}")
+            raise RuntimeError(f"the task was not begun ({what}): {body.get('reasons')} {body.get('explanation')}")
         task = str(body["task"])
         self.transcript.tasks.append(task)
-        self.say(f"[{self.name}] begin task {task}: intent {intent} {_short(params)}")
+        self.say(f"[{self.name}] begin task {task}: {what}")
         return task
+
+    async def try_begin(self, label: str, intent: str, params: dict[str, Any], reason: str) -> Call:
+        """Try to begin a task itself, recorded like any call (a hijacked agent re-planning)."""
+        arguments = {"intent": intent, "params": params, "reason": reason}
+        result = await self.client.call_tool("intentgate__begin_task", arguments)
+        call = self.record(label, "intentgate__begin_task", None, arguments, result)
+        if call.outcome == "allow" and call.result.get("task"):
+            self.transcript.tasks.append(str(call.result["task"]))
+        return call
 
     async def end(self, task: str) -> dict[str, Any]:
         result = await self.client.call_tool("intentgate__end_task", {"task": task})
@@ -157,8 +185,8 @@ class Agent:
     def record(self, label: str, tool: str, step: str | None, arguments: dict[str, Any],
                result: types.CallToolResult) -> Call:
         body = dict(result.structured_content or {})
-        if result.is_error and "outcome" in body and "reasons" in body:  # the gateway refused
-            call = Call(label, tool, step, arguments, str(body["outcome"]), list(body["reasons"]),
+        if result.is_error and "reasons" in body:  # the gateway refused
+            call = Call(label, tool, step, arguments, str(body.get("outcome", "deny")), list(body["reasons"]),
                         body.get("decision_id"), body.get("approval_id"), list(body.get("allowed_next") or []),
                         body)
         elif result.is_error:  # allowed, forwarded, and the tool server failed it
@@ -204,9 +232,10 @@ async def connect(url: str | None, token: str, *, stdio_config: Path | None = No
 
 
 def parse_args(prog: str, description: str, argv: Sequence[str] | None = None, *, stdio: bool = False,
-               admin: bool = False, extra: Callable[[argparse.ArgumentParser], None] | None = None
-               ) -> argparse.Namespace:
-    """The command line every agent shares (``--url``, ``--token``, ``--json``), plus ``extra``'s options."""
+               admin: bool = False, task: bool = False,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The command line every agent shares (``--url``, ``--token``, ``--json``; with ``task``,
+    ``--task`` or ``--grant``: where the agent's task comes from), plus ``extra``'s options."""
     parser = argparse.ArgumentParser(prog=f"python -m agents_examples.{prog}", description=description)
     parser.add_argument("--url", default="http://127.0.0.1:8080/mcp", help="the gateway's MCP endpoint")
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
@@ -218,6 +247,11 @@ def parse_args(prog: str, description: str, argv: Sequence[str] | None = None, *
     if admin:
         parser.add_argument("--admin-token", default=os.environ.get("INTENTGATE_ADMIN_TOKEN"),
                             help="a reviewer token (`intentgate admin-token`; default: $INTENTGATE_ADMIN_TOKEN)")
+    if task:
+        given = parser.add_mutually_exclusive_group(required=True)
+        given.add_argument("--task", help="the task a task issuer began for this agent (python -m "
+                                          "agents_examples.orchestrator prints one)")
+        given.add_argument("--grant", help="a task grant from the host (intentgate task grant ...), presented once")
     parser.add_argument("--json", action="store_true", help="print the transcript as JSON at the end")
     if extra is not None:
         extra(parser)

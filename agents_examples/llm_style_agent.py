@@ -7,17 +7,18 @@ input schema; the model fills them like any other argument and the gateway strip
 before forwarding.
 
 This example runs that loop with a **scripted planner** standing in for the model (no
-network, no API key): it triages ticket TCK-1001 under the ``triage-ticket`` intent (read the
-ticket, page through the customer's orders, leave a triage comment), working out each call's
-step from the intent's graph (``intentgate__list_intents``) and correcting itself from the
-gateway's structured errors: its first call forgets the task context, as models often do, is
-refused with ``missing_task_context``, and is sent again with it.  It ends the task without
-the optional ``notify`` step.
+network, no API key): it triages ticket TCK-1001 on the ``triage-ticket`` task the support
+queue began for it (the host puts the task id in the model's instructions: read the ticket,
+page through the customer's orders, leave a triage comment), working out each call's step from
+the intent's graph (``intentgate__list_intents``) and correcting itself from the gateway's
+structured errors: its first call forgets the task context, as models often do, is refused
+with ``missing_task_context``, and is sent again with it.  It ends the task without the
+optional ``notify`` step.
 
 With ``--llm anthropic`` (and the ``anthropic`` package installed, ``ANTHROPIC_API_KEY`` set)
 a real model plans instead, through the same loop.
 
-    python -m agents_examples.llm_style_agent --url http://127.0.0.1:8080/mcp --token TOKEN
+    python -m agents_examples.llm_style_agent --url http://127.0.0.1:8080/mcp --token TOKEN --task TASK
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ __all__ = ["AGENT", "AnthropicPlanner", "ScriptedPlanner", "ToolCall", "function
 AGENT = "spiffe://example.org/agent/support-llm"
 TICKET, CUSTOMER = "TCK-1001", "alice.martin@example.com"
 INTENT = "triage-ticket"
-GOAL = (f"Triage support ticket {TICKET} from {CUSTOMER}: read it, look through the customer's orders, "
-        f"and leave a short triage comment on the ticket. Use the {INTENT} intent; end the task when done.")
+PARAMS = {"ticket_id": TICKET, "customer_email": CUSTOMER}
+
+
+def goal(task: str) -> str:
+    """The model's instructions, as the host writes them: the task was begun for it."""
+    return (f"Triage support ticket {TICKET} from {CUSTOMER}: read it, look through the customer's orders, "
+            f"and leave a short triage comment on the ticket. Your task is {task} (intent {INTENT}); "
+            "end the task when done.")
 CONTEXT_ARGS = ("intent_task", "intent_step")
 
 
@@ -75,10 +82,10 @@ def function_specs(tools: Sequence[types.Tool]) -> list[dict[str, Any]]:
 class ScriptedPlanner:
     """A deterministic stand-in for a model, reading the same tool specs and results one would."""
 
-    def __init__(self, ticket_id: str = TICKET, customer: str = CUSTOMER) -> None:
+    def __init__(self, task: str, ticket_id: str = TICKET, customer: str = CUSTOMER) -> None:
         self.ticket_id, self.customer = ticket_id, customer
         self.intent: dict[str, Any] | None = None
-        self.task: str | None = None
+        self.task: str | None = task
         self.taken: list[str] = []  # steps taken so far
         self.context_known = False  # has it noticed the intent_task / intent_step arguments yet?
         self.ticket: dict[str, Any] = {}
@@ -116,11 +123,6 @@ class ScriptedPlanner:
             return None  # anything else: give up (the task is ended below)
         if last_call.name == "intentgate__list_intents":
             self.intent = next(i for i in last.structured["intents"] if i["name"] == INTENT)
-            return ToolCall("intentgate__begin_task", {
-                "intent": INTENT, "params": {"ticket_id": self.ticket_id, "customer_email": self.customer},
-                "reason": f"triage {self.ticket_id}"}, f"declare {INTENT}")
-        if last_call.name == "intentgate__begin_task":
-            self.task = last.structured["task"]
             return self._gated("tickets__get_ticket", {"ticket_id": self.ticket_id}, "read the ticket")
         if "intent_step" in last_call.arguments:
             self.taken.append(last_call.arguments["intent_step"])
@@ -148,12 +150,12 @@ class ScriptedPlanner:
 class AnthropicPlanner:
     """A real model plans (optional: needs the ``anthropic`` package and ``ANTHROPIC_API_KEY``)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, task: str) -> None:
         import anthropic  # type: ignore[import-not-found]  # only when asked for
 
         self.client = anthropic.AsyncAnthropic()
         self.model = model
-        self.messages: list[dict[str, Any]] = [{"role": "user", "content": GOAL}]
+        self.messages: list[dict[str, Any]] = [{"role": "user", "content": goal(task)}]
         self.pending: str | None = None
 
     async def next_call(self, tools: list[dict[str, Any]], history: list[tuple[ToolCall, ToolResult]]
@@ -173,12 +175,14 @@ class AnthropicPlanner:
         return ToolCall(use.name, dict(use.input), f"model: {use.name}")
 
 
-async def run(url: str, token: str, *, say: Say | None = print, planner: Planner | None = None,
+async def run(url: str, token: str, *, task: str, say: Say | None = print, planner: Planner | None = None,
               max_calls: int = 20) -> Transcript:
-    """The host loop: list tools, let the planner pick calls, run them without ``_meta``."""
-    planner = planner or ScriptedPlanner()
+    """The host loop on ``task`` (begun for the agent by the support queue): list tools, let the
+    planner pick calls, run them without ``_meta``."""
+    planner = planner or ScriptedPlanner(task)
     async with connect(url, token) as client:
         agent = Agent(client, "llm-style", say)
+        agent.take(task, f"{INTENT} for {TICKET}")
         listed = await agent.list_tools()
         tools = function_specs(listed)
         gated = [t for t in tools if not t["name"].startswith("intentgate__")]
@@ -227,16 +231,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                             help="the model for --llm anthropic (default: $ANTHROPIC_MODEL)")
 
     args = parse_args("llm_style_agent", "An LLM-style agent (task context in arguments, not _meta).", argv,
-                      extra=options)
+                      task=True, extra=options)
+    if args.task is None:
+        raise SystemExit("the LLM-style agent works on a task its host gives it: give --task")
     planner: Planner | None = None
     if args.llm == "anthropic":
         if not args.model:
             raise SystemExit("--llm anthropic needs --model (or $ANTHROPIC_MODEL)")
         try:
-            planner = AnthropicPlanner(args.model)
+            planner = AnthropicPlanner(args.model, args.task)
         except ImportError as exc:
             raise SystemExit("--llm anthropic needs the anthropic package (pip install anthropic)") from exc
-    agent_main(asyncio.run(run(args.url, args.token, planner=planner)), args.json)
+    agent_main(asyncio.run(run(args.url, args.token, task=args.task, planner=planner)), args.json)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ id>`` first in its reasons, and the grant shows up for review (``GET
 /v1/grants?needs_review=true``) until a second person signs it off (``POST
 /v1/grants/{id}/sign-off``).
 
+Both tasks are begun for the agents by the support queue (``orchestrator``), as every task
+that moves money is.
+
     python -m agents_examples.reviewer_scenario --url http://127.0.0.1:8080/mcp --token TOKEN \\
-        --admin-token "$(intentgate admin-token)" [--oncall-token TOKEN]
+        --admin-token "$(intentgate admin-token)" --orchestrator-token TOKEN [--oncall-token TOKEN]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import httpx2
 import jwt
 
 from ._agent import Agent, Say, Transcript, agent_main, connect, parse_args
+from .orchestrator import Orchestrator
 from .support_agent import finish
 
 __all__ = ["AGENT", "ONCALL_AGENT", "ReviewApiMissing", "Reviewer", "run"]
@@ -85,8 +89,8 @@ class Reviewer:
         return list(items[0]["reasons"]) if items else []
 
 
-async def held_refund(agent: Agent, reviewer: Reviewer) -> None:
-    task = await agent.begin("refund-order", HELD, "customer returned a laptop within 30 days")
+async def held_refund(agent: Agent, reviewer: Reviewer, task: str) -> None:
+    agent.take(task, f"refund-order for {HELD['ticket_id']}")
     await agent.call("read the ticket", "tickets__get_ticket", {"ticket_id": HELD["ticket_id"]},
                      task=task, step="read_ticket")
     order = await agent.call("look up the order", "orders__get_order", {"order_id": HELD["order_id"]},
@@ -118,8 +122,8 @@ async def held_refund(agent: Agent, reviewer: Reviewer) -> None:
     await finish(agent, task)
 
 
-async def break_glass(agent: Agent, reviewer: Reviewer, agent_id: str) -> None:
-    task = await agent.begin("refund-order", BREAK_GLASS, "refund due today; the orders service is down")
+async def break_glass(agent: Agent, reviewer: Reviewer, task: str) -> None:
+    agent.take(task, f"refund-order for {BREAK_GLASS['ticket_id']}")
     await agent.call("read the ticket", "tickets__get_ticket", {"ticket_id": BREAK_GLASS["ticket_id"]},
                      task=task, step="read_ticket")
     agent.note("the orders service is down in this story: the lookup the workflow requires cannot happen")
@@ -130,7 +134,7 @@ async def break_glass(agent: Agent, reviewer: Reviewer, agent_id: str) -> None:
         agent.note(f"expected a denial, got {denied.outcome}")
         return
     r = await reviewer.request("POST", "/v1/grants", "open a 15-minute break-glass grant", json={
-        "agent": agent_id, "tool": "payments.refund", "duration_seconds": 900,
+        "agent": agent.agent_id, "tool": "payments.refund", "duration_seconds": 900,
         "reason": "orders service outage; refund promised to the customer today"})
     r.raise_for_status()
     grant = r.json()
@@ -155,18 +159,21 @@ def _agent_id(token: str) -> str:
     return str(jwt.decode(token, options={"verify_signature": False})["sub"])
 
 
-async def run(url: str, token: str, *, admin_token: str, oncall_token: str | None = None,
-              say: Say | None = print, api: str | None = None, do_break_glass: bool = True) -> Transcript:
-    """The held refund (agent ``token``), then break-glass (agent ``oncall_token``, default the same)."""
+async def run(url: str, token: str, *, admin_token: str, orchestrator: Orchestrator,
+              oncall_token: str | None = None, say: Say | None = print, api: str | None = None,
+              do_break_glass: bool = True) -> Transcript:
+    """The held refund (agent ``token``), then break-glass (agent ``oncall_token``, default the
+    same), each on a task the ``orchestrator`` begins for that agent."""
     base = api or url.removesuffix("/mcp")
     async with httpx2.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {admin_token}"},
                                   timeout=30) as http:
         missing: ReviewApiMissing | None = None
+        held_task = await orchestrator.assign_refund(_agent_id(token), HELD["ticket_id"])
         async with connect(url, token) as client:
             agent = Agent(client, "support", say)
             reviewer = Reviewer(http, agent.transcript, say)
             try:
-                await held_refund(agent, reviewer)
+                await held_refund(agent, reviewer, held_task)
             except ReviewApiMissing as exc:  # raised once the session is closed, not inside its task group
                 missing = exc
                 await agent.end(agent.transcript.tasks[-1])
@@ -174,9 +181,11 @@ async def run(url: str, token: str, *, admin_token: str, oncall_token: str | Non
             raise missing
         if do_break_glass:
             oncall = oncall_token or token
+            task = await orchestrator.assign_refund(_agent_id(oncall), BREAK_GLASS["ticket_id"])
             async with connect(url, oncall) as client:
                 other = Agent(client, "on-call", say, transcript=agent.transcript)  # one story, one transcript
-                await break_glass(other, Reviewer(http, agent.transcript, say), _agent_id(oncall))
+                other.agent_id = _agent_id(oncall)
+                await break_glass(other, Reviewer(http, agent.transcript, say), task)
         return agent.transcript
 
 
@@ -184,10 +193,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--oncall-token", default=None,
                             help="workload token of the on-call agent for break-glass (default: --token)")
+        parser.add_argument("--orchestrator-token", required=True,
+                            help="workload token of the support queue, which begins the tasks "
+                                 "(intentgate agent-token --agent spiffe://example.org/orchestrator)")
 
     args = parse_args("reviewer_scenario", "A held refund approved by a reviewer, then break-glass.", argv,
                       admin=True, extra=options)
-    transcript = asyncio.run(run(args.url, args.token, admin_token=args.admin_token, oncall_token=args.oncall_token))
+    transcript = asyncio.run(run(args.url, args.token, admin_token=args.admin_token,
+                                 orchestrator=Orchestrator(args.url, args.orchestrator_token),
+                                 oncall_token=args.oncall_token))
     agent_main(transcript, args.json)
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 from .identity import IssuerConfig
+from .tasks import TasksConfig
 
 __all__ = [
     "AuditConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "PolicyConfig",
     "ReviewConfig",
     "StoreConfig",
+    "TasksConfig",
     "TokenConfig",
     "UpstreamConfig",
     "expand_env",
@@ -157,6 +159,7 @@ class GatewayConfig(_Strict):
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     front: FrontConfig = Field(default_factory=FrontConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> GatewayConfig:
@@ -183,6 +186,10 @@ class GatewayConfig(_Strict):
     @property
     def admin_keys_dir(self) -> Path:
         return self.data_dir / "keys" / "admin"
+
+    @property
+    def task_issuer_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "task-issuer"
 
     def resolved(self, base: Path) -> GatewayConfig:
         """Copy with relative paths made relative to ``base``."""

@@ -22,8 +22,11 @@ from .identity import AgentIdentity
 from .intents import Intent, IntentRegistry
 from .policy import PolicyEngine, PolicyResult
 from .ratelimit import RateLimiter
-from .store import ApprovalRecord, DecisionRecord, Outcome, Store, TaskAdvance, TokenRecord
+from .store import ApprovalRecord, DecisionRecord, GrantUse, Outcome, Store, TaskAdvance, TokenRecord
+from .store.budgets import BudgetSpend
+from .tasks import TaskGrant, TaskIssuer
 from .tokens import ActionTokenIssuer, MintedToken
+from .usage import BudgetUse, begin_budget_uses, call_budget_uses, usage_document
 from .workflow import HistoryEntry, Task, WorkflowResult, allowed_next, check_call
 
 __all__ = ["CallRequest", "Decider", "TaskEnded", "TaskStarted", "Verdict", "new_id", "policy_input", "verdict_of"]
@@ -96,6 +99,8 @@ class TaskStarted(BaseModel):
     expires_at: float
     start_steps: list[str]
     decision_id: str
+    agent: str = ""
+    issuer: str | None = None
 
 
 class TaskEnded(BaseModel):
@@ -212,48 +217,74 @@ class Decider:
 
     # ----- tasks ---------------------------------------------------------------------
     async def begin_task(
-        self, agent: AgentIdentity, intent_name: str, params: dict[str, Any], task_reason: str
+        self, agent: AgentIdentity, intent_name: str, params: dict[str, Any], task_reason: str, *,
+        issuer: TaskIssuer | None = None, ttl_seconds: int | None = None, grant: TaskGrant | None = None,
     ) -> TaskStarted:
-        """Start a task; raises ``TaskError`` (recorded as a denied ``task/begin``)."""
+        """Begin a task for ``agent``: by a task ``issuer``, or by the agent itself (``issuer``
+        None), or from a verified task ``grant`` (whose issuer, intent and parameters apply).
+
+        Checked in Python (intent, agent, who may begin it, parameters, TTL, rate), then by
+        the Rego policy (``action: task/begin``), and recorded either way; raises ``TaskError``
+        with the decision id when refused.
+        """
+        if grant is not None:
+            issuer, intent_name, params, task_reason = grant.issuer, grant.intent, grant.params, grant.reason
+            ttl_seconds = grant.ttl_seconds
         now = self.clock.now()
         decision_id = new_id("dec")
-        intent = self.intents.get(intent_name)
-        problem: tuple[ReasonCode, str] | None = None
-        try:  # what cannot be canonical JSON cannot enter the hash-chained log either
-            canonical_json({"params": params, "reason": task_reason})
-            plain = True
-        except Exception:  # noqa: BLE001 - NaN, Infinity, integers beyond 2^53, non-JSON types
-            plain = False
-        if not plain:
-            problem = (ReasonCode.MALFORMED_REQUEST, "task parameters and reason must be plain JSON")
-        elif intent is None:
-            problem = (ReasonCode.UNKNOWN_INTENT, f"no intent named {intent_name!r}")
-        elif not intent.permits_agent(agent.id):
-            problem = (ReasonCode.AGENT_NOT_PERMITTED, f"agent may not declare intent {intent_name!r}")
-        elif errors := intent.param_errors(params):
-            problem = (ReasonCode.INVALID_PARAMS, "; ".join(errors))
-        elif self.over_limit(agent):
-            problem = (ReasonCode.RATE_LIMITED, "too many requests from this agent; slow down")
-        elif not isinstance(task_reason, str) or not task_reason.strip() or len(task_reason) > 2000:
-            problem = (ReasonCode.INVALID_PARAMS, "reason must be a non-empty text of at most 2000 characters")
+        intent = self.intents.get(intent_name) if isinstance(intent_name, str) else None
+        problem = self._begin_problem(agent, intent_name, intent, params, task_reason, issuer, ttl_seconds)
+        plain = not (problem and problem[0] is ReasonCode.MALFORMED_REQUEST)
         record = DecisionRecord(
             id=decision_id,
             at=now,
             kind="task/begin",
             agent=agent.id,
-            intent=intent_name[:64],
+            intent=str(intent_name)[:64],
             intent_version=intent.version if intent else None,
             outcome="deny" if problem else "allow",
-            reasons=[reason(problem[0], "arguments" if not plain else None)] if problem else [],
-            policy_input={"params": params, "reason": task_reason} if self.audit_arguments and plain else None,
+            reasons=[reason(problem[0], problem[2])] if problem else [],
             masked=[] if plain else ["/policy_input"],
             intents_revision=self.intents.revision,
         )
+        if not plain:
+            record.policy_input = None
+        elif problem or intent is None:
+            record.policy_input = self._begin_input(agent, intent_name, intent, params, task_reason, issuer,
+                                                    ttl_seconds, now, None) if self.audit_arguments else None
         if problem or intent is None:
-            code, message = problem or (ReasonCode.UNKNOWN_INTENT, "unknown intent")
-            record.task_id = None
+            code, message, _ = problem or (ReasonCode.UNKNOWN_INTENT, "unknown intent", None)
             await self.store.commit_decision(record)
             raise TaskError(message, code=code, decision_id=decision_id)
+
+        ttl = min(ttl_seconds or intent.ttl_seconds, intent.ttl_seconds)
+        uses = begin_budget_uses(intent, agent=agent.id, params=params)
+        try:
+            used = await self.store.budget_usage(
+                [(u.name, u.scope, u.budget.window_seconds) for u in uses], now)
+            open_tasks = {intent.name: await self.store.open_tasks(agent.id, intent.name, now)}
+            usage = usage_document([u.with_used(x) for u, x in zip(uses, used, strict=True)], open_tasks)
+            pinput = self._begin_input(agent, intent_name, intent, params, task_reason, issuer, ttl, now, usage)
+            record.policy_input = pinput if self.audit_arguments else {**pinput, "params": "<redacted>"}
+            await self.policy.reload_if_changed()
+            result = await self.evaluate_policy(pinput, decision_id)
+            record.policy_revision = self.policy.revision
+            record.policy_result = result.model_dump()
+        except Exception as exc:  # noqa: BLE001 - fail closed: the policy or the store failed
+            code = exc.code if isinstance(exc, GatewayError) else ReasonCode.INTERNAL_ERROR
+            if not isinstance(exc, GatewayError):
+                log.error("task begin failed closed", extra={"decision_id": decision_id}, exc_info=True)
+            await self.record_failure(record, code)
+            raise TaskError("the task could not be begun", code=code, decision_id=decision_id) from exc
+        if not result.allow or result.hold:
+            # a task begin is allowed or not: a policy that asks to hold it refuses it
+            record.outcome = "deny"
+            record.reasons = ([reason(ReasonCode.POLICY_DENIED)] if not result.allow
+                              else [reason(ReasonCode.POLICY_HOLD)]) + [reason(ReasonCode.POLICY, r)
+                                                                         for r in result.reasons]
+            await self.store.commit_decision(record)
+            raise TaskError(explain(record.reasons, []), code=reason_code_of(record.reasons[0]),
+                            decision_id=decision_id)
         task = Task(
             id=new_id("tsk"),
             intent=intent.name,
@@ -262,10 +293,19 @@ class Decider:
             params=params,
             reason=task_reason,
             created_at=now,
-            expires_at=now + intent.ttl_seconds,
+            expires_at=now + ttl,
+            issuer=issuer.label if issuer is not None else None,
         )
         record.task_id = task.id
-        await self.store.begin_task(task, record)
+        use = (GrantUse(grant.jti, issuer=grant.issuer.label, agent=agent.id, expires_at=grant.expires_at)
+               if grant is not None else None)
+        committed = await self.store.begin_task(task, record, grant=use)
+        if not committed.committed:  # the grant began a task already (here or on another replica)
+            record.id, record.task_id = new_id("dec"), None
+            record.outcome, record.reasons = "deny", [reason(ReasonCode.TASK_GRANT_REPLAYED)]
+            await self.store.commit_decision(record)
+            raise TaskError("this task grant was already used", code=ReasonCode.TASK_GRANT_REPLAYED,
+                            decision_id=record.id)
         return TaskStarted(
             task_id=task.id,
             intent=intent.name,
@@ -273,13 +313,82 @@ class Decider:
             expires_at=task.expires_at,
             start_steps=list(intent.start),
             decision_id=decision_id,
+            agent=agent.id,
+            issuer=task.issuer,
         )
 
-    async def end_task(self, agent: AgentIdentity, task_id: str) -> TaskEnded:
-        """End an agent's own task and revoke every unconsumed token it was issued."""
+    async def refuse_begin(self, agent: AgentIdentity, code: ReasonCode, message: str,
+                           detail: str | None = None, *, intent: str | None = None) -> TaskError:
+        """Record a task begin refused before it could be checked (a task grant that did not
+        verify, a REST caller that is no task issuer); the error to raise."""
+        record = DecisionRecord(
+            id=new_id("dec"), at=self.clock.now(), kind="task/begin", agent=agent.id[:512],
+            intent=(intent or None) and intent[:64], outcome="deny", reasons=[],
+            intents_revision=self.intents.revision,
+        )
+        verdict = await self.record_failure(record, code, detail)
+        return TaskError(message, code=code, decision_id=verdict.decision_id)
+
+    def _begin_problem(
+        self, agent: AgentIdentity, intent_name: Any, intent: Intent | None, params: Any, task_reason: Any,
+        issuer: TaskIssuer | None, ttl_seconds: int | None,
+    ) -> tuple[ReasonCode, str, str | None] | None:
+        """The first reason the gateway itself refuses this task begin, or None."""
+        try:  # what cannot be canonical JSON cannot enter the hash-chained log either
+            canonical_json({"params": params, "reason": task_reason})
+        except Exception:  # noqa: BLE001 - NaN, Infinity, integers beyond 2^53, non-JSON types
+            return ReasonCode.MALFORMED_REQUEST, "task parameters and reason must be plain JSON", "arguments"
+        if not isinstance(params, dict):
+            return ReasonCode.INVALID_PARAMS, "params must be an object", None
+        if intent is None:
+            return ReasonCode.UNKNOWN_INTENT, f"no intent named {str(intent_name)[:64]!r}", None
+        if not intent.permits_agent(agent.id):
+            return ReasonCode.AGENT_NOT_PERMITTED, f"agent may not declare intent {intent.name!r}", None
+        modes = self.intents.begin_modes(intent)
+        if issuer is None and "agent" not in modes:
+            return (ReasonCode.TASK_ISSUER_REQUIRED,
+                    f"intent {intent.name!r} is begun by a task issuer, not by the agent", None)
+        if issuer is not None and ("issuer" not in modes or not issuer.may_begin(intent.name, agent.id)):
+            return ReasonCode.ISSUER_NOT_PERMITTED, f"task issuer {issuer.name!r} may not begin {intent.name!r} " \
+                f"for this agent", issuer.name
+        if errors := intent.param_errors(params):
+            return ReasonCode.INVALID_PARAMS, "; ".join(errors), None
+        limit = min(intent.ttl_seconds, issuer.max_ttl_seconds or intent.ttl_seconds) if issuer else intent.ttl_seconds
+        if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int)
+                                        or not 1 <= ttl_seconds <= limit):
+            return ReasonCode.INVALID_PARAMS, f"ttl_seconds must be 1..{limit} for this intent", None
+        rated = f"issuer:{issuer.name}" if issuer is not None else agent.id  # who asked is who is counted
+        if self.limiter is not None and not self.limiter.allow(rated):
+            return ReasonCode.RATE_LIMITED, "too many task begins; slow down", None
+        if not isinstance(task_reason, str) or not task_reason.strip() or len(task_reason) > 2000:
+            return ReasonCode.INVALID_PARAMS, "reason must be a non-empty text of at most 2000 characters", None
+        return None
+
+    def _begin_input(
+        self, agent: AgentIdentity, intent_name: Any, intent: Intent | None, params: Any, task_reason: Any,
+        issuer: TaskIssuer | None, ttl_seconds: int | None, now: float, usage: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The policy's ``input`` for a task begin (``action: task/begin``)."""
+        return {
+            "action": "task/begin",
+            "agent": {"id": agent.id, "claims": agent.claims},
+            "issuer": issuer.document() if issuer is not None else None,
+            "intent": {"name": intent.name if intent else str(intent_name)[:64],
+                       "version": intent.version if intent else None},
+            "params": params,
+            "reason": task_reason,
+            "task": {"ttl_seconds": ttl_seconds},
+            "context": {"now": iso(now), "now_ms": int(now * 1000), "environment": self.environment,
+                        "mode": self.mode or (intent.mode if intent else "enforce")},
+            "usage": usage or {"budgets": {}, "open_tasks": {}},
+        }
+
+    async def end_task(self, agent: AgentIdentity, task_id: str, *, issuer: TaskIssuer | None = None) -> TaskEnded:
+        """End a task and revoke every unconsumed token it was issued: the agent's own task, or
+        (``issuer``) a task that issuer began."""
         now = self.clock.now()
         task = await self.store.get_task(task_id)
-        if task is None or task.agent != agent.id:
+        if task is None or (task.agent != agent.id if issuer is None else task.issuer != issuer.label):
             code = ReasonCode.UNKNOWN_TASK if task is None else ReasonCode.TASK_NOT_OWNED
             record_id = new_id("dec")
             await self.store.commit_decision(
@@ -288,10 +397,11 @@ class Decider:
                     outcome="deny", reasons=[reason(code)],
                 )
             )
-            raise TaskError(f"cannot end task {task_id!r}", code=code, decision_id=record_id)
+            raise TaskError(f"cannot end task {task_id[:64]!r}", code=code, decision_id=record_id)
         record = DecisionRecord(
             id=new_id("dec"), at=now, kind="task/end", agent=agent.id, intent=task.intent,
             intent_version=task.intent_version, task_id=task.id, outcome="allow", reasons=[],
+            policy_input={"ended_by": issuer.document() if issuer is not None else "agent"},
         )
         result = await self.store.end_task(task.id, "ended", now, record)
         if not result.committed:
@@ -419,7 +529,19 @@ class Decider:
         # --- task
         if not call.task_id or not call.step:
             return await self._deny_early(record, ReasonCode.MISSING_TASK_CONTEXT)
-        task = await self.store.get_task(call.task_id)
+        uses: list[BudgetUse] = []
+
+        def budgets_of(task: Task) -> list[tuple[str, str, int]]:
+            """The budgets this call would spend (read in the same transaction as the task)."""
+            intent = self.intents.get(task.intent)
+            if intent is None or not grant_may_cover(intent, call.step, call.qualified_tool):
+                return []
+            uses[:] = call_budget_uses(intent, call.step or "", agent=call.agent.id, params=task.params,
+                                       arguments=call.untrusted_arguments)
+            return [(u.name, u.scope, u.budget.window_seconds) for u in uses]
+
+        task, used = await self.store.get_task_and_usage(call.task_id, budgets_of, now)
+        uses = [u.with_used(x) for u, x in zip(uses, used, strict=True)]  # what is left, before the policy sees it
         clocked.lap("task")
         if task is None:
             return await self._deny_early(record, ReasonCode.UNKNOWN_TASK)
@@ -438,6 +560,8 @@ class Decider:
         # --- policy
         mode = self.mode or intent.mode
         pinput = self.policy_input(call, intent, task, wf, now, mode)
+        if uses:
+            pinput["usage"] = usage_document(uses)
         record.policy_input = pinput if self.audit_arguments else _without_arguments(pinput)
         await self.policy.reload_if_changed()
         record.policy_revision = self.policy.revision
@@ -449,6 +573,7 @@ class Decider:
         # --- verdict
         step = intent.steps.get(call.step)
         outcome, reasons = verdict_of(wf, result, step.approval if step else "never")
+        outcome, reasons = budget_verdict(outcome, reasons, [u for u in uses if u.exceeded])
         use_approval = None
         if outcome == "hold":  # a reviewer may have approved exactly this call already
             approved = await self.store.find_approved(
@@ -461,12 +586,13 @@ class Decider:
                 outcome, reasons = "allow", [reason(ReasonCode.APPROVED, approved.id)]
         hard = any(reason_code_of(r) in _HARD for r in reasons)
         use_grant = None
-        if outcome in ("deny", "hold") and not hard and await self.store.grants.may_have_grant(call.agent.id, now):
+        if (outcome in ("deny", "hold") and not hard and grant_may_cover(intent, call.step, call.qualified_tool)
+                and await self.store.grants.may_have_grant(call.agent.id, now)):
             grant = await self.store.grants.find_active(  # a reviewer's break-glass exception
                 agent=call.agent.id, tool=call.qualified_tool, intent=intent.name, now=now
             )
             clocked.lap("grant")
-            if grant is not None:
+            if grant is not None and (step is None or step.approval != "required" or grant.overrides_approval):
                 use_grant = grant.id
                 outcome, reasons = "allow", [reason(ReasonCode.BREAK_GLASS, grant.id), *reasons]
         if mode == "shadow" and outcome != "allow" and not hard:
@@ -475,21 +601,7 @@ class Decider:
         nexts = wf.allowed_next
 
         if outcome in ("deny", "hold"):
-            approval = None
-            if outcome == "hold":
-                approval = ApprovalRecord(
-                    id=new_id("apr"), decision_id=record.id, agent=call.agent.id, task_id=task.id,
-                    step=call.step, tool=call.qualified_tool, arguments_sha256=digest,
-                    policy_revision=self.policy.revision, reasons=reasons, created_at=now,
-                    expires_at=min(now + self.approval_ttl, task.expires_at),
-                )
-            record.timings_us = dict(clocked.timings)
-            await self.store.commit_decision(record, approval=approval)
-            clocked.lap("store")
-            return Verdict(
-                decision_id=record.id, outcome=outcome, reasons=reasons, explanation=explain(reasons, nexts),
-                allowed_next=nexts, approval_id=approval.id if approval else None,
-            )
+            return await self._commit_refusal(call, record, task, digest, nexts, clocked)
 
         # --- token (allow / would_deny): minted now, released only after the commit
         assert step is not None or outcome == "would_deny" or use_grant is not None
@@ -512,14 +624,25 @@ class Decider:
             issued_at=minted.issued_at, expires_at=minted.expires_at,
             **({"status": "consumed", "consumed_at": now} if call.burn_on_commit else {}),
         )
+        # a call a reviewer let through is counted against its budgets, never refused by them
+        reviewed = use_approval is not None or use_grant is not None or outcome == "would_deny"
+        spends = [BudgetSpend(u.name, u.scope, u.spend, u.budget.limit, u.budget.window_seconds,
+                              enforce=not reviewed) for u in uses]
         record.timings_us = dict(clocked.timings)
         committed = await self.store.commit_decision(record, advance=advance, token=token_row,
-                                                     use_approval=use_approval, use_grant_id=use_grant)
+                                                     use_approval=use_approval, use_grant_id=use_grant,
+                                                     spends=spends)
         clocked.lap("store")
         if not committed.committed:
-            # another call moved the task on (or used the approval) first: this one loses, and says so
+            # another call moved the task on, used the approval, or spent the budget first:
+            # this one loses, and says so
             record.id = new_id("dec")
             record.token_jti = record.token_expires_at = None
+            if committed.conflict and committed.conflict.startswith("budget:"):
+                name = committed.conflict.partition(":")[2]
+                lost = next(u for u in uses if u.name == name)
+                record.outcome, record.reasons = budget_verdict("allow", [], [lost])
+                return await self._commit_refusal(call, record, task, digest, nexts, clocked)
             return await self._deny_early(record, ReasonCode.CONCURRENT_STEP)
         after = task.model_copy(update={"history": [*task.history, entry]})
         return Verdict(
@@ -527,6 +650,44 @@ class Decider:
             explanation=explain(reasons, nexts), allowed_next=[] if complete else allowed_next(intent, after),
             token=minted, task_completed=complete,
         )
+
+    async def _commit_refusal(self, call: CallRequest, record: DecisionRecord, task: Task, digest: str,
+                              nexts: list[str], clocked: _Clocked) -> Verdict:
+        """Record a deny or hold (with its pending approval) and answer it."""
+        approval = None
+        if record.outcome == "hold":
+            approval = ApprovalRecord(
+                id=new_id("apr"), decision_id=record.id, agent=call.agent.id, task_id=task.id,
+                step=call.step or "", tool=call.qualified_tool, arguments_sha256=digest,
+                policy_revision=self.policy.revision, reasons=record.reasons, created_at=record.at,
+                expires_at=min(record.at + self.approval_ttl, task.expires_at),
+            )
+        record.timings_us = dict(clocked.timings)
+        await self.store.commit_decision(record, approval=approval)
+        clocked.lap("store")
+        return Verdict(
+            decision_id=record.id, outcome=record.outcome, reasons=record.reasons,
+            explanation=explain(record.reasons, nexts), allowed_next=nexts,
+            approval_id=approval.id if approval else None,
+        )
+
+
+def grant_may_cover(intent: Intent, step: str | None, tool: str) -> bool:
+    """A break-glass grant covers only a call to a real step of the task's intent, with that
+    step's own tool: it never turns ``unknown_step`` or ``tool_mismatch`` into an allow."""
+    spec = intent.steps.get(step or "")
+    return spec is not None and spec.tool == tool
+
+
+def budget_verdict(outcome: Outcome, reasons: list[str], exceeded: list[BudgetUse]) -> tuple[Outcome, list[str]]:
+    """A call the workflow and the policy allowed (or held) that would overspend a budget is
+    denied (a budget with ``on_exceed: deny``) or held for a reviewer (``hold``)."""
+    if not exceeded or outcome not in ("allow", "hold"):
+        return outcome, reasons
+    over = [reason(ReasonCode.BUDGET_EXCEEDED, u.name) for u in exceeded]
+    if any(u.budget.on_exceed == "deny" for u in exceeded):
+        return "deny", over + (reasons if outcome == "hold" else [])
+    return "hold", over + reasons
 
 
 def policy_input(
@@ -541,6 +702,7 @@ def policy_input(
             "id": task.id,
             "started_at": iso(task.created_at),
             "expires_at": iso(task.expires_at),
+            "issuer": task.issuer,
             "history": [{"step": h.step, "tool": h.tool, "decision": h.decision} for h in task.history],
         },
         "call": {

@@ -2,8 +2,10 @@
 
 It writes a config (the repository's ``intents/`` and ``opa/``, SQLite, embedded Rego, the
 development issuer, the five example tool servers of ``agents_examples/servers`` as stdio
-upstreams), starts ``intentgate serve`` on a free port of 127.0.0.1, runs the example agents
-of ``agents_examples/`` against it over Streamable HTTP, and prints what the gateway decided,
+upstreams, the support queue as the task issuer of the support intents), starts
+``intentgate serve`` on a free port of 127.0.0.1, has the support queue begin each agent's
+task and runs the example agents of ``agents_examples/`` against it over Streamable HTTP
+(the hijacked one also tries to begin tasks of its own), and prints what the gateway decided,
 read back from its own database, and whether the audit chain verifies.  Then it keeps the
 gateway running for the reviewer UI and API until Ctrl-C (unless ``--no-serve``).
 
@@ -45,7 +47,9 @@ from .keys import KeySet
 __all__ = [
     "AGENTS",
     "REPO_ROOT",
+    "ORCHESTRATOR",
     "SERVERS",
+    "TASK_ISSUERS",
     "DemoGateway",
     "DemoSummary",
     "free_port",
@@ -65,6 +69,12 @@ AGENTS = {
     "llm": "spiffe://example.org/agent/support-llm",
     "oncall": "spiffe://example.org/agent/support-oncall",
 }
+# the support queue: the task issuer that begins the support agents' tasks (agents_examples/orchestrator.py)
+ORCHESTRATOR = "spiffe://example.org/orchestrator"
+TASK_ISSUERS = [
+    {"name": "support-queue", "subjects": [ORCHESTRATOR], "intents": ["refund-order", "triage-ticket"],
+     "agents": ["spiffe://example.org/agent/support-*"]},
+]
 
 
 def free_port() -> int:
@@ -107,6 +117,8 @@ def write_config(data_dir: Path, *, root: Path = REPO_ROOT) -> Path:
         "environment": "demo",
         "policy": {"engine": "embedded"},
         "identity": {"dev_issuer": True},
+        # what moves money, credentials or mail is begun by a task issuer, never by an agent
+        "tasks": {"begin": ["issuer"], "issuers": TASK_ISSUERS},
         "upstreams": upstreams,
     }
     config_path.write_text("# written by `intentgate demo`\n" + yaml.safe_dump(document, sort_keys=False))
@@ -230,6 +242,7 @@ class DemoSummary:
     by_reason: dict[str, int]
     tokens: dict[str, int]  # minted, consumed, revoked, unused
     tasks: dict[str, int]  # task status -> count
+    begins: dict[str, int]  # "begun by <issuer>" / "refused: <reason code>" -> task begins
     chain_ok: bool
     chain_checked: int
     chain_problems: list[str]
@@ -244,7 +257,7 @@ def read_summary(config: GatewayConfig) -> DemoSummary:
 
     store = Store.open(config.database_url, timeout=config.store.timeout_seconds)
     try:
-        def figures(conn: Any) -> tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]:
+        def figures(conn: Any) -> tuple[dict[str, int], ...]:
             calls = DecisionRow.__table__.c  # type: ignore[attr-defined]
             by_outcome = dict(conn.execute(
                 select(calls.outcome, func.count()).where(calls.kind == "tools/call").group_by(calls.outcome)).all())
@@ -263,9 +276,17 @@ def read_summary(config: GatewayConfig) -> DemoSummary:
             tokens = dict(conn.execute(select(tok.status, func.count()).group_by(tok.status)).all())
             task = TaskRow.__table__.c  # type: ignore[attr-defined]
             tasks = dict(conn.execute(select(task.status, func.count()).group_by(task.status)).all())
-            return by_outcome, by_reason, tokens, tasks
+            begins: dict[str, int] = {}
+            for issuer, n in conn.execute(select(task.issuer, func.count()).group_by(task.issuer)).all():
+                key = f"tasks begun by {str(issuer).split(':', 1)[0]}" if issuer else "tasks begun by the agent itself"
+                begins[key] = begins.get(key, 0) + n
+            for (reasons,) in conn.execute(select(calls.reasons).where(calls.kind == "task/begin",
+                                                                      calls.outcome == "deny")):
+                key = f"task begins refused: {reasons[0].split(':', 1)[0] if reasons else '-'}"
+                begins[key] = begins.get(key, 0) + 1
+            return by_outcome, by_reason, tokens, tasks, begins
 
-        by_outcome, by_reason, tokens, tasks = store.db.run_sync(figures)
+        by_outcome, by_reason, tokens, tasks, begins = store.db.run_sync(figures)
         chain = store.verify_chain()
     finally:
         store.close()
@@ -273,7 +294,7 @@ def read_summary(config: GatewayConfig) -> DemoSummary:
         calls=sum(by_outcome.values()), by_outcome=by_outcome, by_reason=dict(sorted(by_reason.items())),
         tokens={"minted": sum(tokens.values()), "consumed": tokens.get("consumed", 0),
                 "revoked": tokens.get("revoked", 0), "unused": tokens.get("issued", 0)},
-        tasks=tasks, chain_ok=chain.ok, chain_checked=chain.checked, chain_problems=chain.problems,
+        tasks=tasks, begins=dict(sorted(begins.items())), chain_ok=chain.ok, chain_checked=chain.checked, chain_problems=chain.problems,
     )
 
 
@@ -284,17 +305,31 @@ async def run_agents(gw: DemoGateway, say: Callable[[str], None], heading: Calla
     """Run the example agents in order against the gateway; their transcripts."""
     from agents_examples import hijacked_agent, llm_style_agent, reviewer_scenario, support_agent
 
+    from agents_examples.orchestrator import Orchestrator
+
     runs: list[Any] = []
     support = gw.agent_token(AGENTS["support"])
-    heading("1. A support agent refunds ticket TCK-1001 by the book")
-    runs.append(await support_agent.run(gw.mcp_url, support, say=say))
+    queue = Orchestrator(gw.base_url, gw.agent_token(ORCHESTRATOR))
+
+    async def assign(agent: str, ticket: str) -> str:
+        task = await queue.assign_refund(agent, ticket)
+        say(f"[support queue] began refund-order for {agent} on {ticket}: task {task}")
+        return task
+
+    heading("1. The support queue assigns TCK-1001; the agent refunds it by the book")
+    runs.append(await support_agent.run(gw.mcp_url, support, task=await assign(AGENTS["support"], "TCK-1001"),
+                                        say=say))
     heading("2. The same agent on TCK-1002, whose text carries a prompt injection")
-    runs.append(await hijacked_agent.run(gw.mcp_url, support, say=say))
+    runs.append(await hijacked_agent.run(gw.mcp_url, support, task=await assign(AGENTS["support"], "TCK-1002"),
+                                         say=say))
     heading("3. An LLM-style agent (no _meta: task and step as arguments) triages TCK-1001")
-    runs.append(await llm_style_agent.run(gw.mcp_url, gw.agent_token(AGENTS["llm"]), say=say))
+    triage = await queue.begin(AGENTS["llm"], "triage-ticket", llm_style_agent.PARAMS, "triage TCK-1001")
+    say(f"[support queue] began triage-ticket for {AGENTS['llm']} on TCK-1001: task {triage['task']}")
+    runs.append(await llm_style_agent.run(gw.mcp_url, gw.agent_token(AGENTS["llm"]), task=triage["task"], say=say))
     heading("4. A large refund held for a reviewer, approved over REST; then break-glass")
     runs.append(await reviewer_scenario.run(
-        gw.mcp_url, support, admin_token=gw.admin_token(), oncall_token=gw.agent_token(AGENTS["oncall"]), say=say))
+        gw.mcp_url, support, admin_token=gw.admin_token(), orchestrator=queue,
+        oncall_token=gw.agent_token(AGENTS["oncall"]), say=say))
     return runs
 
 
@@ -334,6 +369,10 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
     figures.add_section()
     for status, count in sorted(summary.tasks.items()):
         figures.add_row(f"tasks {status}", str(count))
+    figures.add_section()
+    for what, count in summary.begins.items():
+        colour = "red" if "refused" in what else "green"
+        figures.add_row(f"[{colour}]{what}[/{colour}]", str(count))
     reasons = Table(title="Denied or held by reason code; allowed by exception", title_justify="left")
     reasons.add_column("reason code")
     reasons.add_column("calls", justify="right")

@@ -58,6 +58,13 @@ class ReasonCode(StrEnum):
     TASK_EXPIRED = "task_expired"
     TASK_ENDED = "task_ended"
     MISSING_TASK_CONTEXT = "missing_task_context"
+    # who began the task
+    TASK_ISSUER_REQUIRED = "task_issuer_required"
+    ISSUER_NOT_PERMITTED = "issuer_not_permitted"
+    INVALID_TASK_GRANT = "invalid_task_grant"
+    TASK_GRANT_EXPIRED = "task_grant_expired"
+    TASK_GRANT_AGENT = "task_grant_agent"
+    TASK_GRANT_REPLAYED = "task_grant_replayed"
     # workflow
     UNKNOWN_STEP = "unknown_step"
     STEP_OUT_OF_ORDER = "step_out_of_order"
@@ -69,6 +76,8 @@ class ReasonCode(StrEnum):
     BINDING_MISMATCH = "binding_mismatch"
     BINDING_UNRESOLVED = "binding_unresolved"
     CONCURRENT_STEP = "concurrent_step"
+    # cross-task limits
+    BUDGET_EXCEEDED = "budget_exceeded"
     # policy
     POLICY = "policy"
     POLICY_DENIED = "policy_denied"

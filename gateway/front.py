@@ -33,8 +33,8 @@ from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .canonical import canonical_json
-from .decide import CallRequest, Verdict
-from .errors import GatewayError, ReasonCode, TokenError, reason
+from .decide import CallRequest, TaskStarted, Verdict
+from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
 from .reads import ReadRequest, decide_read, refuse_read
 from .runtime import Runtime
@@ -69,15 +69,19 @@ _GATEWAY_TOOLS = [
     ),
     types.Tool(
         name=f"{GATEWAY}{SEP}begin_task",
-        description="Declare an intent and begin a task; returns the task id, its expiry and the start steps.",
+        description=(
+            "Begin a task; returns the task id, its expiry and the start steps. Give the task grant your "
+            "host handed you ({grant}), or, for an intent you may begin yourself, {intent, params, reason}. "
+            "Tasks begun for you by a task issuer need no call: you are given their task id."
+        ),
         input_schema={
             "type": "object",
             "properties": {
+                "grant": {"type": "string", "description": "a task grant (JWT) from your host or orchestrator"},
                 "intent": {"type": "string"},
                 "params": {"type": "object"},
                 "reason": {"type": "string", "description": "why the task is needed (free text)"},
             },
-            "required": ["intent", "params", "reason"],
             "additionalProperties": False,
         },
     ),
@@ -337,7 +341,7 @@ class Front:
                 intents = [
                     {
                         "name": i.name, "version": i.version, "description": i.description, "params": i.params,
-                        "start": i.start, "ttl_seconds": i.ttl_seconds,
+                        "start": i.start, "ttl_seconds": i.ttl_seconds, "begin": self.rt.intents.begin_modes(i),
                         "steps": {s: {"tool": st.tool.replace(".", SEP, 1), "next": st.next,
                                       "description": st.description, "approval": st.approval}
                                   for s, st in i.steps.items()},
@@ -346,17 +350,15 @@ class Front:
                 ]
                 return _ok_result({"intents": intents})
             if name == "begin_task":
-                params = args.get("params")
-                if not isinstance(args.get("intent"), str) or not isinstance(params, dict):
-                    raise GatewayError("begin_task needs intent (string) and params (object)",
-                                       code=ReasonCode.INVALID_PARAMS)
-                started = await decider.begin_task(agent, args["intent"], params, args.get("reason", ""))
+                started = await self._begin_task(agent, args)
                 return _ok_result({"task": started.task_id, "intent": started.intent,
                                    "version": started.intent_version, "expires_at": started.expires_at,
-                                   "start_steps": started.start_steps, "decision_id": started.decision_id})
+                                   "start_steps": started.start_steps, "decision_id": started.decision_id,
+                                   "issuer": started.issuer})
             if name == "end_task":
-                if not isinstance(args.get("task"), str):
-                    raise GatewayError("end_task needs task (string)", code=ReasonCode.INVALID_PARAMS)
+                if not isinstance(args.get("task"), str):  # recorded like any refused call
+                    verdict = await decider.refuse(request, ReasonCode.INVALID_PARAMS, "task")
+                    return _error_result(_verdict_payload(verdict))
                 ended = await decider.end_task(agent, args["task"])
                 return _ok_result({"task": ended.task_id, "status": ended.status,
                                    "revoked_tokens": ended.revoked_tokens, "decision_id": ended.decision_id})
@@ -365,6 +367,26 @@ class Front:
                                   "decision_id": exc.decision_id})
         verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, f"{GATEWAY}{SEP}{name}"[:128])
         return _error_result(_verdict_payload(verdict))
+
+    async def _begin_task(self, agent: AgentIdentity, args: dict[str, Any]) -> TaskStarted:
+        """``intentgate__begin_task``: from a task grant, or (where the intent allows it) by the agent."""
+        decider = self.rt.decider
+        if "grant" in args:
+            if set(args) != {"grant"}:
+                raise await decider.refuse_begin(agent, ReasonCode.INVALID_PARAMS,
+                                                 "give either a grant or intent, params and reason, not both")
+            try:
+                grant = self.rt.task_issuers.verify_grant(args["grant"], agent=agent.id)
+            except TaskError as exc:  # forged, expired, for another agent: recorded, the detail kept
+                log.info("task grant refused: %s", exc.message, extra={"code": exc.code.value})
+                raise await decider.refuse_begin(agent, exc.code, "the task grant was refused") from exc
+            return await decider.begin_task(agent, grant.intent, grant.params, grant.reason, grant=grant)
+        params = args.get("params")
+        if not isinstance(args.get("intent"), str) or not isinstance(params, dict):
+            raise await decider.refuse_begin(agent, ReasonCode.INVALID_PARAMS,
+                                             "begin_task needs a grant, or intent (string) and params (object)",
+                                             intent=args.get("intent") if isinstance(args.get("intent"), str) else None)
+        return await decider.begin_task(agent, args["intent"], params, args.get("reason", ""))
 
     async def _gated_call(
         self, ctx: Any, agent: AgentIdentity, upstream_name: str, tool: str, params: types.CallToolRequestParams

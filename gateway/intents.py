@@ -31,6 +31,7 @@ from .errors import IntentFileError
 
 __all__ = [
     "ArgumentRule",
+    "Budget",
     "Intent",
     "IntentRegistry",
     "Problem",
@@ -144,6 +145,33 @@ class Step(BaseModel):
         return not self.next
 
 
+class Budget(BaseModel):
+    """A limit across tasks: calls to one step, or the sum of one of its numeric arguments,
+    within a sliding window, per agent (or per intent, parameter or argument value).
+
+    Budgets are named; intents that declare the same name share one budget (and must agree on
+    its limit, window, scope and what happens beyond it).  Without ``intent`` in ``per``, the
+    spend of every intent declaring the name counts together.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    step: str = Field(description="the step whose allowed calls spend the budget")
+    sum: str | None = Field(default=None, description="numeric argument whose values are summed (omit: count calls)")
+    limit: float = Field(gt=0, le=1e15)
+    window_seconds: int = Field(ge=1, le=366 * 86400)
+    per: list[str] = Field(
+        default_factory=lambda: ["agent"],
+        description="what one budget is kept for: agent, intent, params.<name>, arguments.<name>",
+    )
+    on_exceed: Literal["hold", "deny"] = Field(default="deny", description="a reviewer may approve a held call")
+
+    def shared_terms(self) -> tuple[Any, ...]:
+        """What two intents declaring this budget's name must agree on."""
+        return (self.limit, self.window_seconds, tuple(self.per), self.on_exceed, self.sum is None)
+
+
 class Intent(BaseModel):
     """A named, versioned workflow an agent may declare."""
 
@@ -156,8 +184,14 @@ class Intent(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     mode: Literal["enforce", "shadow"] = "enforce"
+    begin: list[Literal["issuer", "agent"]] | None = Field(
+        default=None, min_length=1,
+        description="who may begin a task of this intent: a task issuer, the agent itself, or both "
+        "(unset: the gateway's tasks.begin)",
+    )
     start: list[str] = Field(min_length=1)
     steps: dict[str, Step] = Field(min_length=1)
+    budgets: dict[str, Budget] = Field(default_factory=dict)
 
     _rules: dict[str, dict[str, ArgumentRule]] = PrivateAttr(default_factory=dict)
     _param_validators: dict[str, Draft202012Validator] = PrivateAttr(default_factory=dict)
@@ -170,6 +204,13 @@ class Intent(BaseModel):
 
     def permits_agent(self, agent_id: str) -> bool:
         return any(fnmatch.fnmatchcase(agent_id, pattern) for pattern in self.agents)
+
+    def begin_modes(self, default: Iterable[str] = ("issuer",)) -> list[str]:
+        """Who may begin a task of this intent (``default`` when the file does not say)."""
+        return list(self.begin) if self.begin is not None else list(default)
+
+    def budgets_of(self, step: str) -> list[tuple[str, Budget]]:
+        return [(name, b) for name, b in self.budgets.items() if b.step == step]
 
     def rules(self, step: str) -> dict[str, ArgumentRule]:
         return self._rules.get(step, {})
@@ -371,6 +412,43 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
                 optional=optional,
             )
         intent._rules[sname] = rules
+    problems.extend(_check_budgets(intent, file))
+    return problems
+
+
+_BUDGET_PER = re.compile(r"^(agent|intent|params\.[A-Za-z0-9_-]+|arguments\.[A-Za-z0-9_-]+)$")
+
+
+def _check_budgets(intent: Intent, file: str) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def err(message: str, name: str, field: str) -> None:
+        problems.append(Problem(Severity.ERROR, file, message, intent.name, None, f"budgets.{name}.{field}"))
+
+    for name, budget in intent.budgets.items():
+        if not re.match(NAME_RE, name):
+            err(f"budget name must match {NAME_RE}", name, "name")
+        step = intent.steps.get(budget.step)
+        if step is None:
+            err(f"budget on unknown step {budget.step!r}", name, "step")
+            continue
+        if budget.sum is not None:
+            spec = step.arguments.get(budget.sum)
+            if spec is None:
+                err(f"step {budget.step!r} has no argument {budget.sum!r} to sum", name, "sum")
+            elif "type" in spec and spec["type"] not in ("number", "integer"):
+                err(f"argument {budget.sum!r} must be declared with type number or integer to be summed", name, "sum")
+            elif spec.get("optional"):
+                err(f"argument {budget.sum!r} is optional: a call without it would spend nothing", name, "sum")
+        if len(set(budget.per)) != len(budget.per):
+            err("duplicate entry in per", name, "per")
+        for entry in budget.per:
+            if not _BUDGET_PER.match(entry):
+                err(f"per entry {entry!r} must be agent, intent, params.<name> or arguments.<name>", name, "per")
+            elif entry.startswith("params.") and entry[7:] not in intent.params:
+                err(f"per entry {entry!r}: no such parameter", name, "per")
+            elif entry.startswith("arguments.") and entry[10:] not in step.arguments:
+                err(f"per entry {entry!r}: step {budget.step!r} declares no such argument", name, "per")
     return problems
 
 
@@ -446,12 +524,18 @@ def _load_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
 
 
 class IntentRegistry:
-    """The loaded intents, by name, with a revision hash over all of them."""
+    """The loaded intents, by name, with a revision hash over all of them.
 
-    def __init__(self, intents: Iterable[Intent]) -> None:
+    ``default_begin`` is who may begin intents whose files do not say (``tasks.begin``); the
+    data document shows every intent's effective ``begin``.
+    """
+
+    def __init__(self, intents: Iterable[Intent], *, default_begin: Iterable[str] = ("issuer",)) -> None:
         self._intents = {i.name: i for i in intents}
+        self.default_begin = list(default_begin)
         self.revision = sha256_hex(
-            canonical_json({n: i.document() for n, i in sorted(self._intents.items())})
+            canonical_json({"intents": {n: i.document() for n, i in sorted(self._intents.items())},
+                            "default_begin": self.default_begin})
         )[:16]
         self._tools = {t for i in self._intents.values() for t in i.tools()}
 
@@ -476,12 +560,33 @@ class IntentRegistry:
     def tools(self) -> set[str]:
         return set(self._tools)
 
+    def begin_modes(self, intent: Intent) -> list[str]:
+        return intent.begin_modes(self.default_begin)
+
     def data_document(self) -> dict[str, Any]:
-        """``{name: intent document}`` for ``data.intentgate.intents``."""
-        return {n: i.document() for n, i in self._intents.items()}
+        """``{name: intent document}`` for ``data.intentgate.intents`` (``begin`` made effective)."""
+        return {n: {**i.document(), "begin": self.begin_modes(i)} for n, i in self._intents.items()}
 
 
-def check_intents(directory: Path) -> tuple[IntentRegistry, list[Problem]]:
+def _check_shared_budgets(intents: list[Intent]) -> list[Problem]:
+    """Intents that declare one budget name share it: they must agree on its terms."""
+    problems: list[Problem] = []
+    first: dict[str, tuple[Intent, Budget]] = {}
+    for intent in intents:
+        for name, budget in intent.budgets.items():
+            if name not in first:
+                first[name] = (intent, budget)
+            elif first[name][1].shared_terms() != budget.shared_terms():
+                problems.append(Problem(
+                    Severity.ERROR, intent._source,
+                    f"budget {name!r} is also declared by intent {first[name][0].name!r} with another limit, "
+                    "window, per, on_exceed or kind (count or sum); one name is one budget",
+                    intent.name, None, f"budgets.{name}"))
+    return problems
+
+
+def check_intents(directory: Path, *, default_begin: Iterable[str] = ("issuer",)
+                  ) -> tuple[IntentRegistry, list[Problem]]:
     """Load every ``*.yaml``/``*.yml`` under ``directory``; return what loaded and all problems."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -513,12 +618,15 @@ def check_intents(directory: Path) -> tuple[IntentRegistry, list[Problem]]:
             intents.append(intent)
     if not files:
         problems.append(Problem(Severity.WARNING, str(directory), "no intent files (*.yaml) found"))
-    return IntentRegistry(intents), problems
+    shared = _check_shared_budgets(intents)
+    problems.extend(shared)
+    bad = {p.intent for p in shared}
+    return IntentRegistry([i for i in intents if i.name not in bad], default_begin=default_begin), problems
 
 
-def load_intents(directory: Path) -> IntentRegistry:
+def load_intents(directory: Path, *, default_begin: Iterable[str] = ("issuer",)) -> IntentRegistry:
     """Load intents for serving: any error-level problem raises ``IntentFileError``."""
-    registry, problems = check_intents(directory)
+    registry, problems = check_intents(directory, default_begin=default_begin)
     errors = [str(p) for p in problems if p.severity is Severity.ERROR]
     if errors:
         raise IntentFileError(errors)

@@ -7,9 +7,14 @@ Rego policy, and compares the verdict with the verdict recorded then (from the r
 workflow result and policy answer).  Approvals and break-glass grants are exceptions granted
 by people, not verdicts: both sides are compared without them.  Nothing is written.
 
+Task begins are replayed from the input recorded with them: who may begin the intent, for
+which agents, with which parameters (the candidate intents), then the candidate policy.  A
+call's budgets are judged by the candidate intents' limits on what was used when it was
+decided (the ``usage`` recorded in its input).
+
 Decisions taken before the policy (unknown task, missing context, oversized or malformed
-calls, task begin/end) are counted as skipped, as are calls whose arguments were kept out of
-the audit log (``audit.arguments: false``): without them the workflow cannot be re-run.
+calls, task ends) are counted as skipped, as are calls whose arguments were kept out of the
+audit log (``audit.arguments: false``): without them the workflow cannot be re-run.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, computed_field
 
-from .decide import CallRequest, policy_input, verdict_of
+from .decide import CallRequest, budget_verdict, policy_input, verdict_of
+from .errors import ReasonCode, reason
 from .identity import AgentIdentity
 from .intents import IntentRegistry
 from .policy import PolicyEngine, PolicyResult
 from .reads import read_verdict
 from .store import DecisionRecord, Store
+from .usage import BudgetUse, call_budget_uses, usage_document
 from .workflow import Task, check_call
 
 __all__ = ["ReplayChange", "ReplayReport", "Replayer"]
@@ -80,12 +87,33 @@ class ReplayReport(BaseModel):
         return sum(n for t, n in self.transitions.items() if t.endswith("->allow"))
 
 
+def _recorded_uses(intent: Any, task: Task, call: CallRequest, pinput: dict[str, Any]) -> list[BudgetUse]:
+    """The candidate intent's budgets for this call, with what was used of each when it was
+    decided (from the recorded ``usage``; a budget new in the candidate counts from zero)."""
+    recorded = ((pinput.get("usage") or {}).get("budgets") or {})
+    uses = call_budget_uses(intent, call.step or "", agent=call.agent.id, params=task.params,
+                            arguments=call.untrusted_arguments)
+    out = []
+    for u in uses:
+        then = recorded.get(u.name)
+        used = then.get("used") if isinstance(then, dict) and then.get("scope") == u.scope else 0.0
+        out.append(u.with_used(float(used) if isinstance(used, int | float) and not isinstance(used, bool) else 0.0))
+    return out
+
+
+def _replayable_begin(record: DecisionRecord) -> bool:
+    """A task begin recorded with its full input (older ones kept only params and reason)."""
+    return record.kind == "task/begin" and (record.policy_input or {}).get("action") == "task/begin"
+
+
 def _held_or_denied(reasons: list[str]) -> str:
     return "hold" if reasons and reasons[0].split(":")[0] in _HOLD_CODES else "deny"
 
 
 def _recorded_verdict(record: DecisionRecord) -> tuple[str, list[str]] | None:
     """The verdict the workflow and policy gave then, before any approval or grant."""
+    if _replayable_begin(record):
+        return record.outcome, list(record.reasons)
     if record.policy_input is None or record.policy_result is None:
         return None
     reasons = [r for r in record.reasons if not r.startswith(_EXCEPTIONS)]
@@ -127,6 +155,8 @@ class Replayer:
 
     async def replay_one(self, record: DecisionRecord) -> tuple[str, list[str]] | str:
         """The candidate verdict ``(outcome, reasons)``, or why the decision cannot be replayed."""
+        if _replayable_begin(record):
+            return await self._replay_begin(record.policy_input or {})
         if record.policy_input is None or record.policy_result is None:
             return "decided before the policy"
         if record.kind in _READS:
@@ -155,9 +185,38 @@ class Replayer:
         context = pinput.get("context") or {}
         candidate_input = policy_input(call, intent, then, wf, record.at, context.get("mode") or "enforce",
                                        self.environment)
+        uses = _recorded_uses(intent, then, call, pinput)
+        if uses:
+            candidate_input["usage"] = usage_document(uses)
         result = await self._evaluate(candidate_input)
         step = intent.steps.get(record.step or "")
-        return verdict_of(wf, result, step.approval if step else "never")
+        outcome, reasons = verdict_of(wf, result, step.approval if step else "never")
+        return budget_verdict(outcome, reasons, [u for u in uses if u.exceeded])
+
+    async def _replay_begin(self, pinput: dict[str, Any]) -> tuple[str, list[str]] | str:
+        """A task begin against the candidate intents (who may begin it, for whom, with what)
+        and the candidate policy, from the input recorded then (usage as it stood)."""
+        name = (pinput.get("intent") or {}).get("name")
+        intent = self.intents.get(name) if isinstance(name, str) else None
+        agent = (pinput.get("agent") or {}).get("id") or ""
+        issuer = pinput.get("issuer")
+        params = pinput.get("params")
+        if intent is None:
+            return "deny", [ReasonCode.UNKNOWN_INTENT.value]
+        if not intent.permits_agent(agent):
+            return "deny", [ReasonCode.AGENT_NOT_PERMITTED.value]
+        modes = self.intents.begin_modes(intent)
+        if not isinstance(issuer, dict) and "agent" not in modes:
+            return "deny", [ReasonCode.TASK_ISSUER_REQUIRED.value]
+        if isinstance(issuer, dict) and "issuer" not in modes:
+            return "deny", [reason(ReasonCode.ISSUER_NOT_PERMITTED, issuer.get("name"))]
+        if not isinstance(params, dict) or intent.param_errors(params):
+            return "deny", [ReasonCode.INVALID_PARAMS.value]
+        result = await self._evaluate({**pinput, "intent": {"name": intent.name, "version": intent.version}})
+        if result.allow and not result.hold:
+            return "allow", []
+        head = ReasonCode.POLICY_DENIED if not result.allow else ReasonCode.POLICY_HOLD
+        return "deny", [head.value, *(reason(ReasonCode.POLICY, r) for r in result.reasons)]
 
     async def _evaluate(self, pinput: dict[str, Any]) -> PolicyResult:
         async with asyncio.timeout(self.policy_timeout):

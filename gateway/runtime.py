@@ -17,6 +17,7 @@ from .metrics import Metrics
 from .policy import PolicyEngine, make_engine
 from .ratelimit import RateLimiter
 from .store import Store
+from .tasks import TaskGrantMinter, TaskIssuers
 from .tokens import ActionTokenIssuer
 from .verify import ActionTokenVerifier
 
@@ -39,11 +40,12 @@ class Runtime:
     verifier: ActionTokenVerifier
     decider: Decider
     metrics: Metrics
+    task_issuers: TaskIssuers
 
     @classmethod
     async def open(cls, config: GatewayConfig, *, clock: Clock | None = None) -> Runtime:
         clock = clock or SystemClock()
-        intents = load_intents(config.intents_dir)
+        intents = load_intents(config.intents_dir, default_begin=config.tasks.begin)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         policy = make_engine(
             config.policy.engine,
@@ -85,6 +87,7 @@ class Runtime:
                 limiter=RateLimiter(config.front.rate_limit_per_second, config.front.rate_limit_burst, clock)
                 if config.front.rate_limit_per_second else None,
             )
+            task_issuers = TaskIssuers(config.tasks, local_keys=cls._task_issuer_keys(config, clock), clock=clock)
         except BaseException:
             if store is not None:
                 store.close()
@@ -92,7 +95,16 @@ class Runtime:
             raise
         metrics = Metrics()
         store.events = metrics
-        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider, metrics)
+        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider, metrics, task_issuers)
+
+    @staticmethod
+    def _task_issuer_keys(config: GatewayConfig, clock: Clock) -> KeySet | None:
+        return KeySet.open_or_create(config.task_issuer_keys_dir, clock=clock) if config.tasks.local_issuer else None
+
+    def task_grant_minter(self) -> TaskGrantMinter:
+        """Signs task grants as the ``local`` task issuer (``intentgate task grant``)."""
+        return TaskGrantMinter(KeySet.open_or_create(self.config.task_issuer_keys_dir, clock=self.clock),
+                               clock=self.clock)
 
     def identity_verifier(self) -> IdentityVerifier:
         """Verifier for agents' workload tokens: configured issuers, plus the dev issuer if enabled."""
@@ -112,6 +124,10 @@ class Runtime:
                 expired = await self.decider.expire_tasks()
                 if expired:
                     log.info("expired %d task(s) and revoked their tokens", expired)
+                now = self.clock.now()
+                windows = [b.window_seconds for i in self.decider.intents for b in i.budgets.values()]
+                await self.store.purge(spends_before=now - 2 * max(windows, default=366 * 86400),
+                                       grants_before=now - self.config.tasks.leeway_seconds)
             except GatewayError as exc:
                 log.warning("task expiry sweep failed: %s", exc.message)
 

@@ -4,6 +4,8 @@
   check: no valid workload token, no MCP (401, one opaque answer);
 - ``POST /v1/decide``: the same pipeline for enforcement points that are not MCP clients
   (an ext-authz hook, say); the answer carries the action token on allow;
+- ``POST /v1/tasks``, ``POST /v1/tasks/{id}/end``: task issuers begin tasks for agents (and end
+  them), with their own workload token (``gateway.tasks``);
 - ``POST /v1/tokens/redeem``: tool servers burn an action token in the gateway's database
   (``gateway.redeem``): honoured once across every replica;
 - ``/.well-known/jwks.json``: the public keys that verify action tokens;
@@ -19,9 +21,9 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +40,7 @@ from .redeem import Redeemed, redeem
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
+from .tasks import TaskIssuer
 from .ui import router as ui_router
 from .upstreams import UpstreamPool
 
@@ -70,6 +73,56 @@ class DecideResponse(BaseModel):
     approval_id: str | None = None
     token: str | None = Field(default=None, description="the action token, on allow")
     token_expires_at: int | None = None
+
+
+class TaskBeginRequest(BaseModel):
+    """A task issuer begins a task for an agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str = Field(min_length=1, max_length=512, description="the agent the task is for (its workload id)")
+    intent: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any] = Field(default_factory=dict)
+    reason: str = Field(min_length=1, max_length=2000, description="why the task is needed (free text)")
+    ttl_seconds: int | None = Field(default=None, ge=1, description="shorter than the intent's ttl, if given")
+
+
+class TaskBeginResponse(BaseModel):
+    task: str
+    agent: str
+    intent: str
+    version: str
+    issuer: str | None
+    expires_at: float
+    start_steps: list[str]
+    decision_id: str
+
+
+class TaskEndResponse(BaseModel):
+    task: str
+    status: str
+    revoked_tokens: int
+    decision_id: str
+
+
+class TaskRefusal(BaseModel):
+    error: str = Field(description="a reason code: issuer_not_permitted, unknown_intent, invalid_params, ...")
+    message: str
+    decision_id: str | None = Field(default=None, description="the refusal as recorded in the decision log")
+
+
+class _BodyInvalid(BaseModel):
+    """FastAPI's answer to a request body that does not fit its model."""
+
+    detail: list[dict[str, Any]]
+
+
+# HTTP status of a refused task begin, by reason code (anything else: 403)
+_TASK_STATUS = {
+    ReasonCode.UNKNOWN_INTENT: 404, ReasonCode.UNKNOWN_TASK: 404, ReasonCode.INVALID_PARAMS: 422,
+    ReasonCode.MALFORMED_REQUEST: 422, ReasonCode.RATE_LIMITED: 429, ReasonCode.TASK_ENDED: 409,
+    ReasonCode.STORE_ERROR: 503, ReasonCode.POLICY_ERROR: 503, ReasonCode.INTERNAL_ERROR: 503,
+}
 
 
 class RedeemRequest(BaseModel):
@@ -236,6 +289,66 @@ def create_app(config: GatewayConfig) -> FastAPI:
                   else 503 if result.code in (ReasonCode.STORE_ERROR, ReasonCode.INTERNAL_ERROR) else 403)
         refusal = RedeemRefusal(error=result.code.value, message=result.message, decision_id=result.decision_id)
         return JSONResponse(refusal.model_dump(), status_code=status)
+
+    task_refusals: dict[int | str, dict[str, Any]] = {
+        401: {"description": "no valid workload token"},
+        403: {"model": TaskRefusal, "description": "not a task issuer, or not for this intent or agent"},
+        404: {"model": TaskRefusal}, 409: {"model": TaskRefusal},
+        422: {"model": TaskRefusal | _BodyInvalid,
+              "description": "the task's parameters do not fit the intent, or the request body does not fit"},
+        429: {"model": TaskRefusal}, 503: {"model": TaskRefusal}, 400: _NOT_JSON}
+
+    def _refused(exc: GatewayError) -> JSONResponse:
+        body = TaskRefusal(error=exc.code.value, message=exc.message, decision_id=exc.decision_id)
+        return JSONResponse(body.model_dump(), status_code=_TASK_STATUS.get(exc.code, 403))
+
+    async def _issuer(request: Request, agent: str, intent: str | None) -> TaskIssuer | JSONResponse:
+        """The task issuer the bearer token proves, or the response refusing the request."""
+        try:
+            caller = request.app.state.verify(_bearer(request.headers))
+        except IdentityError:
+            return JSONResponse(_UNAUTHENTICATED, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        rt: Runtime = request.app.state.runtime
+        issuer = rt.task_issuers.for_subject(caller.id)
+        if issuer is None:
+            log.info("task request refused: %s is no task issuer", caller.id[:200])
+            return _refused(await rt.decider.refuse_begin(
+                AgentIdentity(id=agent[:512] or "-"), ReasonCode.ISSUER_NOT_PERMITTED,
+                "the caller is not a task issuer", intent=intent))
+        return issuer
+
+    @app.post("/v1/tasks", response_model=TaskBeginResponse, status_code=201, responses=task_refusals)
+    async def begin_task(body: TaskBeginRequest, request: Request) -> Any:
+        """A task issuer (a workload whose identity matches ``tasks.issuers[].subjects``) begins a
+        task for an agent; the agent then calls tools with the task id it is given."""
+        issuer = await _issuer(request, body.agent, body.intent)
+        if isinstance(issuer, JSONResponse):
+            return issuer
+        rt: Runtime = request.app.state.runtime
+        try:
+            started = await rt.decider.begin_task(AgentIdentity(id=body.agent), body.intent, body.params,
+                                                  body.reason, issuer=issuer, ttl_seconds=body.ttl_seconds)
+        except GatewayError as exc:
+            return _refused(exc)
+        return TaskBeginResponse(task=started.task_id, agent=started.agent, intent=started.intent,
+                                 version=started.intent_version, issuer=started.issuer,
+                                 expires_at=started.expires_at, start_steps=started.start_steps,
+                                 decision_id=started.decision_id)
+
+    @app.post("/v1/tasks/{task_id}/end", response_model=TaskEndResponse, responses=task_refusals)
+    async def end_task(task_id: Annotated[str, Path(min_length=1, max_length=64)], request: Request) -> Any:
+        """The task issuer that began a task ends it: every token it was issued and not used is revoked."""
+        rt: Runtime = request.app.state.runtime
+        task = await rt.store.get_task(task_id)
+        issuer = await _issuer(request, task.agent if task else "-", task.intent if task else None)
+        if isinstance(issuer, JSONResponse):
+            return issuer
+        try:
+            ended = await rt.decider.end_task(AgentIdentity(id=task.agent if task else "-"), task_id, issuer=issuer)
+        except GatewayError as exc:
+            return _refused(exc)
+        return TaskEndResponse(task=ended.task_id, status=ended.status, revoked_tokens=ended.revoked_tokens,
+                               decision_id=ended.decision_id)
 
     app.include_router(review_router)
     app.include_router(ui_router)

@@ -69,6 +69,7 @@ class Task(BaseModel):
     ended_at: float | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     version: int = 0
+    issuer: str | None = Field(default=None, description="the task issuer that began it; None: the agent itself")
 
     @property
     def last_step(self) -> str | None:

@@ -1,7 +1,8 @@
 """Policy inputs recorded by the real pipeline, for comparing policy engines on them.
 
 A gateway runtime (real SQLite store, embedded engine, this repository's intents and policy)
-runs a seeded mix of workflows: conformant ones, skipped and repeated steps, bound arguments
+runs a seeded mix of workflows: task begins by the issuer and by the agent itself (refused where
+the intent is issuer-begun), conformant ones, skipped and repeated steps, bound arguments
 changed, amounts either side of the refund limits, credential rotations in and out of the
 change window, calls on ended tasks.  The inputs are then read back from the decision log,
 exactly as recorded, so engines are compared on what the gateway actually sends them.
@@ -24,6 +25,7 @@ from gateway.errors import TaskError
 from gateway.identity import AgentIdentity
 from gateway.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
+from tests.tasks import ISSUER
 
 __all__ = ["record_policy_inputs"]
 
@@ -67,7 +69,12 @@ async def record_policy_inputs(tmp_path: Path, n: int = 1000, seed: int = 202611
 
 async def _refund(d: Any, rng: random.Random) -> int:
     order = f"ORD-{rng.randint(1, 99)}"
-    started = await d.begin_task(SUPPORT, "refund-order", {"ticket_id": "TCK-1", "order_id": order}, "refund")
+    params = {"ticket_id": "TCK-1", "order_id": order}
+    if rng.random() < 0.1:  # the agent tries to begin it itself, or begins the lookup it may begin
+        with contextlib.suppress(TaskError):
+            await d.begin_task(SUPPORT, rng.choice(["refund-order", "lookup-order", "triage-ticket"]),
+                               params, "on my own")
+    started = await d.begin_task(SUPPORT, "refund-order", params, "refund", issuer=ISSUER)
     task = started.task_id
     plan = [("read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}),
             ("lookup", "orders.get_order", {"order_id": order}),
@@ -97,7 +104,7 @@ async def _refund(d: Any, rng: random.Random) -> int:
 async def _rotation(d: Any, rng: random.Random) -> int:
     service = rng.choice(["billing", "search", "auth"])
     started = await d.begin_task(OPS, "rotate-credential", {"service": service, "owner_email": "o@example.org"},
-                                 "rotation")
+                                 "rotation", issuer=ISSUER)
     task = started.task_id
     await d.decide(_call(OPS, task, "describe", "secrets.describe_credential", {"service": service}))
     await d.decide(_call(OPS, task, "rotate", "secrets.rotate_credential",

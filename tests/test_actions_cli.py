@@ -12,7 +12,7 @@ from tests.conftest import strict_refund_policy
 from tests.test_review_api import HOUR, MONDAY_10, SUPPORT, _call
 from tests.test_review_cli import cli, filled  # noqa: F401 - the fixture
 
-HELD = {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"}
+HELD = {"order_id": "ORD-7", "amount": 1800, "currency": "EUR"}
 
 
 def test_approve_from_the_queue_then_the_retry_is_allowed(filled) -> None:  # noqa: F811

@@ -1,9 +1,11 @@
 """Every example agent in ``agents_examples/``, run against a real gateway.
 
 One ``intentgate serve`` subprocess (the demo's config: the five example tool servers as
-stdio subprocesses, embedded Rego, SQLite) is shared by the module; each test runs an agent
-with a workload token from the dev issuer and checks its transcript against what actually
-happened: the gateway's decision log and the tool servers' own databases.
+stdio subprocesses, embedded Rego, SQLite, the support queue as task issuer) is shared by the
+module; the support queue (``agents_examples.orchestrator``, over ``POST /v1/tasks``) begins
+each agent's task, each test runs an agent with a workload token from the dev issuer and
+checks its transcript against what actually happened: the gateway's decision log and the
+tool servers' own databases.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from agents_examples import (
     reviewer_scenario,
     support_agent,
 )
+from agents_examples.orchestrator import ORCHESTRATOR, Orchestrator, TaskRefused
 from gateway.config import load_config
 from gateway.demo import AGENTS, DemoGateway, start_gateway, write_config
 from gateway.identity import DevIssuer
@@ -40,6 +43,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoGateway]:
     config = write_config(tmp_path_factory.mktemp("agents"))
     with start_gateway(config) as gw:
         yield gw
+
+
+@pytest.fixture(scope="module")
+def queue(gateway: DemoGateway) -> Orchestrator:
+    """The support queue, with its own workload identity: the task issuer of the support intents."""
+    return Orchestrator(gateway.base_url, gateway.agent_token(ORCHESTRATOR))
 
 
 def rows(db: Path, sql: str, *params: Any) -> list[dict[str, Any]]:
@@ -70,16 +79,20 @@ def verdicts(transcript: _agent.Transcript) -> list[tuple[str, str, list[str]]]:
     return [(c.label, c.outcome, c.reasons) for c in transcript.calls]
 
 
-async def test_support_agent_follows_the_workflow(gateway: DemoGateway) -> None:
+async def test_support_agent_follows_the_workflow(gateway: DemoGateway, queue: Orchestrator) -> None:
     lines: list[str] = []
-    t = await support_agent.run(gateway.mcp_url, gateway.agent_token(support_agent.AGENT), say=lines.append)
+    task = await queue.assign_refund(support_agent.AGENT, "TCK-1001")
+    t = await support_agent.run(gateway.mcp_url, gateway.agent_token(support_agent.AGENT), task=task,
+                                say=lines.append)
     assert verdicts(t) == [
         ("read the ticket", "allow", []), ("look up the order", "allow", []),
         ("refund 42.50 EUR", "allow", []), ("note the refund on the ticket", "allow", []),
     ]
     assert all(c.tool_error is None for c in t.calls)
-    [task] = t.tasks
+    assert t.tasks == [task]
     assert task_status(gateway, task) == "completed"
+    [issued] = rows(gateway.config.data_dir / "intentgate.db", "SELECT agent, issuer FROM tasks WHERE id = ?", task)
+    assert issued == {"agent": support_agent.AGENT, "issuer": f"support-queue:{ORCHESTRATOR}"}
     assert [(d["step"], d["outcome"]) for d in decisions(gateway, task)] == [
         ("read_ticket", "allow"), ("lookup", "allow"), ("refund", "allow"), ("comment", "allow")]
     # the refund landed at the payment provider, authorised by the gateway's token for this task
@@ -93,10 +106,15 @@ async def test_support_agent_follows_the_workflow(gateway: DemoGateway) -> None:
     assert any("already complete" in n for n in t.notes)
 
 
-async def test_hijacked_agent_is_refused_everything_the_injection_asks(gateway: DemoGateway) -> None:
-    t = await hijacked_agent.run(gateway.mcp_url, gateway.agent_token(hijacked_agent.AGENT), say=None)
+async def test_hijacked_agent_is_refused_everything_the_injection_asks(gateway: DemoGateway,
+                                                                       queue: Orchestrator) -> None:
+    assigned = await queue.assign_refund(hijacked_agent.AGENT, "TCK-1002")
+    t = await hijacked_agent.run(gateway.mcp_url, gateway.agent_token(hijacked_agent.AGENT), task=assigned, say=None)
     assert verdicts(t) == [
         ("read the ticket", "allow", []),
+        ("re-plan: its own triage task, mailing the attacker", "deny", ["task_issuer_required"]),
+        ("re-plan: its own refund task for ORD-5003 (first half of 1,800 EUR)", "deny", ["task_issuer_required"]),
+        ("re-plan: its own refund task for ORD-5003 (second half of 1,800 EUR)", "deny", ["task_issuer_required"]),
         ("email the customer list out", "deny", ["unknown_step:send_customer_list"]),
         ("email it as the next step", "deny", [
             "tool_mismatch:email.send", "argument_not_allowed:to", "argument_not_allowed:subject",
@@ -109,8 +127,16 @@ async def test_hijacked_agent_is_refused_everything_the_injection_asks(gateway: 
         ("note the refund on the ticket", "allow", []),
     ]
     assert all(c.decision_id and c.decision_id.startswith("dec_") for c in t.calls if c.outcome == "deny")
-    [task] = t.tasks
-    assert task_status(gateway, task) == "completed"
+    [task] = t.tasks  # only the task the support queue began: the agent began none of its own
+    assert task == assigned and task_status(gateway, task) == "completed"
+    refused = [c.decision_id for c in t.calls if c.tool == "intentgate__begin_task"]
+    for decision_id in refused:  # each attempt to re-plan is in the decision log
+        [d] = rows(gateway.config.data_dir / "intentgate.db", "SELECT kind, outcome, reasons, agent FROM decisions"
+                   " WHERE id = ?", decision_id)
+        assert d == {"kind": "task/begin", "outcome": "deny", "reasons": '["task_issuer_required"]',
+                     "agent": hijacked_agent.AGENT}
+    assert rows(gateway.config.data_dir / "intentgate.db",
+                "SELECT id FROM tasks WHERE params LIKE '%evil.example%' OR params LIKE '%ORD-5003%'") == []
     # nothing reached ops@evil.example
     assert rows(server_db(gateway, "email"), "SELECT * FROM outbox WHERE to_addr LIKE '%evil.example%'") == []
     # exactly the legitimate refund landed, authorised by the token the gateway minted, not the smuggled one
@@ -123,8 +149,14 @@ async def test_hijacked_agent_is_refused_everything_the_injection_asks(gateway: 
                 task) == []
 
 
-async def test_llm_style_agent_sets_no_meta_and_corrects_itself(gateway: DemoGateway) -> None:
-    t = await llm_style_agent.run(gateway.mcp_url, gateway.agent_token(llm_style_agent.AGENT), say=None)
+async def triage_task(queue: Orchestrator) -> str:
+    started = await queue.begin(llm_style_agent.AGENT, "triage-ticket", llm_style_agent.PARAMS, "triage TCK-1001")
+    return str(started["task"])
+
+
+async def test_llm_style_agent_sets_no_meta_and_corrects_itself(gateway: DemoGateway, queue: Orchestrator) -> None:
+    given = await triage_task(queue)
+    t = await llm_style_agent.run(gateway.mcp_url, gateway.agent_token(llm_style_agent.AGENT), task=given, say=None)
     assert verdicts(t) == [
         ("read the ticket", "deny", ["missing_task_context"]),
         ("read the ticket, with the task context", "allow", []),
@@ -134,7 +166,7 @@ async def test_llm_style_agent_sets_no_meta_and_corrects_itself(gateway: DemoGat
         ("leave a triage comment", "allow", []),
     ]
     [task] = t.tasks
-    assert task_status(gateway, task) == "ended"  # ended by the agent, before the optional notify step
+    assert task == given and task_status(gateway, task) == "ended"  # ended by the agent, before the optional notify
     # the call without context could not name the task: it is recorded, under no task
     assert [d["step"] for d in decisions(gateway, task)] == [
         "read_ticket", "list_orders", "list_orders", "list_orders", "comment"]
@@ -148,11 +180,12 @@ async def test_llm_style_agent_sets_no_meta_and_corrects_itself(gateway: DemoGat
     assert any(c["body"].startswith("Triage: 12 orders on file for alice.martin@example.com") for c in comments)
 
 
-def test_llm_style_agent_from_the_command_line(gateway: DemoGateway) -> None:
+async def test_llm_style_agent_from_the_command_line(gateway: DemoGateway, queue: Orchestrator) -> None:
     token = gateway.agent_token(llm_style_agent.AGENT)
+    task = await triage_task(queue)
     out = subprocess.run(
         [sys.executable, "-m", "agents_examples.llm_style_agent", "--url", gateway.mcp_url, "--token", token,
-         "--json"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
+         "--task", task, "--json"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "[llm-style] read the ticket: tickets__get_ticket" in out.stdout
@@ -161,11 +194,17 @@ def test_llm_style_agent_from_the_command_line(gateway: DemoGateway) -> None:
 
 
 def test_support_agent_over_stdio(tmp_path: Path) -> None:
-    """``--stdio CONFIG``: the agent starts ``intentgate stdio`` itself (own servers, own data)."""
+    """``--stdio CONFIG``: the agent starts ``intentgate stdio`` itself (own servers, own data), and
+    begins its task from the task grant its host signed (``intentgate task grant``)."""
     config = write_config(tmp_path)
     token = DevIssuer(KeySet.open_or_create(load_config(config).agent_issuer_keys_dir)).mint(AGENTS["support"])
+    grant = subprocess.run(
+        [sys.executable, "-m", "gateway", "task", "grant", "-c", str(config), "--agent", AGENTS["support"],
+         "--intent", "refund-order", "-p", "ticket_id=TCK-1001", "-p", "order_id=ORD-5001",
+         "--reason", "refund requested in TCK-1001"], check=True, cwd=ROOT, capture_output=True, text=True,
+        timeout=60).stdout.strip()
     out = subprocess.run(
-        [sys.executable, "-m", "agents_examples.support_agent", "--stdio", str(config), "--json"],
+        [sys.executable, "-m", "agents_examples.support_agent", "--stdio", str(config), "--grant", grant, "--json"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, _agent.TOKEN_ENV: token},
     )
     assert out.returncode == 0, out.stderr
@@ -177,17 +216,33 @@ def test_support_agent_over_stdio(tmp_path: Path) -> None:
     assert (refund["order_id"], refund["amount_cents"], refund["task"]) == ("ORD-5001", 4250, transcript["tasks"][0])
 
 
-def test_an_agent_needs_a_token() -> None:
+def test_an_agent_needs_a_token_and_a_task() -> None:
     env = {k: v for k, v in os.environ.items() if k != _agent.TOKEN_ENV}
-    out = subprocess.run([sys.executable, "-m", "agents_examples.hijacked_agent", "--url", "http://127.0.0.1:9/mcp"],
-                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    out = subprocess.run([sys.executable, "-m", "agents_examples.hijacked_agent", "--url", "http://127.0.0.1:9/mcp",
+                          "--task", "tsk_x"], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 2 and "--token" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "agents_examples.support_agent", "--token", "t"],
+                         check=False, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and "--task" in out.stderr and "--grant" in out.stderr
 
 
-async def test_reviewer_scenario_held_refund_and_break_glass(gateway: DemoGateway) -> None:
+async def test_only_the_support_queue_begins_tasks(gateway: DemoGateway, queue: Orchestrator) -> None:
+    """The queue may begin refund-order for a support agent; an agent's own token is no task issuer's,
+    and the queue may not begin what its config does not list (rotate-credential)."""
+    impostor = Orchestrator(gateway.base_url, gateway.agent_token(support_agent.AGENT))
+    with pytest.raises(TaskRefused) as not_issuer:
+        await impostor.assign_refund(support_agent.AGENT, "TCK-1003")
+    assert not_issuer.value.code == "issuer_not_permitted" and not_issuer.value.decision_id
+    with pytest.raises(TaskRefused) as not_listed:
+        await queue.begin("spiffe://example.org/agent/ops-1", "rotate-credential",
+                          {"service": "billing", "owner_email": "o@example.org"}, "rotation")
+    assert not_listed.value.code == "issuer_not_permitted"
+
+
+async def test_reviewer_scenario_held_refund_and_break_glass(gateway: DemoGateway, queue: Orchestrator) -> None:
     t = await reviewer_scenario.run(
         gateway.mcp_url, gateway.agent_token(reviewer_scenario.AGENT), admin_token=gateway.admin_token(),
-        oncall_token=gateway.agent_token(reviewer_scenario.ONCALL_AGENT), say=None,
+        orchestrator=queue, oncall_token=gateway.agent_token(reviewer_scenario.ONCALL_AGENT), say=None,
     )
     held, retried = t.call("refund 1800.00 EUR"), t.call("send the identical refund again")
     assert held.outcome == "hold" and held.reasons == ["policy_hold", "policy:large_refund"] and held.approval_id

@@ -18,7 +18,7 @@ from gateway.store import ApprovalConflict
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_decide import MONDAY_10, SUPPORT, begin_refund, call, walk_to_refund
 
-BIG = {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"}
+BIG = {"order_id": "ORD-7", "amount": 1800, "currency": "EUR"}
 REVIEWER = "admin:alice"
 
 

@@ -35,7 +35,7 @@ def test_help_lists_commands() -> None:
 def test_check_passes_on_project() -> None:
     out = intentgate("check")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "3 intents" in out.stdout and "0 error(s)" in out.stdout and "compiles" in out.stdout
+    assert "4 intents" in out.stdout and "0 error(s)" in out.stdout and "compiles" in out.stdout
 
 
 def test_check_fails_and_locates_problems(tmp_path: Path) -> None:

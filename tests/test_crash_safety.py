@@ -55,6 +55,7 @@ from gateway.store import Store
 from gateway.verify import ActionTokenVerifier, ConsumeOutcome
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.processes import free_port
+from tests.tasks import grant_args
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +154,11 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
         db_url, store = f"sqlite:///{tmp_path / 'intentgate.db'}", {}
     intents = tmp_path / "intents"
     intents.mkdir()
-    (intents / "refund-order.yaml").write_text((INTENTS_DIR / "refund-order.yaml").read_text())
+    # the agents refund without end: the intent's 2,000 EUR a day would hold them after 400 refunds,
+    # so the budget is raised (it is still spent, in the same transaction, on every refund)
+    refund = (INTENTS_DIR / "refund-order.yaml").read_text()
+    assert "    limit: 2000\n" in refund
+    (intents / "refund-order.yaml").write_text(refund.replace("    limit: 2000\n", "    limit: 1000000000\n"))
     keys = KeySet.open_or_create(tmp_path / "keys" / "action")  # the gateway opens the same keys
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps(keys.jwks()))
@@ -228,14 +233,19 @@ async def call(client: Client, scope: anyio.CancelScope, tool: str, args: dict[s
     return r.structured_content or {}
 
 
-async def refund_workflow(client: Client, scope: anyio.CancelScope, n: int, tally: Tally,
+def begin_args(data_dir: Path, token: str, n: int, reason: str) -> dict[str, str]:
+    """A task grant for the token's agent (refund-order is begun by a task issuer, never by the agent)."""
+    agent = jwt.decode(token, options={"verify_signature": False})["sub"]
+    return grant_args(data_dir, agent, "refund-order", {"ticket_id": f"TCK-{n}", "order_id": f"ORD-{n}"}, reason)
+
+
+async def refund_workflow(client: Client, scope: anyio.CancelScope, n: int, tally: Tally, begin: dict[str, str],
                           abandon: bool = False) -> None:
-    """begin → read_ticket → lookup → refund → comment (which completes the task); with
-    ``abandon``, the task is ended after the lookup instead (its unused tokens are revoked)."""
+    """begin (from the task grant ``begin``) → read_ticket → lookup → refund → comment (which
+    completes the task); with ``abandon``, the task is ended after the lookup instead (its
+    unused tokens are revoked)."""
     ticket, order = f"TCK-{n}", f"ORD-{n}"
-    started = await call(client, scope, "intentgate__begin_task",
-                         {"intent": "refund-order", "params": {"ticket_id": ticket, "order_id": order},
-                          "reason": "crash test"})
+    started = await call(client, scope, "intentgate__begin_task", begin)
     task = started["task"]
     steps: list[tuple[str, dict[str, Any], str]] = [
         ("tickets__get_ticket", {"ticket_id": ticket}, "read_ticket"),
@@ -275,8 +285,8 @@ async def keep_going(stop: asyncio.Event, up: asyncio.Event, tally: Tally,
             await up.wait()
 
 
-async def agent_loop(base: str, token: str, index: int, stop: asyncio.Event, up: asyncio.Event, tally: Tally,
-                     seed: int) -> None:
+async def agent_loop(base: str, data_dir: Path, token: str, index: int, stop: asyncio.Event, up: asyncio.Event,
+                     tally: Tally, seed: int) -> None:
     """Run workflows until told to stop, on a fresh session after any failure."""
     rng = random.Random(seed)
     n = index * 1_000_000
@@ -286,14 +296,15 @@ async def agent_loop(base: str, token: str, index: int, stop: asyncio.Event, up:
         async with session(base, token) as client:
             while not stop.is_set():
                 n += 1
-                await refund_workflow(client, scope, n, tally, abandon=rng.random() < 0.2)
+                await refund_workflow(client, scope, n, tally, begin_args(data_dir, token, n, "crash test"),
+                                      abandon=rng.random() < 0.2)
             scope.deadline = anyio.current_time() + CALL_TIMEOUT  # for the teardown
 
     await keep_going(stop, up, tally, work)
 
 
-async def decide_loop(base: str, token: str, stop: asyncio.Event, up: asyncio.Event, tally: Tally,
-                      seed: int) -> None:
+async def decide_loop(base: str, data_dir: Path, token: str, stop: asyncio.Event, up: asyncio.Event,
+                      tally: Tally, seed: int) -> None:
     """An enforcement point that is not an MCP client: it asks ``POST /v1/decide`` for the first
     two steps and keeps the tokens unused, so issued, unconsumed tokens live through the kills
     (half of its tasks are then ended, which revokes them)."""
@@ -307,9 +318,8 @@ async def decide_loop(base: str, token: str, stop: asyncio.Event, up: asyncio.Ev
             while not stop.is_set():
                 n += 1
                 ticket, order = f"TCK-{n}", f"ORD-{n}"
-                task = (await call(client, scope, "intentgate__begin_task", {
-                    "intent": "refund-order", "params": {"ticket_id": ticket, "order_id": order},
-                    "reason": "decide only"}))["task"]
+                task = (await call(client, scope, "intentgate__begin_task",
+                                   begin_args(data_dir, token, n, "decide only")))["task"]
                 steps = (("tickets", "get_ticket", {"ticket_id": ticket}, "read_ticket"),
                          ("orders", "get_order", {"order_id": order}, "lookup"))
                 for upstream, tool, args, step in steps:
@@ -359,11 +369,11 @@ async def check_held_tokens(s: Setup, held: list[dict[str, Any]]) -> dict[str, i
     return counts
 
 
-async def probe(base: str, token: str, n: int) -> None:
+async def probe(base: str, data_dir: Path, token: str, n: int) -> None:
     """One whole workflow on a fresh session that must succeed: the restarted gateway works."""
     with anyio.fail_after(60) as scope:
         async with session(base, token) as client:
-            await refund_workflow(client, scope, n, Tally())
+            await refund_workflow(client, scope, n, Tally(), begin_args(data_dir, token, n, "probe"))
             scope.deadline = anyio.current_time() + 60
 
 
@@ -471,13 +481,13 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
     stop, up = asyncio.Event(), asyncio.Event()
     up.set()
     agents = [  # spread over the replicas; each agent stays on its own
-        asyncio.create_task(agent_loop(s.gateways[i % len(s.gateways)].base,
+        asyncio.create_task(agent_loop(s.gateways[i % len(s.gateways)].base, s.data_dir,
                                        s.agent_token(f"spiffe://example.org/agent/support-{i}"), i,
                                        stop, up, tally, SEED + i))
         for i in range(1, AGENTS + 1)
     ]
     agents.append(asyncio.create_task(decide_loop(
-        s.gateways[0].base, s.agent_token("spiffe://example.org/agent/support-rest"), stop, up, tally, SEED)))
+        s.gateways[0].base, s.data_dir, s.agent_token("spiffe://example.org/agent/support-rest"), stop, up, tally, SEED)))
     probe_token = s.agent_token("spiffe://example.org/agent/support-probe")
     checked: set[str] = set()
     try:
@@ -490,7 +500,7 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
             assert (await check_crash_state(s, checked))["new"] > 0
             await gw.start()
             up.set()
-            await probe(gw.base, probe_token, 9_000_000 + kill)
+            await probe(gw.base, s.data_dir, probe_token, 9_000_000 + kill)
         await wait_for_calls(tally, 10)
     finally:
         stop.set()

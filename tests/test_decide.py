@@ -13,7 +13,10 @@ from gateway.decide import CallRequest
 from gateway.errors import ReasonCode, TaskError, TokenError
 from gateway.identity import AgentIdentity
 from gateway.runtime import Runtime
+from gateway.store import DecisionRecord
+from gateway.workflow import Task
 from tests.conftest import INTENTS_DIR, POLICY_DIR
+from tests.tasks import ISSUER
 
 SUPPORT = AgentIdentity(id="spiffe://example.org/agent/support-1")
 OTHER = AgentIdentity(id="spiffe://example.org/agent/support-2")
@@ -43,7 +46,7 @@ def call(task_id: str | None, step: str | None, tool: str, args: dict, agent: Ag
 
 
 async def begin_refund(rt: Runtime, agent: AgentIdentity = SUPPORT) -> str:
-    started = await rt.decider.begin_task(agent, "refund-order", REFUND_PARAMS, "customer asked")
+    started = await rt.decider.begin_task(agent, "refund-order", REFUND_PARAMS, "customer asked", issuer=ISSUER)
     return started.task_id
 
 
@@ -128,7 +131,8 @@ async def test_large_refund_is_held_with_pending_approval(rt: Runtime) -> None:
         call(task_id, "refund", "payments.refund", {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"})
     )
     assert v.outcome == "hold" and v.token is None
-    assert v.reasons[0] == "policy_hold" and "policy:large_refund" in v.reasons
+    assert "policy_hold" in v.reasons and "policy:large_refund" in v.reasons
+    assert v.reasons[0] == "budget_exceeded:refund_total"  # 2,500 EUR is beyond the 2,000 EUR budget too
     approval = await rt.store.get_approval(v.approval_id)
     assert approval.status == "pending" and approval.step == "refund" and approval.task_id == task_id
     assert (await rt.store.get_task(task_id)).last_step == "lookup"
@@ -137,7 +141,7 @@ async def test_large_refund_is_held_with_pending_approval(rt: Runtime) -> None:
 async def test_approval_required_step_is_held(rt: Runtime) -> None:
     started = await rt.decider.begin_task(
         OPS, "rotate-credential", {"service": "billing", "owner_email": "owners@example.org"}, "quarterly rotation"
-    )
+    , issuer=ISSUER)
     v = await rt.decider.decide(
         call(started.task_id, "describe", "secrets.describe_credential", {"service": "billing"}, agent=OPS)
     )
@@ -215,7 +219,7 @@ async def test_begin_task_refusals_are_recorded(rt: Runtime) -> None:
     ]
     for agent, intent, params, code in cases:
         with pytest.raises(TaskError) as exc:
-            await rt.decider.begin_task(agent, intent, params, "why")
+            await rt.decider.begin_task(agent, intent, params, "why", issuer=ISSUER)
         assert exc.value.code is code
         stored = await rt.store.get_decision(exc.value.decision_id)
         assert stored.kind == "task/begin" and stored.outcome == "deny" and stored.reasons == [code.value]
@@ -226,7 +230,7 @@ async def test_begin_task_with_parameters_that_are_not_plain_json_is_a_recorded_
     in the parameters must not reach the hash-chained log, nor fail its commit."""
     for params in ({"ticket_id": "TCK-1", "order_id": float("nan")}, {"ticket_id": 2**80, "order_id": "ORD-7"}):
         with pytest.raises(TaskError) as exc:
-            await rt.decider.begin_task(SUPPORT, "refund-order", params, "why")
+            await rt.decider.begin_task(SUPPORT, "refund-order", params, "why", issuer=ISSUER)
         assert exc.value.code is ReasonCode.MALFORMED_REQUEST
         stored = await rt.store.get_decision(exc.value.decision_id)
         assert stored.outcome == "deny" and stored.reasons == ["malformed_request:arguments"]
@@ -272,7 +276,17 @@ async def test_policy_failure_fails_closed(tmp_path: Path, clock: FrozenClock) -
     config = load_config(None, data_dir=tmp_path / "var", intents_dir=INTENTS_DIR, policy_dir=policy.parent)
     rt = await Runtime.open(config, clock=clock)
     try:
-        task_id = await begin_refund(rt)
+        with pytest.raises(TaskError) as exc:  # beginning a task asks the policy too
+            await begin_refund(rt)
+        assert exc.value.code is ReasonCode.POLICY_ERROR
+        assert (await rt.store.get_decision(exc.value.decision_id)).reasons == ["policy_error"]
+        # a task begun while the policy still worked
+        task_id = "tsk_before_the_edit"
+        await rt.store.begin_task(
+            Task(id=task_id, intent="refund-order", intent_version="4", agent=SUPPORT.id, params=REFUND_PARAMS,
+                 reason="x", created_at=MONDAY_10, expires_at=MONDAY_10 + 900, issuer="orchestrator"),
+            DecisionRecord(id="dec_before_the_edit", at=MONDAY_10, kind="task/begin", agent=SUPPORT.id,
+                           outcome="allow", reasons=[], task_id=task_id))
         v = await rt.decider.decide(call(task_id, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}))
         assert v.outcome == "deny" and v.reasons == ["policy_error"] and v.token is None
         assert (await rt.store.get_decision(v.decision_id)).reasons == ["policy_error"]

@@ -62,12 +62,17 @@ def test_demo_runs_end_to_end_and_its_audit_chain_verifies(tmp_path: Path) -> No
     # one single-use token per allowed call, each burnt by the gateway as it forwarded the call
     assert summary.tokens == {"minted": allowed, "consumed": allowed, "revoked": 0, "unused": 0}
     assert summary.tasks == {"completed": 4, "ended": 1}  # the LLM-style agent stopped before `notify`
+    # every task was begun by the support queue; the hijacked agent's three attempts to re-plan were refused
+    assert summary.begins == {"tasks begun by support-queue": 5, "task begins refused: task_issuer_required": 3}
     assert summary.chain_ok and summary.chain_checked > summary.calls
 
     # what was printed: the agents' steps, then the same figures
     text = out.stdout
-    for heading in ("1. A support agent", "2. The same agent on TCK-1002", "3. An LLM-style agent", "4. A large refund"):
+    for heading in ("1. The support queue assigns TCK-1001", "2. The same agent on TCK-1002", "3. An LLM-style agent",
+                    "4. A large refund"):
         assert heading in text
+    assert "[support queue] began refund-order for spiffe://example.org/agent/support-1 on TCK-1001" in text
+    assert re.search(r"task begins refused: task_issuer_required\s*│\s*3\s*│", text)
     assert "email the customer list out" in text and "unknown_step:send_customer_list" in text
     assert re.search(rf"tool calls decided\s*│\s*{summary.calls}\s*│", text)
     assert re.search(rf"denied\s*│\s*{expected['deny']}\s*│", text)

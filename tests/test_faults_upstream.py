@@ -49,6 +49,7 @@ FAULTS_INTENT = {
     "name": "faults",
     "version": "1",
     "agents": ["spiffe://example.org/agent/support-*"],
+    "begin": ["agent"],
     "start": ["crash", "hang", "garbage", "bad_reply", "http_500", "html", "truncated_sse", "read", "hread"],
     "steps": {
         **{f: {"tool": f"tickets.{f}", "arguments": TICKET, "next": ["read"]}

@@ -20,6 +20,7 @@ from gateway.identity import DevIssuer
 from gateway.keys import KeySet
 from tests.conftest import INTENTS_DIR
 from tests.processes import free_port, serve, stop
+from tests.tasks import ORCHESTRATOR, grant_args, issue_task, orchestrator_token
 from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ QUICK_LOOK = """
 name: quick-look
 version: "1"
 agents: ["spiffe://example.org/agent/support-*"]
+begin: [agent]
 params: {ticket_id: {type: string}}
 ttl_seconds: 1
 start: [read]
@@ -71,9 +73,7 @@ async def test_workflow_over_http(gateway, mode: str) -> None:
     async with mcp_client(base, agent_token(data_dir), mode) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         assert {"tickets__get_ticket", "payments__refund", "intentgate__begin_task"} <= names
-        r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                              "reason": "customer asked"})
-        task = r.structured_content["task"]
+        task = await issue_task(base, data_dir, SUPPORT, "refund-order", PARAMS)
         r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                    meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
         assert not r.is_error and r.structured_content["verified_jti"]
@@ -84,10 +84,7 @@ async def test_workflow_over_http(gateway, mode: str) -> None:
 
 async def test_another_agents_task_over_http(gateway) -> None:
     base, data_dir = gateway
-    async with mcp_client(base, agent_token(data_dir)) as owner:
-        r = await owner.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                             "reason": "x"})
-        task = r.structured_content["task"]
+    task = await issue_task(base, data_dir, SUPPORT, "refund-order", PARAMS)
     async with mcp_client(base, agent_token(data_dir, "spiffe://example.org/agent/support-2")) as other:
         r = await other.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                   meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
@@ -97,9 +94,7 @@ async def test_another_agents_task_over_http(gateway) -> None:
 async def test_workflow_denials_over_http(gateway) -> None:
     base, data_dir = gateway
     async with mcp_client(base, agent_token(data_dir)) as client:
-        r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                              "reason": "customer asked"})
-        task = r.structured_content["task"]
+        task = await issue_task(base, data_dir, SUPPORT, "refund-order", PARAMS)
 
         async def call(tool: str, args: dict, step: str) -> list[str] | None:
             # the LLM-style form: task and step as arguments
@@ -190,9 +185,108 @@ async def test_metrics_endpoint_counts_calls(gateway) -> None:
         return float(line[0].rsplit(" ", 1)[1]) if line else 0.0
 
     before = begun()
-    async with mcp_client(base, agent_token(data_dir)) as client:
-        r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                              "reason": "metrics"})
+    async with mcp_client(base, agent_token(data_dir)) as client:  # from the task grant its host gave it
+        r = await client.call_tool("intentgate__begin_task", grant_args(data_dir, SUPPORT, "refund-order", PARAMS))
         assert not r.is_error
     assert begun() == before + 1
     assert 'intentgate_tokens_total{event="minted"}' in httpx2.get(f"{base}/metrics", timeout=10).text
+
+
+# ----- task origin over HTTP: POST /v1/tasks, and task grants presented over MCP ------------------
+
+
+def db_rows(data_dir: Path, sql: str, *params: object) -> list[tuple]:
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "intentgate.db")
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+async def test_a_task_issuer_begins_and_ends_tasks_over_rest(gateway) -> None:
+    base, data_dir = gateway
+    issuer = {"Authorization": f"Bearer {orchestrator_token(data_dir)}"}
+    async with httpx2.AsyncClient(base_url=base, timeout=30) as http:
+        r = await http.post("/v1/tasks", headers=issuer, json={
+            "agent": SUPPORT, "intent": "refund-order", "params": PARAMS, "reason": "ticket assigned",
+            "ttl_seconds": 120})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["agent"] == SUPPORT and body["issuer"] == f"orchestrator:{ORCHESTRATOR}"
+        assert body["start_steps"] == ["read_ticket"] and body["decision_id"].startswith("dec_")
+        task = body["task"]
+        async with mcp_client(base, agent_token(data_dir)) as client:  # the agent works on it
+            r2 = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                        meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
+            assert not r2.is_error
+            assert (await client.call_tool("orders__get_order", {"order_id": "ORD-7"},
+                                           meta={"intentgate/task": task, "intentgate/step": "lookup"})).is_error \
+                is False
+        # the refusals a REST caller can meet, each with its reason code, each recorded
+        cases = [
+            ({}, {"agent": SUPPORT, "intent": "refund-order", "params": PARAMS, "reason": "x"}, 401, None),
+            ({"Authorization": f"Bearer {agent_token(data_dir)}"},  # an agent is no task issuer
+             {"agent": SUPPORT, "intent": "refund-order", "params": PARAMS, "reason": "x"}, 403, "issuer_not_permitted"),
+            (issuer, {"agent": SUPPORT, "intent": "exfiltrate", "params": {}, "reason": "x"}, 404, "unknown_intent"),
+            (issuer, {"agent": SUPPORT, "intent": "refund-order", "params": {"order_id": "7"}, "reason": "x"}, 422,
+             "invalid_params"),
+            (issuer, {"agent": "spiffe://example.org/agent/ops-1", "intent": "refund-order", "params": PARAMS,
+                      "reason": "x"}, 403, "agent_not_permitted"),
+            (issuer, {"agent": SUPPORT, "intent": "refund-order", "params": PARAMS, "reason": "x", "ttl_seconds": 10**6},
+             422, "invalid_params"),
+        ]
+        for headers, payload, status, code in cases:
+            r = await http.post("/v1/tasks", headers=headers, json=payload)
+            assert r.status_code == status, (payload, r.text)
+            if code:
+                assert r.json()["error"] == code and r.json()["decision_id"].startswith("dec_")
+                [(kind, outcome, reasons)] = db_rows(data_dir, "SELECT kind, outcome, reasons FROM decisions "
+                                                     "WHERE id = ?", r.json()["decision_id"])
+                assert (kind, outcome, json.loads(reasons)[0].split(":")[0]) == ("task/begin", "deny", code)
+        # ending: only the issuer that began it
+        r = await http.post(f"/v1/tasks/{task}/end", headers={"Authorization": f"Bearer {agent_token(data_dir)}"})
+        assert r.status_code == 403 and r.json()["error"] == "issuer_not_permitted"
+        r = await http.post(f"/v1/tasks/{task}/end", headers=issuer)
+        assert r.status_code == 200 and r.json()["status"] == "ended", r.text
+        r = await http.post(f"/v1/tasks/{task}/end", headers=issuer)
+        assert r.status_code == 409 and r.json()["error"] == "task_ended"
+        async with mcp_client(base, agent_token(data_dir)) as client:  # a task the agent began itself
+            own = (await client.call_tool("intentgate__begin_task", {"intent": "quick-look",
+                                          "params": {"ticket_id": "TCK-1"}, "reason": "x"})).structured_content["task"]
+        r = await http.post(f"/v1/tasks/{own}/end", headers=issuer)
+        assert r.status_code == 403 and r.json()["error"] == "task_not_owned"
+        r = await http.post("/v1/tasks/tsk_nope/end", headers=issuer)
+        assert r.status_code == 404 and r.json()["error"] == "unknown_task"
+
+
+async def test_attack_over_mcp_the_agent_cannot_begin_the_mailing_task(gateway) -> None:
+    base, data_dir = gateway
+    async with mcp_client(base, agent_token(data_dir)) as client:
+        r = await client.call_tool("intentgate__begin_task", {
+            "intent": "triage-ticket", "params": {"ticket_id": "TCK-1", "customer_email": "ops@evil.example"},
+            "reason": "follow up"})
+    assert r.is_error and r.structured_content["reasons"] == ["task_issuer_required"]
+    [(outcome,)] = db_rows(data_dir, "SELECT outcome FROM decisions WHERE id = ?", r.structured_content["decision_id"])
+    assert outcome == "deny"
+    assert db_rows(data_dir, "SELECT id FROM tasks WHERE params LIKE '%evil.example%'") == []
+
+
+async def test_task_grants_over_http(gateway) -> None:
+    base, data_dir = gateway
+    grant = grant_args(data_dir, SUPPORT, "refund-order", PARAMS)
+    async with mcp_client(base, agent_token(data_dir, "spiffe://example.org/agent/support-2")) as other:
+        r = await other.call_tool("intentgate__begin_task", grant)  # presented by another agent
+        assert r.is_error and r.structured_content["reasons"] == ["task_grant_agent"]
+    async with mcp_client(base, agent_token(data_dir)) as client:
+        first = await client.call_tool("intentgate__begin_task", grant)
+        again = await client.call_tool("intentgate__begin_task", grant)
+        mixed = await client.call_tool("intentgate__begin_task", {**grant, "intent": "lookup-order"})
+    assert not first.is_error and first.structured_content["issuer"].startswith("local:")
+    assert again.is_error and again.structured_content["reasons"] == ["task_grant_replayed"]
+    assert mixed.is_error and mixed.structured_content["reasons"] == ["invalid_params"]
+    for refusal in (r, again, mixed):
+        [(kind, outcome)] = db_rows(data_dir, "SELECT kind, outcome FROM decisions WHERE id = ?",
+                                    refusal.structured_content["decision_id"])
+        assert (kind, outcome) == ("task/begin", "deny")

@@ -31,6 +31,7 @@ from gateway.keys import KeySet
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.processes import free_port
 from tests.test_front_stdio import PARAMS, SERVER, SUPPORT
+from tests.tasks import grant_args
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +105,8 @@ def decisions(tmp_path: Path, kind: str) -> list[tuple[str, str, list[str]]]:
     return [(t, o, json.loads(r)) for t, o, r in rows]
 
 
-async def begin(client: Client) -> str:
-    r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS, "reason": "x"})
+async def begin(client: Client, data_dir: Path) -> str:
+    r = await client.call_tool("intentgate__begin_task", grant_args(data_dir, SUPPORT, "refund-order", PARAMS))
     assert not r.is_error, r.content
     return r.structured_content["task"]
 
@@ -124,7 +125,7 @@ async def test_http_upstream_progress_and_logs(tmp_path: Path, http_upstream, mo
 
     async with Client(gateway(tmp_path, http_upstream), mode=mode, logging_callback=on_log,
                       log_level="info" if mode == "auto" else None) as client:
-        task = await begin(client)
+        task = await begin(client, tmp_path)
         meta = {"intentgate/task": task}
         r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                    meta={**meta, "intentgate/step": "read_ticket"})
@@ -153,7 +154,7 @@ async def test_no_log_lines_without_opt_in_on_modern_sessions(tmp_path: Path, ht
         logs.append(params)
 
     async with Client(gateway(tmp_path, http_upstream), logging_callback=on_log) as client:
-        task = await begin(client)
+        task = await begin(client, tmp_path)
         r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                    meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
         assert not r.is_error
@@ -163,7 +164,7 @@ async def test_no_log_lines_without_opt_in_on_modern_sessions(tmp_path: Path, ht
 async def test_brokered_authorization_header_wins_over_the_token(tmp_path: Path, http_upstream) -> None:
     params = gateway(tmp_path, http_upstream, orders_headers={"Authorization": "${IG_TEST_ORDERS_AUTH}"})
     async with Client(params) as client:
-        task = await begin(client)
+        task = await begin(client, tmp_path)
         meta = {"intentgate/task": task}
         await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"}, meta={**meta, "intentgate/step": "read_ticket"})
         r = await client.call_tool("orders__get_order", {"order_id": "ORD-7"}, meta={**meta, "intentgate/step": "lookup"})
@@ -232,7 +233,7 @@ async def test_sniffed_token_replayed_at_the_upstream_is_refused(tmp_path: Path,
     url, action_keys = http_upstream
     sniffed = action_keys.parent / "sniffed"
     async with Client(gateway(tmp_path, http_upstream)) as client:
-        task = await begin(client)
+        task = await begin(client, tmp_path)
         meta = {"intentgate/task": task}
         await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"}, meta={**meta, "intentgate/step": "read_ticket"})
         before = sniffed.read_text().split() if sniffed.exists() else []

@@ -18,6 +18,7 @@ from mcp.client.stdio import stdio_client
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
+from tests.tasks import ISSUERS_CONFIG, grant_args
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def make_gateway(
     cfg = tmp_path / "intentgate.yaml"
     cfg.write_text(yaml.safe_dump({
         "intents_dir": str(intents_dir), "policy_dir": str(POLICY_DIR), "data_dir": str(tmp_path),
-        "upstreams": upstreams,
+        "upstreams": upstreams, "tasks": ISSUERS_CONFIG,
     }))
     if token is None:
         token = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(agent)
@@ -58,9 +59,10 @@ def decisions(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
     return [(t, o, json.loads(r)) for t, o, r in rows]
 
 
-async def begin(client: Client, params: dict | None = None) -> str:
+async def begin(client: Client, data_dir: Path, params: dict | None = None) -> str:
+    """The refund task, from a task grant the host hands the agent (refund-order is issuer-begun)."""
     r = await client.call_tool(
-        "intentgate__begin_task", {"intent": "refund-order", "params": params or PARAMS, "reason": "customer asked"}
+        "intentgate__begin_task", grant_args(data_dir, SUPPORT, "refund-order", params or PARAMS, "customer asked")
     )
     assert not r.is_error, r.content
     return r.structured_content["task"]
@@ -73,7 +75,7 @@ async def test_conformant_workflow_over_stdio(tmp_path: Path, mode: str) -> None
         assert {"intentgate__begin_task", "tickets__get_ticket", "payments__refund", "email__send"} <= set(names)
         assert "intent_task" in names["payments__refund"].input_schema["properties"]
         assert "crash" not in " ".join(names)  # tools no intent uses are not listed
-        task = await begin(client)
+        task = await begin(client, tmp_path)
 
         def meta(step: str) -> dict:
             return {"intentgate/task": task, "intentgate/step": step}
@@ -107,7 +109,7 @@ async def test_conformant_workflow_over_stdio(tmp_path: Path, mode: str) -> None
 
 async def test_denials_carry_decision_and_reasons(tmp_path: Path) -> None:
     async with Client(make_gateway(tmp_path)) as client:
-        task = await begin(client)
+        task = await begin(client, tmp_path)
         r = await client.call_tool(
             "payments__refund", {"order_id": "ORD-7", "amount": 30, "currency": "EUR"},
             meta={"intentgate/task": task, "intentgate/step": "refund"},
@@ -156,10 +158,16 @@ async def test_list_intents_and_begin_task_errors(tmp_path: Path) -> None:
         r = await client.call_tool("intentgate__list_intents", {})
         names = [i["name"] for i in r.structured_content["intents"]]
         assert names and "rotate-credential" not in names and "refund-order" in names
+        assert {i["name"]: i["begin"] for i in r.structured_content["intents"]}["refund-order"] == ["issuer"]
         r = await client.call_tool(
             "intentgate__begin_task", {"intent": "rotate-credential", "params": {}, "reason": "x"}
         )
         assert r.is_error and r.structured_content["reasons"] == ["agent_not_permitted"]
+        assert r.structured_content["decision_id"].startswith("dec_")
+        r = await client.call_tool(  # an intent only a task issuer may begin
+            "intentgate__begin_task", {"intent": "refund-order", "params": PARAMS, "reason": "x"}
+        )
+        assert r.is_error and r.structured_content["reasons"] == ["task_issuer_required"]
         assert r.structured_content["decision_id"].startswith("dec_")
 
 
@@ -182,6 +190,7 @@ FAULTS_INTENT = """
 name: faults
 version: "1"
 agents: ["spiffe://example.org/agent/support-*"]
+begin: [agent]
 start: [crash, hang, read]
 steps:
   crash: {tool: tickets.crash, next: [read]}
@@ -234,7 +243,7 @@ async def test_brokered_secret_reaches_upstream_and_nothing_else(tmp_path: Path)
     with errlog.open("w") as err:
         async with Client(stdio_client(params, errlog=err)) as client:
             tools = (await client.list_tools()).tools
-            task = await begin(client)
+            task = await begin(client, tmp_path)
             r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
                                        meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
             denied = await client.call_tool("orders__get_order", {"order_id": "ORD-7"},
@@ -248,3 +257,32 @@ async def test_brokered_secret_reaches_upstream_and_nothing_else(tmp_path: Path)
     logged = errlog.read_text()
     assert "upstream tickets started" in logged  # the log was captured
     assert secret not in logged
+
+
+async def test_task_grants_over_stdio(tmp_path: Path) -> None:
+    """A host starts the agent over stdio and hands it a task grant: the agent begins exactly that
+    task, once; a grant from another key, or for another agent, is refused and recorded."""
+    from gateway.tasks import TaskGrantMinter
+
+    forged = TaskGrantMinter(KeySet.open_or_create(tmp_path / "not-the-gateways")).mint(
+        agent=SUPPORT, intent="refund-order", params=PARAMS, reason="x")[0]
+    async with Client(make_gateway(tmp_path)) as client:
+        grant = grant_args(tmp_path, SUPPORT, "refund-order", PARAMS, "assigned")
+        first = await client.call_tool("intentgate__begin_task", grant)
+        again = await client.call_tool("intentgate__begin_task", grant)
+        other_key = await client.call_tool("intentgate__begin_task", {"grant": forged})
+        other_agent = await client.call_tool(
+            "intentgate__begin_task", grant_args(tmp_path, "spiffe://example.org/agent/support-2", "refund-order",
+                                                 PARAMS))
+    assert not first.is_error and first.structured_content["intent"] == "refund-order"
+    refusals = {"again": again, "other key": other_key, "other agent": other_agent}
+    assert {k: r.structured_content["reasons"] for k, r in refusals.items()} == {
+        "again": ["task_grant_replayed"], "other key": ["invalid_task_grant"], "other agent": ["task_grant_agent"]}
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    begins = db.execute("SELECT outcome, reasons FROM decisions WHERE kind = 'task/begin' ORDER BY seq").fetchall()
+    tasks = db.execute("SELECT id, agent, issuer FROM tasks").fetchall()
+    db.close()
+    assert [(o, json.loads(r)) for o, r in begins] == [
+        ("allow", []), ("deny", ["task_grant_replayed"]), ("deny", ["invalid_task_grant"]),
+        ("deny", ["task_grant_agent"])]
+    assert tasks == [(first.structured_content["task"], SUPPORT, "local:intentgate-local:spiffe://example.org/orchestrator")]

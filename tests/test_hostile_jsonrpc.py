@@ -38,7 +38,8 @@ from mcp.shared.inbound import encode_header_value
 from gateway.errors import ReasonCode, reason_code_of
 from tests.processes import free_port, serve, stop
 from tests.test_front_http import agent_token
-from tests.test_front_stdio import PARAMS, make_gateway
+from tests.tasks import grant_args
+from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +162,7 @@ def valid_messages(task: str) -> list[dict[str, Any]]:
         ("payments__refund", {"order_id": "ORD-7", "amount": 5, "currency": "EUR"},
          {"intentgate/task": task, "intentgate/step": "refund"}),
         ("email__send", {"to": "a@example.org", "subject": "s", "body": "b"}, ctx),
-        ("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS, "reason": "fuzz"}, None),
+        ("intentgate__begin_task", {"intent": "lookup-order", "params": PARAMS, "reason": "fuzz"}, None),
         ("intentgate__end_task", {"task": "tsk_not_this_one"}, None),
         ("intentgate__list_intents", {}, None),
         ("nowhere__thing", {}, ctx),
@@ -341,7 +342,7 @@ class HttpGateway:
         assert self.http.get(f"{self.base}/healthz").status_code == 200
         for modern in (False, True):
             result = self.call("intentgate__begin_task",
-                               {"intent": "refund-order", "params": PARAMS, "reason": "still works"}, modern=modern)
+                               grant_args(self.data_dir, SUPPORT, "refund-order", PARAMS, "still works"), modern=modern)
             assert not result.get("isError") and result["structuredContent"]["task"].startswith("tsk_"), result
         result = self.call("tickets__get_ticket", {"ticket_id": "TCK-1"}, modern=True)
         assert result["structuredContent"]["reasons"] == ["missing_task_context"]
@@ -369,8 +370,8 @@ def http_session(tmp_path: Path, client: str) -> Iterator[HttpGateway]:
 
 
 def begin(gateway: HttpGateway, why: str) -> str:
-    return gateway.call("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                   "reason": why})["structuredContent"]["task"]
+    return gateway.call("intentgate__begin_task", grant_args(gateway.data_dir, SUPPORT, "refund-order", PARAMS,
+                                                             why))["structuredContent"]["task"]
 
 
 @pytest.fixture(scope="module")
@@ -480,6 +481,7 @@ class StdioGateway:
     """``intentgate stdio`` with raw lines on its stdin; answers read by a thread."""
 
     def __init__(self, tmp_path: Path) -> None:
+        self.data_dir = tmp_path
         params = make_gateway(tmp_path)  # config, keys, and the agent's token in the environment
         cfg = yaml.safe_load((tmp_path / "intentgate.yaml").read_text())
         cfg["front"] = {"max_request_bytes": MAX_REQUEST_BYTES, "max_argument_bytes": MAX_ARGUMENT_BYTES,
@@ -550,7 +552,7 @@ def stdio_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StdioGateway]
 
 def stdio_begin(gw: StdioGateway) -> str:
     r = gw.request("tools/call", {"name": "intentgate__begin_task",
-                                  "arguments": {"intent": "refund-order", "params": PARAMS, "reason": "fuzz"}})
+                                  "arguments": grant_args(gw.data_dir, SUPPORT, "refund-order", PARAMS, "fuzz")})
     assert not r["result"].get("isError"), r
     return r["result"]["structuredContent"]["task"]
 

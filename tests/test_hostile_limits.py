@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_front_stdio import PARAMS
+from tests.tasks import grant_args
+from tests.test_front_stdio import PARAMS, SUPPORT
 from tests.test_hostile_jsonrpc import (
     ENVELOPE,
     HANDSHAKE,
@@ -173,7 +174,7 @@ def stdio_gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StdioGateway]
 
 def stdio_task(gw: StdioGateway) -> str:
     r = gw.request("tools/call", {"name": "intentgate__begin_task",
-                                  "arguments": {"intent": "refund-order", "params": PARAMS, "reason": "limits"}})
+                                  "arguments": grant_args(gw.data_dir, SUPPORT, "refund-order", PARAMS, "limits")})
     return r["result"]["structuredContent"]["task"]
 
 

@@ -28,7 +28,8 @@ from schemathesis.checks import (
 
 from gateway.keys import KeySet
 from gateway.review import AdminTokenIssuer
-from tests.test_front_stdio import PARAMS
+from tests.tasks import grant_args
+from tests.test_front_stdio import PARAMS, SUPPORT
 from tests.test_hostile_jsonrpc import HttpGateway, http_session
 
 pytestmark = pytest.mark.slow
@@ -40,8 +41,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 def held_refund(gw: HttpGateway) -> None:
     """Real rows for the reviewer API to return: allowed, denied and held calls, and a grant."""
-    task = gw.call("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                              "reason": "rest fuzz"})["structuredContent"]["task"]
+    task = gw.call("intentgate__begin_task", grant_args(gw.data_dir, SUPPORT, "refund-order", PARAMS,
+                                                        "rest fuzz"))["structuredContent"]["task"]
     for name, arguments, step in [("tickets__get_ticket", {"ticket_id": "TCK-1"}, "read_ticket"),
                                   ("orders__get_order", {"order_id": "ORD-7"}, "lookup"),
                                   ("orders__get_order", {"order_id": "ORD-8"}, "refund"),

@@ -46,8 +46,13 @@ def problems_of(tmp_path: Path) -> list[str]:
 def test_project_intents_load_clean(registry) -> None:
     _, problems = check_intents(INTENTS_DIR)
     assert problems == []
-    assert registry.names() == ["refund-order", "rotate-credential", "triage-ticket"]
+    assert registry.names() == ["lookup-order", "refund-order", "rotate-credential", "triage-ticket"]
+    # what moves money, credentials or mail is begun by a task issuer; a read-only lookup by the agent
+    assert {i.name: registry.begin_modes(i) for i in registry} == {
+        "lookup-order": ["agent"], "refund-order": ["issuer"], "rotate-credential": ["issuer"],
+        "triage-ticket": ["issuer"]}
     refund = registry.get("refund-order")
+    assert refund.budgets_of("refund")[0][0] == "refund_total"
     assert refund.steps["refund"].tool == "payments.refund"
     assert refund.steps["comment"].terminal
     assert refund.rules("refund")["reason"].optional

@@ -43,15 +43,29 @@ def test_fresh_database_is_migrated_to_head_and_matches_the_models(db_url: str) 
     assert head == [(1, 0, "0" * 64)]  # seeded, so replicas never race to insert it
 
 
-async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_url: str) -> None:
-    store = Store.open(db_url, timeout=10.0, pool_size=2)
-    await store.commit_decision(a_decision(1))
-    store.close()
-    # make it look like a database written before migrations existed: no alembic_version
-    eng = create_engine(db_url)
+def _pre_migration_schema(url: str) -> None:
+    """The schema a gateway from before migrations created (the baseline), with no alembic_version."""
+    from alembic import command
+
+    from gateway.store.migrate import alembic_config
+
+    eng = create_engine(url)
+    cfg = alembic_config()
     with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        try:
+            command.upgrade(cfg, BASELINE)
+        finally:
+            cfg.attributes.pop("connection", None)
         conn.execute(text("DROP TABLE alembic_version"))
     eng.dispose()
+
+
+async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_url: str) -> None:
+    _pre_migration_schema(db_url)
+    old = Store(Database(db_url, timeout=10.0, pool_size=1, inline=False))  # as the old gateway wrote it
+    await old.commit_decision(a_decision(1))
+    old.close()
     db = Database(db_url, timeout=10.0, pool_size=1, inline=False)
     try:
         status = schema_status(db)
@@ -73,8 +87,10 @@ async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_
 
 async def test_empty_pre_migration_schema_gets_its_chain_head(db_url: str) -> None:
     """Tables made by the gateway's old ``create_all`` and no decision yet: no chain head row."""
+    _pre_migration_schema(db_url)
     eng = create_engine(db_url)
-    metadata.create_all(eng)
+    with eng.begin() as conn:
+        conn.execute(text("DELETE FROM chain_head"))
     eng.dispose()
     store = Store.open(db_url, timeout=10.0, pool_size=2)
     try:

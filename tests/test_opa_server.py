@@ -87,7 +87,10 @@ def test_the_rego_test_suite_passes_on_the_opa_server(opa: httpx2.Client, regist
         failed = []
         for t in expected:
             r = opa.get(f"/v1/data/{t.package.replace('.', '/')}/{t.name}")
-            if r.status_code != 200 or r.json().get("result") is not True:
+            result = r.json().get("result") if r.status_code == 200 else None
+            # a table-driven test (test_x[note]) is an object of its cases, each of which must hold
+            passed = result is True or (isinstance(result, dict) and result and all(v is True for v in result.values()))
+            if not passed:
                 failed.append((t.ref, r.status_code, r.text[:300]))
         assert not failed, failed
     finally:

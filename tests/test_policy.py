@@ -16,7 +16,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -559,7 +559,8 @@ def test_project_rego_tests_all_pass(registry) -> None:
     results = run_rego_tests(POLICY_DIR, registry.data_document())
     assert len(results) >= 20
     assert [(r.name, r.error) for r in results if not r.passed] == []
-    assert {r.file for r in results} == {"intentgate/decision_test.rego", "intentgate/reads_test.rego"}
+    assert {r.file for r in results} == {"intentgate/decision_test.rego", "intentgate/reads_test.rego",
+                                         "intentgate/tasks_test.rego"}
     assert all(r.line > 0 for r in results)
 
 

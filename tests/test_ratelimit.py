@@ -14,6 +14,7 @@ from gateway.reads import ReadRequest, decide_read
 from gateway.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_decide import MONDAY_10, OTHER, REFUND_PARAMS, SUPPORT, call
+from tests.tasks import ISSUER
 
 READ = {"ticket_id": "TCK-1"}
 
@@ -48,11 +49,12 @@ async def rt(tmp_path: Path):
 
 
 async def test_calls_over_the_limit_are_refused_and_recorded(rt: Runtime) -> None:
-    started = await rt.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "x")  # token 1
+    # the agent begins a task itself (lookup-order lets it): that counts against its rate
+    started = await rt.decider.begin_task(SUPPORT, "lookup-order", REFUND_PARAMS, "x")  # token 1
     first = await rt.decider.decide(call(started.task_id, "read_ticket", "tickets.get_ticket", READ))  # 2
     assert first.outcome == "allow"
     await rt.decider.decide(call(started.task_id, "lookup", "orders.get_order", {"order_id": "ORD-7"}))  # 3
-    limited = await rt.decider.decide(call(started.task_id, "refund", "payments.refund", {"amount": 1}))
+    limited = await rt.decider.decide(call(started.task_id, "lookup", "orders.get_order", {"order_id": "ORD-7"}))
     assert limited.outcome == "deny" and limited.reasons == ["rate_limited"] and limited.token is None
     assert "retry later" in limited.explanation
     record = await rt.store.get_decision(limited.decision_id)
@@ -61,10 +63,12 @@ async def test_calls_over_the_limit_are_refused_and_recorded(rt: Runtime) -> Non
                                                      name="tickets://TCK-1"))
     assert read.reasons == ["rate_limited"]
     with pytest.raises(TaskError) as refused:
-        await rt.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "again")
+        await rt.decider.begin_task(SUPPORT, "lookup-order", REFUND_PARAMS, "again")
     assert refused.value.code is ReasonCode.RATE_LIMITED
+    # a task issuer's begins count against the issuer, not against the agent it begins for
+    assert (await rt.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "x", issuer=ISSUER)).task_id
     # another agent is not slowed down by this one
-    other = await rt.decider.begin_task(OTHER, "refund-order", REFUND_PARAMS, "x")
+    other = await rt.decider.begin_task(OTHER, "refund-order", REFUND_PARAMS, "x", issuer=ISSUER)
     assert other.task_id
     rt.clock.advance(1.0)  # one more token for SUPPORT
     again = await rt.decider.decide(call(started.task_id, "lookup", "orders.get_order", {"order_id": "ORD-7"}))
@@ -76,7 +80,7 @@ async def test_no_limit_when_disabled(tmp_path: Path) -> None:
                          front={"rate_limit_per_second": None})
     runtime = await Runtime.open(config, clock=FrozenClock(MONDAY_10))
     try:
-        started = await runtime.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "x")
+        started = await runtime.decider.begin_task(SUPPORT, "refund-order", REFUND_PARAMS, "x", issuer=ISSUER)
         verdicts = [await runtime.decider.decide(call(started.task_id, "nope", "tickets.get_ticket", READ))
                     for _ in range(300)]
         assert all(v.reasons != ["rate_limited"] for v in verdicts)

@@ -6,6 +6,7 @@ The app runs in process over a real SQLite store; tokens come from real allow de
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.tokens import ActionTokenIssuer
 from gateway.web import create_app
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_review_api import SUPPORT, agent_token
+from tests.tasks import ISSUER
 
 TICKET = {"ticket_id": "TCK-1"}
 
@@ -38,7 +40,8 @@ class App:
 
     def begin(self) -> str:
         started = self.client.portal.call(  # type: ignore[union-attr]
-            self.rt.decider.begin_task, SUPPORT, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"}, "test"
+            functools.partial(self.rt.decider.begin_task, issuer=ISSUER),
+            SUPPORT, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"}, "test",
         )
         return started.task_id
 

@@ -21,6 +21,7 @@ from gateway.runtime import Runtime
 from tests.conftest import INTENTS_DIR
 from tests.test_approvals import BIG, REVIEWER, clock, policy_dir, rt  # noqa: F401 - shared fixtures
 from tests.test_decide import MONDAY_10, SUPPORT, begin_refund, call, walk_to_refund
+from tests.tasks import ISSUER
 
 SMALL = {"order_id": "ORD-7", "amount": 30, "currency": "EUR"}
 OVER = {"order_id": "ORD-7", "amount": 4000, "currency": "EUR"}
@@ -80,10 +81,10 @@ async def test_unchanged_policy_changes_nothing_and_nothing_is_written(rt: Runti
     before = await rt.store.counts()
     report = await replay(rt, tmp_path, policy_dir)
     assert report.changes == [] and report.transitions == {}
-    # walked steps, refunds, the approved retry, the out-of-order call, two reads
-    assert report.unchanged == 2 * 2 + 5 + 2
-    assert report.skipped == {"decided before the policy": 3}  # the three task/begin decisions
-    assert report.checked == report.unchanged + 3 and report.decisions_per_second > 0
+    # walked steps, refunds, the approved retry, the out-of-order call, two reads, three task begins
+    assert report.unchanged == 2 * 2 + 5 + 2 + 3
+    assert report.skipped == {}
+    assert report.checked == report.unchanged and report.decisions_per_second > 0
     assert await rt.store.counts() == before and rt.store.verify_chain().ok
 
 
@@ -110,10 +111,11 @@ async def test_higher_limits_release_holds_and_denies(rt: Runtime, tmp_path, pol
     assert moved(report) == {
         ids["big_hold"]: ("hold", "allow"),
         ids["big_approved"]: ("hold", "allow"),
-        ids["over_deny"]: ("deny", "allow"),
+        # within the candidate's limits now, but 4,000 EUR is beyond the intent's 2,000 EUR budget
+        ids["over_deny"]: ("deny", "hold"),
         ids["read_deny"]: ("deny", "allow"),
     }
-    assert report.deny_to_allow == 4  # hold->allow counts as released too
+    assert report.deny_to_allow == 3  # hold->allow counts as released too
     assert ids["out_of_order"] not in moved(report)  # the workflow still refuses it
 
 
@@ -142,7 +144,7 @@ async def test_calls_without_recorded_arguments_are_skipped(tmp_path, clock, db_
         task = await begin_refund(runtime)
         await walk_to_refund(runtime, task)
         report = await replay(runtime, tmp_path, policy_dir)
-        assert report.skipped == {"decided before the policy": 1, "arguments not recorded": 2}
+        assert report.skipped == {"arguments not recorded": 2}  # the task begin replays: unchanged
     finally:
         await runtime.aclose()
 
@@ -150,7 +152,7 @@ async def test_calls_without_recorded_arguments_are_skipped(tmp_path, clock, db_
 @pytest.mark.parametrize("who", ["spiffe://example.org/agent/support-9"])
 async def test_agent_claims_and_identity_come_from_the_record(rt: Runtime, tmp_path, policy_dir, who) -> None:
     agent = AgentIdentity(id=who)
-    started = await rt.decider.begin_task(agent, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"}, "x")
+    started = await rt.decider.begin_task(agent, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"}, "x", issuer=ISSUER)
     v = await rt.decider.decide(call(started.task_id, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"},
                                      agent=agent))
     assert v.outcome == "allow"
@@ -161,5 +163,8 @@ async def test_agent_claims_and_identity_come_from_the_record(rt: Runtime, tmp_p
                                                  "  - spiffe://example.org/agent/support-1\n"))
 
     report = await replay(rt, tmp_path, policy_dir, intents_edit=drop_support_agents)
-    assert moved(report) == {v.decision_id: ("allow", "deny")}
-    assert "policy:agent_not_permitted" in report.changes[0].after_reasons
+    # the task would not have been begun for this agent, nor its call allowed
+    assert moved(report) == {started.decision_id: ("allow", "deny"), v.decision_id: ("allow", "deny")}
+    changes = {c.decision_id: c for c in report.changes}
+    assert changes[started.decision_id].after_reasons == ["agent_not_permitted"]
+    assert "policy:agent_not_permitted" in changes[v.decision_id].after_reasons

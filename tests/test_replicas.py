@@ -26,7 +26,7 @@ import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from gateway.canonical import arguments_sha256
 from gateway.decide import new_id
@@ -35,8 +35,9 @@ from gateway.store import DecisionRecord, Store, TokenRecord
 from gateway.tokens import ActionTokenIssuer
 from tests.processes import free_port, serve, stop
 from tests.test_front_http import agent_token
-from tests.test_front_stdio import PARAMS, make_gateway
+from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
 from tests.test_review_api import admin_token
+from tests.tasks import grant_args, orchestrator_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -107,9 +108,9 @@ async def balanced_client(r: Replicas, mode: str = "auto") -> AsyncIterator[tupl
             yield client, lb
 
 
-async def _walk_to_refund(client: Client) -> str:
-    r = await client.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                          "reason": "replica test"})
+async def _walk_to_refund(client: Client, data_dir: Path) -> str:
+    r = await client.call_tool("intentgate__begin_task", grant_args(data_dir, SUPPORT, "refund-order", PARAMS,
+                                                                    "replica test"))
     assert not r.is_error, r.content
     task = r.structured_content["task"]
     for tool, args, step in (("tickets__get_ticket", {"ticket_id": "TCK-1"}, "read_ticket"),
@@ -122,7 +123,7 @@ async def _walk_to_refund(client: Client) -> str:
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_an_mcp_session_works_with_every_request_on_another_replica(replicas: Replicas, mode: str) -> None:
     async with balanced_client(replicas, mode) as (client, lb):
-        task = await _walk_to_refund(client)
+        task = await _walk_to_refund(client, replicas.data_dir)
         r = await client.call_tool("payments__refund", {"order_id": "ORD-7", "amount": 5, "currency": "EUR"},
                                    meta={"intentgate/task": task, "intentgate/step": "refund"})
         assert not r.is_error, r.content
@@ -145,7 +146,7 @@ async def _decide(http: httpx2.AsyncClient, r: Replicas, i: int, token: str, tas
 
 async def test_a_single_use_step_is_allowed_once_across_replicas(replicas: Replicas) -> None:
     async with balanced_client(replicas) as (client, _):
-        task = await _walk_to_refund(client)
+        task = await _walk_to_refund(client, replicas.data_dir)
     token = agent_token(replicas.data_dir)
     async with httpx2.AsyncClient(timeout=30) as http:
         verdicts = await asyncio.gather(*(_decide(http, replicas, i, token, task, 7) for i in range(16)))
@@ -158,7 +159,7 @@ async def test_a_single_use_step_is_allowed_once_across_replicas(replicas: Repli
 
 async def test_an_approval_is_granted_once_and_used_once_across_replicas(replicas: Replicas) -> None:
     async with balanced_client(replicas) as (client, _):
-        task = await _walk_to_refund(client)
+        task = await _walk_to_refund(client, replicas.data_dir)
     token = agent_token(replicas.data_dir)
     config = yaml.safe_load(replicas.config_path.read_text())
     from gateway.config import load_config
@@ -244,3 +245,35 @@ async def test_every_token_is_redeemed_exactly_once_through_both_replicas(replic
         assert report.ok and report.head_seq >= seq_before + TOKENS * (REDEEMERS - 1)
     finally:
         store.close()
+
+
+async def test_a_budget_is_spent_exactly_once_across_replicas(replicas: Replicas) -> None:
+    """16 refunds of 300 EUR at once, each in its own task, half on each replica, for an agent with
+    2,000 EUR a day (refund-order's budget): six are allowed, the rest held; 1,800 EUR spent."""
+    agent = "spiffe://example.org/agent/support-budget"
+    token = agent_token(replicas.data_dir, agent)
+    async with httpx2.AsyncClient(timeout=60) as http:
+        tasks = []
+        for i in range(16):
+            async with httpx2.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as agent_http:
+                r = await http.post(replicas.url(i, "/v1/tasks"), json={
+                    "agent": agent, "intent": "refund-order", "params": PARAMS, "reason": "budget race"},
+                    headers={"Authorization": f"Bearer {orchestrator_token(replicas.data_dir)}"})
+                assert r.status_code == 201, r.text
+                task = r.json()["task"]
+                for step, upstream, tool, args in (("read_ticket", "tickets", "get_ticket", {"ticket_id": "TCK-1"}),
+                                                   ("lookup", "orders", "get_order", {"order_id": "ORD-7"})):
+                    d = await agent_http.post(replicas.url(i, "/v1/decide"), json={
+                        "task": task, "step": step, "upstream": upstream, "tool": tool, "arguments": args})
+                    assert d.json()["outcome"] == "allow", d.text
+            tasks.append(task)
+        verdicts = await asyncio.gather(*(_decide(http, replicas, i, token, task, 300) for i, task in enumerate(tasks)))
+    outcomes = Counter(v["outcome"] for v in verdicts)
+    assert outcomes == {"allow": 6, "hold": 10}, verdicts
+    assert all(v["reasons"] == ["budget_exceeded:refund_total"] for v in verdicts if v["outcome"] == "hold")
+    eng = create_engine(replicas.db_url)
+    with eng.connect() as conn:
+        spent = conn.execute(text("SELECT sum(amount) FROM budget_usage WHERE scope LIKE :a"),
+                             {"a": f"%{agent}%"}).scalar()
+    eng.dispose()
+    assert spent == 1800

@@ -15,8 +15,9 @@ from gateway.clock import FrozenClock
 from gateway.runtime import Runtime
 from tests.conftest import strict_refund_policy
 from tests.test_review_api import HOUR, MONDAY_10, SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
+from tests.tasks import ISSUER
 
-HELD = {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"}
+HELD = {"order_id": "ORD-7", "amount": 1800, "currency": "EUR"}
 OVER = {"order_id": "ORD-7", "amount": 4000, "currency": "EUR"}
 
 
@@ -100,7 +101,7 @@ def test_break_glass_grant_is_used_flagged_and_signed_off(env: Env) -> None:
 
     async def over_limit(rt: Runtime):
         started = await rt.decider.begin_task(SUPPORT, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"},
-                                              "incident")
+                                              "incident", issuer=ISSUER)
         for step, tool, args in [("read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}),
                                  ("lookup", "orders.get_order", {"order_id": "ORD-7"})]:
             await rt.decider.decide(_call(started.task_id, step, tool, args))

@@ -25,6 +25,7 @@ from gateway.review import ADMIN_AUDIENCE, ADMIN_ISSUER, AdminTokenIssuer
 from gateway.runtime import Runtime
 from gateway.web import create_app
 from tests.conftest import INTENTS_DIR, POLICY_DIR
+from tests.tasks import ISSUER
 
 SUPPORT = AgentIdentity(id="spiffe://example.org/agent/support-1")
 OTHER = AgentIdentity(id="spiffe://example.org/agent/support-2")
@@ -71,7 +72,7 @@ async def _fill(config: GatewayConfig) -> Filled:
                 await rt.verifier.verify_and_consume(verdict.token.token, tool="payments.refund",
                                                      arguments=args[3], audience="payments", ledger=rt.store)
 
-        started = await d.begin_task(SUPPORT, "refund-order", REFUND, "customer asked")
+        started = await d.begin_task(SUPPORT, "refund-order", REFUND, "customer asked", issuer=ISSUER)
         f.task_a, f.ids["a_begin"] = started.task_id, started.decision_id
         await call("a_read", f.task_a, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"})
         await call("a_lookup", f.task_a, "lookup", "orders.get_order", {"order_id": "ORD-7"})
@@ -80,7 +81,7 @@ async def _fill(config: GatewayConfig) -> Filled:
         await call("a_comment", f.task_a, "comment", "tickets.add_comment", {"ticket_id": "TCK-1", "body": "done"})
 
         clock.advance(HOUR)
-        started = await d.begin_task(SUPPORT, "refund-order", REFUND, "second refund")
+        started = await d.begin_task(SUPPORT, "refund-order", REFUND, "second refund", issuer=ISSUER)
         f.task_b, f.ids["b_begin"] = started.task_id, started.decision_id
         await call("b_skip", f.task_b, "refund", "payments.refund", {"order_id": "ORD-7", "amount": 5, "currency": "EUR"})
         await call("b_wrong_tool", f.task_b, "read_ticket", "email.send", {"ticket_id": "TCK-1"})
@@ -89,11 +90,11 @@ async def _fill(config: GatewayConfig) -> Filled:
         await call("b_binding", f.task_b, "refund", "payments.refund",
                    {"order_id": "ORD-8", "amount": 5, "currency": "EUR"})
         await call("b_hold", f.task_b, "refund", "payments.refund",
-                   {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"})
+                   {"order_id": "ORD-7", "amount": 1800, "currency": "EUR"})
         await call("unknown_task", "tsk_nope", "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"})
         await call("other_agent", f.task_b, "refund", "payments.refund",
                    {"order_id": "ORD-7", "amount": 5, "currency": "EUR"}, agent=OTHER)
-        started = await d.begin_task(SUPPORT, "refund-order", REFUND, "third refund")
+        started = await d.begin_task(SUPPORT, "refund-order", REFUND, "third refund", issuer=ISSUER)
         f.ids["c_begin"] = started.decision_id
         for name, step, tool, args in [
             ("c_read", "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}),
@@ -313,7 +314,7 @@ def test_detail_of_a_held_refund(env: Env) -> None:
     body = r.json()
     dec = body["decision"]
     assert dec["outcome"] == "hold" and dec["reasons"] == ["policy_hold", "policy:large_refund"]
-    assert dec["policy_input"]["call"]["arguments"]["amount"] == 2500
+    assert dec["policy_input"]["call"]["arguments"]["amount"] == 1800
     assert dec["policy_result"]["hold"] is True
     assert set(dec["timings_us"]) >= {"task", "workflow", "policy"}
     assert dec["masked"] == [] and len(dec["hash"]) == 64

@@ -96,11 +96,13 @@ def test_show_json_and_panels(filled) -> None:
     assert [(p["step"], p["relation"]) for p in detail["graph"]["path"]] == [
         ("read_ticket", "before"), ("lookup", "before")]
     assert detail["graph"]["attempted"] == "refund" and detail["task"]["id"] == f.task_b
+    assert detail["task"]["issuer"] == "orchestrator:spiffe://example.org/orchestrator"
     detail = json.loads(cli(config, "show", f["a_refund"], "--json").stdout)
     assert detail["token"]["status"] == "consumed" and detail["token"]["jti"] == f.token_jti
     out = cli(config, "show", f["b_hold"]).stdout
     assert f"decision {f['b_hold']}" in out and "HOLD" in out and "→ attempted" in out
     assert "path before this decision: read_ticket → lookup" in out and "approval apr_" in out
+    assert "task issuer orchestrator:spiffe://example.org/orchestrator" in out
     assert "no decision" in cli(config, "show", "dec_nope", code=1).stderr
 
 

@@ -30,6 +30,7 @@ name: utility-check
 version: "1"
 description: Look up the time, echo a line, fetch a small image.
 agents: ["spiffe://example.org/agent/utility-*"]
+begin: [agent]
 start: [now]
 steps:
   now:

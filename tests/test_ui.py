@@ -18,6 +18,7 @@ from gateway.ui.session import COOKIE
 from tests.conftest import strict_refund_policy
 from tests.test_review_actions import HELD, as_agent
 from tests.test_review_api import SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
+from tests.tasks import ISSUER
 
 PAGES = ["/ui/decisions", "/ui/decisions/dec_x", "/ui/approvals", "/ui/grants", "/ui/replay"]
 ACTIONS = ["/ui/approvals/apr_x/approve", "/ui/approvals/apr_x/reject", "/ui/grants", "/ui/grants/grt_x/sign-off",
@@ -174,6 +175,7 @@ def test_decision_page_explains_and_draws_the_graph(env: Env) -> None:
     assert "attempted" not in nodes["lookup"] and "taken" not in nodes["comment"]
     assert env.filled.task_b in html and "customer asked" not in html  # task B's reason is "second refund"
     assert "second refund" in html
+    assert "task issuer <code>orchestrator:spiffe://example.org/orchestrator</code>" in html  # who began it
     assert "&#34;ORD-8&#34;" in html  # the raw arguments, pretty JSON (escaped)
     assert '"workflow"' not in html and "&#34;workflow&#34;" in html  # the raw policy input
     # a skipped step: the jump from the start is drawn, nothing was taken
@@ -215,7 +217,7 @@ def test_user_data_is_escaped(env: Env) -> None:
 
     async def begin(rt: Runtime) -> str:
         started = await rt.decider.begin_task(SUPPORT, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"},
-                                              evil)
+                                              evil, issuer=ISSUER)
         return (await rt.decider.decide(_call(started.task_id, "lookup", "orders.get_order",
                                               {"order_id": "ORD-7", "x": evil}))).decision_id
 

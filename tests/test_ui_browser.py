@@ -18,12 +18,13 @@ import pytest
 from gateway.keys import KeySet
 from gateway.review import AdminTokenIssuer
 from tests.test_front_http import agent_token, gateway, mcp_client  # noqa: F401
-from tests.test_front_stdio import PARAMS
+from tests.test_front_stdio import PARAMS, SUPPORT
+from tests.tasks import grant_args
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
-HELD = {"order_id": "ORD-7", "amount": 2500, "currency": "EUR"}
+HELD = {"order_id": "ORD-7", "amount": 1800, "currency": "EUR"}
 STEP_TIMEOUT_MS = 15_000
 TEST_TIMEOUT_S = 120
 
@@ -54,8 +55,8 @@ async def test_reviewer_approves_a_held_refund_in_the_browser(gateway, chromium:
     admin = AdminTokenIssuer(KeySet.open_or_create(data_dir / "keys" / "admin")).mint("carol", 600)
     async with asyncio.timeout(TEST_TIMEOUT_S), mcp_client(base, agent_token(data_dir)) as agent:
         # the agent: read the ticket, look the order up, ask for a refund the policy holds
-        r = await agent.call_tool("intentgate__begin_task", {"intent": "refund-order", "params": PARAMS,
-                                                             "reason": "customer asked for a refund"})
+        r = await agent.call_tool("intentgate__begin_task", grant_args(data_dir, SUPPORT, "refund-order", PARAMS,
+                                                                       "customer asked for a refund"))
         assert not r.is_error, r.content
         task = r.structured_content["task"]
 

@@ -11,6 +11,7 @@ from .keys import keys_app
 from .policy import policy_app
 from .actions import register_actions
 from .review import register_review
+from .tasks import task_app
 
 __all__ = ["app"]
 
@@ -28,3 +29,4 @@ register_review(app, audit_app)
 register_actions(app)
 app.add_typer(audit_app, name="audit", help="Verify and export the decision log.")
 app.add_typer(db_app, name="db", help="Database schema: status and migrations.")
+app.add_typer(task_app, name="task", help="Begin tasks for agents and sign task grants (the local task issuer).")

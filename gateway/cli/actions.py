@@ -106,18 +106,23 @@ def grant(
     tool: Annotated[str | None, typer.Option(help="upstream.tool the grant covers", show_default=False)] = None,
     intent: Annotated[str | None, typer.Option(help="or: the intent whose calls it covers", show_default=False)] = None,
     minutes: Annotated[int, typer.Option(help="how long it lasts (at most review.max_grant_seconds)")] = 15,
+    overrides_approval: Annotated[bool, typer.Option(
+        "--overrides-approval", help="also let through steps that need a reviewer's approval")] = False,
     reviewer: ReviewerOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Grant a time-boxed break-glass exception to one agent.
 
-    The agent's calls to the tool (or under the intent) go through where the workflow or the
-    policy would refuse them, each one flagged; the grant needs a sign-off afterwards.
+    The agent's calls to the tool (or to the tools of the intent's steps), each under a real step
+    of its task's intent, go through where the workflow or the policy would refuse them, each one
+    flagged; the grant needs a sign-off afterwards.  A step that needs approval stays held unless
+    --overrides-approval.
     """
     cfg = config_or_exit(config)
     try:
-        request = GrantCreate(agent=agent, tool=tool, intent=intent, reason=reason, duration_seconds=minutes * 60)
+        request = GrantCreate(agent=agent, tool=tool, intent=intent, reason=reason, duration_seconds=minutes * 60,
+                              overrides_approval=overrides_approval)
     except ValidationError as exc:
         raise _fail("; ".join(e["msg"] for e in exc.errors())) from None
     try:

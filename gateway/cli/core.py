@@ -25,7 +25,7 @@ def check(
 
     cfg = config_or_exit(config, intents_dir=intents, policy_dir=policy)
     try:
-        registry, problems = check_intents(cfg.intents_dir)
+        registry, problems = check_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
     except GatewayError as exc:
         err_console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from exc

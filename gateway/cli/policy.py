@@ -41,7 +41,7 @@ def test(
     """
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
-        registry = load_intents(cfg.intents_dir)
+        registry = load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
         results = run_rego_tests(cfg.policy_dir, registry.data_document())
     except GatewayError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
@@ -82,7 +82,7 @@ def bundle(
     """
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
-        registry = load_intents(cfg.intents_dir)
+        registry = load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
         check_compiles(load_policy_dir(cfg.policy_dir), registry.data_document())
         content, manifest = build_opa_bundle(cfg.policy_dir, registry.data_document())
         output.write_bytes(content)
@@ -114,7 +114,7 @@ def evaluate(
         err_console.print(f"[red]error:[/red] {input_file}: {exc}", highlight=False)
         raise typer.Exit(2) from exc
     try:
-        registry = load_intents(cfg.intents_dir)
+        registry = load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
         engine = EmbeddedEngine(cfg.policy_dir, registry.data_document(), environment=cfg.environment)
     except GatewayError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)

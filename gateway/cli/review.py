@@ -67,7 +67,7 @@ def parse_time(text: str, *, now: float | None = None) -> datetime:
 def _with_service(cfg: GatewayConfig, fn: Callable[[ReviewService], Coroutine[Any, Any, T]]) -> T:
     def intents() -> IntentRegistry | None:
         try:
-            return load_intents(cfg.intents_dir)
+            return load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
         except GatewayError as exc:
             err_console.print(f"[yellow]intents not loaded, no graph: {exc.message.splitlines()[0]}[/yellow]")
             return None
@@ -217,6 +217,7 @@ def _detail_panels(detail: DecisionDetail) -> list[Panel]:
         body = Table.grid(padding=(0, 2))
         body.add_row(Text("status", style="bold"), t.status)
         body.add_row(Text("agent", style="bold"), t.agent)
+        body.add_row(Text("begun by", style="bold"), f"task issuer {t.issuer}" if t.issuer else "the agent itself")
         body.add_row(Text("reason", style="bold"), t.reason)
         body.add_row(Text("params", style="bold"), json.dumps(t.params))
         body.add_row(Text("expires", style="bold"), t.expires_at.isoformat())

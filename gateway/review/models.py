@@ -192,6 +192,7 @@ class TaskPublic(_Public):
     intent: str
     intent_version: str
     agent: str
+    issuer: str | None = Field(default=None, description="the task issuer that began it; null: the agent itself")
     params: dict[str, Any]
     reason: str
     status: str
@@ -293,6 +294,9 @@ class GrantCreate(_Public):
     intent: str | None = Field(default=None, min_length=1, max_length=64)
     reason: str = Field(min_length=3, max_length=2000, description="why the exception is needed (mandatory)")
     duration_seconds: int = Field(ge=60, description="how long the grant lasts (at most review.max_grant_seconds)")
+    overrides_approval: bool = Field(
+        default=False, description="also let through steps that need a reviewer's approval (approval: required); "
+        "without it such a step stays held")
 
     @model_validator(mode="after")
     def _one_target(self) -> GrantCreate:
@@ -314,6 +318,7 @@ class GrantPublic(_Public):
     revoked_at: datetime | None
     revoked_by: str | None
     uses: int = Field(description="calls let through so far (each is a flagged decision)")
+    overrides_approval: bool = Field(default=False, description="it also lets through steps that need approval")
     last_used_decision: str | None
     signed_off_by: str | None
     signed_off_at: datetime | None
@@ -326,7 +331,7 @@ def grant_public(g: GrantRecord, now: float) -> GrantPublic:
         created_at=_dt(g.created_at), expires_at=_dt(g.expires_at),
         active=g.revoked_at is None and g.expires_at > now, revoked_at=_dt(g.revoked_at), revoked_by=g.revoked_by,
         uses=g.uses, last_used_decision=g.last_used_decision, signed_off_by=g.signed_off_by,
-        signed_off_at=_dt(g.signed_off_at), sign_off_note=g.sign_off_note,
+        signed_off_at=_dt(g.signed_off_at), sign_off_note=g.sign_off_note, overrides_approval=g.overrides_approval,
     )
 
 
@@ -391,7 +396,8 @@ def build_detail(rows: DecisionDetailRows, intent: Intent | None) -> DecisionDet
             consumed_at=_dt(rows.token.consumed_at), revoked_at=_dt(rows.token.revoked_at),
         ) if rows.token else None,
         task=TaskPublic(
-            id=task.id, intent=task.intent, intent_version=task.intent_version, agent=task.agent, params=task.params,
+            id=task.id, intent=task.intent, intent_version=task.intent_version, agent=task.agent,
+            issuer=task.issuer, params=task.params,
             reason=task.reason, status=task.status, created_at=_dt(task.created_at), expires_at=_dt(task.expires_at),
             ended_at=_dt(task.ended_at),
             history=[HistoryPublic(step=h.step, tool=h.tool, decision=h.decision, decision_id=h.decision_id,

@@ -144,6 +144,7 @@ class ReviewService:
         grant = GrantRecord(
             id=new_id("grt"), agent=request.agent, tool=request.tool, intent=request.intent, reason=request.reason,
             created_by=reviewer.id, created_at=now, expires_at=now + request.duration_seconds,
+            overrides_approval=request.overrides_approval,
         )
         created = await self.store.grants.create(grant)
         if self.on_grants_changed is not None:
@@ -176,7 +177,7 @@ class ReviewService:
         for label, path in (("policy", policy_dir), ("intents", intents_dir)):
             if not path.is_dir():
                 raise ConfigError(f"{label} directory {str(path)!r} does not exist")
-        registry = load_intents(intents_dir)
+        registry = load_intents(intents_dir, default_begin=self.config.tasks.begin)
         engine = make_engine("embedded", policy_dir=policy_dir, intents_doc=registry.data_document(),
                              environment=self.config.environment)
         try:

@@ -3,7 +3,7 @@
 from .db import Database
 from .grants import GrantConflict, GrantStore
 from .records import ApprovalRecord, ChainReport, DecisionRecord, GrantRecord, Outcome, TokenRecord
-from .store import ApprovalConflict, CommitResult, Store, StoreEvents, TaskAdvance
+from .store import ApprovalConflict, CommitResult, GrantUse, Store, StoreEvents, TaskAdvance
 
 __all__ = [
     "ApprovalConflict",
@@ -15,6 +15,7 @@ __all__ = [
     "GrantConflict",
     "GrantRecord",
     "GrantStore",
+    "GrantUse",
     "Outcome",
     "Store",
     "StoreEvents",

@@ -1,7 +1,11 @@
 """Break-glass grants: time-boxed exceptions for one agent and one tool or intent.
 
 A grant lets that agent's calls through where the workflow or the policy would deny or hold
-them (never where the task itself fails: unknown, not theirs, ended, expired).  Each use is
+them (never where the task itself fails: unknown, not theirs, ended, expired), and only calls
+that name a real step of the task's intent with that step's own tool: a grant on an intent
+covers the tools of its steps, a grant on a tool that tool, and neither turns a made-up step
+or another tool into an allow.  A step with ``approval: required`` stays held unless the
+grant says it overrides approvals.  Each use is
 counted in the same transaction as the decision that used it, with one conditional UPDATE,
 so an expired or revoked grant can never be used, on any replica.  Every grant stays in the
 "needs review" list until a reviewer signs it off.
@@ -101,7 +105,7 @@ class GrantStore:
                 select(grants_t)
                 .where(t.agent == agent, t.expires_at > now, t.revoked_at.is_(None),
                        or_(t.tool == tool, t.intent == intent))
-                .order_by(t.created_at)
+                .order_by(t.overrides_approval.desc(), t.created_at)  # the broadest first
                 .limit(1)
             ).first()
             return _record(row) if row else None

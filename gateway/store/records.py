@@ -116,6 +116,7 @@ class GrantRecord(BaseModel):
     signed_off_by: str | None = None
     signed_off_at: float | None = None
     sign_off_note: str | None = None
+    overrides_approval: bool = False
 
 
 class ChainReport(BaseModel):

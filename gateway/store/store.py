@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, update
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from ..errors import StoreError
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
 from . import queries
+from .budgets import BudgetSpend, budget_used, purge_usage, spend_budgets
+from .compiled import OnSqliteCursor as _OnSqliteCursor
 from .db import Database
 from .grants import GrantStore, use_grant
 from .migrate import ensure_schema
@@ -29,9 +30,9 @@ from .records import (
     TokenRecord,
     chain_hash,
 )
-from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskRow, TokenRow
+from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskGrantRow, TaskRow, TokenRow
 
-__all__ = ["ApprovalConflict", "CommitResult", "Store", "StoreEvents", "TaskAdvance"]
+__all__ = ["ApprovalConflict", "CommitResult", "GrantUse", "Store", "StoreEvents", "TaskAdvance"]
 
 tasks_t = TaskRow.__table__
 decisions_t = DecisionRow.__table__
@@ -39,6 +40,7 @@ chain_t = ChainHeadRow.__table__
 tokens_t = TokenRow.__table__
 approvals_t = ApprovalRow.__table__
 outcomes_t = OutcomeRow.__table__
+task_grants_t = TaskGrantRow.__table__
 
 # Statements built once with bind parameters: SQLAlchemy compiles each once and caches it,
 # so the hot path costs a cache lookup instead of building and coercing literal values.
@@ -73,37 +75,14 @@ _CONSUME_TOKEN = (
     .values(status="consumed", consumed_at=bindparam("now"))
 )
 _TOKEN_STATUS = select(tokens_t.c.status).where(tokens_t.c.jti == bindparam("token_jti"))
-
-_NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
-
-
-class _OnSqliteCursor:
-    """A Core statement compiled once for SQLite and run on the DBAPI cursor.
-
-    SQLAlchemy's per-execution bookkeeping costs ~50 µs here, several times SQLite's own
-    work, so the hot-path statements skip it on SQLite: same Core statement, same SQL,
-    same JSON encoding (``json.dumps``, as SQLAlchemy's JSON type does), no per-call
-    compilation.  Other databases run the Core statement as usual.
-    """
-
-    __slots__ = ("defaults", "json_names", "sql", "stmt")
-
-    def __init__(self, stmt: Any) -> None:
-        compiled = stmt.compile(dialect=_NAMED_SQLITE)
-        self.stmt = stmt
-        self.sql = str(compiled)
-        self.defaults = dict(compiled.params)  # literal values, e.g. status = 'active'
-        self.json_names = frozenset(n for n, b in compiled.binds.items() if isinstance(b.type, JSON))
-
-    def __call__(self, conn: Connection, params: dict[str, Any] | None = None) -> Any:
-        if conn.dialect.name != "sqlite":
-            return conn.execute(self.stmt, params or {})
-        values = {**self.defaults, **(params or {})}
-        for name in self.json_names:
-            if values.get(name) is not None:
-                values[name] = json.dumps(values[name])
-        return conn.connection.driver_connection.execute(self.sql, values)
-
+_INSERT_TASK = insert(tasks_t)
+OPEN_TASKS_CAP = 100  # counting open tasks stops here: a flood of tasks costs no more than this to count
+_OPEN_TASKS = select(func.count()).select_from(
+    select(tasks_t.c.id).where(
+        tasks_t.c.agent == bindparam("agent"), tasks_t.c.intent == bindparam("intent"),
+        tasks_t.c.status == "active", tasks_t.c.expires_at > bindparam("now"),
+    ).limit(OPEN_TASKS_CAP).subquery()
+)
 
 def _json_col(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
@@ -117,6 +96,8 @@ _insert_token = _OnSqliteCursor(_INSERT_TOKEN)
 _advance_task = _OnSqliteCursor(_ADVANCE_TASK)
 _consume_token = _OnSqliteCursor(_CONSUME_TOKEN)
 _token_status = _OnSqliteCursor(_TOKEN_STATUS)
+_insert_task = _OnSqliteCursor(_INSERT_TASK)
+_open_tasks = _OnSqliteCursor(_OPEN_TASKS)
 _TASK_COLUMNS = [c.name for c in tasks_t.columns]
 
 
@@ -134,12 +115,25 @@ class TaskAdvance:
 
 
 class CommitResult:
-    __slots__ = ("committed", "revoked", "seq")
+    """``conflict`` says which race was lost when nothing was committed: ``step`` (the task
+    moved on), ``approval``, ``grant``, ``budget:<name>`` or ``task_grant`` (already used)."""
 
-    def __init__(self, committed: bool, seq: int | None = None, revoked: int = 0) -> None:
+    __slots__ = ("committed", "conflict", "revoked", "seq")
+
+    def __init__(self, committed: bool, seq: int | None = None, revoked: int = 0, conflict: str | None = None) -> None:
         self.committed = committed
         self.seq = seq
         self.revoked = revoked
+        self.conflict = conflict
+
+
+class GrantUse:
+    """A task grant being used to begin a task: its ``jti`` is recorded once, ever."""
+
+    __slots__ = ("agent", "expires_at", "issuer", "jti")
+
+    def __init__(self, jti: str, *, issuer: str, agent: str, expires_at: float) -> None:
+        self.jti, self.issuer, self.agent, self.expires_at = jti, issuer, agent, expires_at
 
 
 class StoreEvents(Protocol):
@@ -153,7 +147,11 @@ class StoreEvents(Protocol):
 
 
 class _Lost(Exception):
-    """Raised inside a transaction to roll back what it wrote: a race was lost."""
+    """Raised inside a transaction to roll back what it wrote: a race was lost (``why``)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class ApprovalConflict(Exception):
@@ -180,6 +178,7 @@ def _task_from_row(row: Any) -> Task:
         ended_at=m["ended_at"],
         history=[HistoryEntry.model_validate(h) for h in _json_col(m["history"])],
         version=m["version"],
+        issuer=m["issuer"],
     )
 
 
@@ -250,6 +249,21 @@ class Store:
 
         return await self.db.run(op, read_only=True)
 
+    async def get_task_and_usage(
+        self, task_id: str, budgets: Callable[[Task], list[tuple[str, str, int]]], now: float
+    ) -> tuple[Task | None, list[float]]:
+        """A task, and in the same read what each ``(budget, scope, window_seconds)`` that
+        ``budgets(task)`` names has spent within its window (one transaction, not two)."""
+
+        def op(conn: Connection) -> tuple[Task | None, list[float]]:
+            row = _get_task(conn, {"task_id": task_id}).fetchone()
+            if row is None:
+                return None, []
+            task = _task_from_row(row)
+            return task, [budget_used(conn, b, sc, now=now, window_seconds=w) for b, sc, w in budgets(task)]
+
+        return await self.db.run(op, read_only=True)
+
     async def get_tasks(self, task_ids: list[str]) -> dict[str, Task]:
         """Several tasks in one query (replay, reviewer pages); missing ids are left out."""
 
@@ -259,16 +273,66 @@ class Store:
 
         return await self.db.run(op, read_only=True) if task_ids else {}
 
-    async def begin_task(self, task: Task, record: DecisionRecord) -> CommitResult:
-        """Insert a new task together with the decision that allowed it."""
+    async def begin_task(self, task: Task, record: DecisionRecord, *, grant: GrantUse | None = None) -> CommitResult:
+        """Insert a new task together with the decision that allowed it.
+
+        With ``grant``, the task grant's ``jti`` is recorded in the same transaction; if it
+        already began a task (on any replica), nothing is written and ``conflict`` is
+        ``task_grant``.
+        """
 
         def op(conn: Connection) -> CommitResult:
-            conn.execute(insert(tasks_t).values(**task.model_dump(exclude={"history"}), history=[]))
+            if grant is not None:
+                seen = conn.execute(select(task_grants_t.c.jti).where(task_grants_t.c.jti == grant.jti)).first()
+                if seen is not None:
+                    return CommitResult(False, conflict="task_grant")
+                # the primary key settles a race between two transactions that both looked
+                conn.execute(insert(task_grants_t).values(jti=grant.jti, issuer=grant.issuer, agent=grant.agent,
+                                                          task_id=task.id, used_at=record.at,
+                                                          expires_at=grant.expires_at))
+            _insert_task(conn, {**task.model_dump(exclude={"history"}), "history": []})
             return CommitResult(True, _append_decision(conn, record))
 
-        result = await self.db.run(op)
-        self._committed([record])
+        try:
+            result = await self.db.run(op)
+        except StoreError as exc:
+            if grant is not None and await self._grant_used(grant.jti):
+                return CommitResult(False, conflict="task_grant")  # lost the insert race on the key
+            raise exc
+        if result.committed:
+            self._committed([record])
         return result
+
+    async def _grant_used(self, jti: str) -> bool:
+        def op(conn: Connection) -> bool:
+            return conn.execute(select(task_grants_t.c.jti).where(task_grants_t.c.jti == jti)).first() is not None
+
+        return await self.db.run(op, read_only=True)
+
+    async def open_tasks(self, agent: str, intent: str, now: float) -> int:
+        """How many active, unexpired tasks of ``intent`` the agent has (at most ``OPEN_TASKS_CAP``)."""
+
+        def op(conn: Connection) -> int:
+            return int(_open_tasks(conn, {"agent": agent, "intent": intent, "now": now}).fetchone()[0])
+
+        return await self.db.run(op, read_only=True)
+
+    async def budget_usage(self, keys: list[tuple[str, str, int]], now: float) -> list[float]:
+        """What each ``(budget, scope, window_seconds)`` has spent within its window."""
+
+        def op(conn: Connection) -> list[float]:
+            return [budget_used(conn, b, sc, now=now, window_seconds=w) for b, sc, w in keys]
+
+        return await self.db.run(op, read_only=True) if keys else []
+
+    async def purge(self, *, spends_before: float, grants_before: float) -> None:
+        """Drop budget spends no window counts any more, and task grants past their expiry."""
+
+        def op(conn: Connection) -> None:
+            purge_usage(conn, before=spends_before)
+            conn.execute(task_grants_t.delete().where(task_grants_t.c.expires_at <= grants_before))
+
+        await self.db.run(op)
 
     async def end_task(self, task_id: str, status: str, now: float, record: DecisionRecord) -> CommitResult:
         """Close an active task (``ended``/``expired``) and revoke its unconsumed tokens."""
@@ -323,13 +387,15 @@ class Store:
         approval: ApprovalRecord | None = None,
         use_approval: str | None = None,
         use_grant_id: str | None = None,
+        spends: list[BudgetSpend] | None = None,
     ) -> CommitResult:
         """Write a decision with its effects, atomically.
 
         If ``advance`` is given and the task moved on meanwhile (another call won the race
         for this step), or ``use_approval`` names an approval that is no longer approved and
         unexpired (another call used it first), or ``use_grant_id`` names a grant that expired
-        or was revoked meanwhile, nothing is written and ``committed`` is False.
+        or was revoked meanwhile, or a budget in ``spends`` has too little left (another call
+        spent it first), nothing is written, ``committed`` is False and ``conflict`` says why.
         """
 
         def op(conn: Connection) -> CommitResult:
@@ -342,9 +408,9 @@ class Store:
                     .values(status="used", used_by_decision=record.id)
                 )
                 if res.rowcount != 1:
-                    return CommitResult(False)  # nothing written in this transaction
+                    return CommitResult(False, conflict="approval")  # nothing written in this transaction
             if use_grant_id is not None and not use_grant(conn, use_grant_id, record.id, record.at):
-                raise _Lost
+                raise _Lost("grant")
             if advance is not None:
                 res = _advance_task(
                     conn,
@@ -358,9 +424,11 @@ class Store:
                     },
                 )
                 if res.rowcount != 1:
-                    raise _Lost  # roll back the approval use above, if any
+                    raise _Lost("step")  # roll back the approval use above, if any
                 if advance.complete:
                     revoked = _revoke_task_tokens(conn, advance.task_id, record.at)
+            if spends and (over := spend_budgets(conn, spends, now=record.at)):
+                raise _Lost(f"budget:{over}")
             if token is not None:
                 _insert_token(conn, token.model_dump())
             if approval is not None:
@@ -372,8 +440,8 @@ class Store:
 
         try:
             result = await self.db.run(op)
-        except _Lost:
-            return CommitResult(False)
+        except _Lost as lost:
+            return CommitResult(False, conflict=lost.why)
         if result.committed:
             self._committed([record], result.revoked)
             if token is not None and token.status == "consumed" and self.events is not None:

@@ -14,10 +14,12 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ApprovalRow",
+    "BudgetUsageRow",
     "GrantRow",
     "ChainHeadRow",
     "DecisionRow",
     "OutcomeRow",
+    "TaskGrantRow",
     "TaskRow",
     "TokenRow",
     "metadata",
@@ -28,6 +30,8 @@ metadata = SQLModel.metadata
 
 class TaskRow(SQLModel, table=True):
     __tablename__ = "tasks"
+    # an agent's open tasks of one intent, counted from the index alone when a task begins
+    __table_args__ = (Index("ix_tasks_agent_intent_open", "agent", "intent", "status", "expires_at"),)
 
     id: str = Field(primary_key=True, max_length=64)
     intent: str = Field(max_length=64, index=True)
@@ -41,6 +45,7 @@ class TaskRow(SQLModel, table=True):
     ended_at: float | None = None
     history: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     version: int = 0
+    issuer: str | None = Field(default=None, max_length=512, description="who began it; null: the agent itself")
 
 
 class DecisionRow(SQLModel, table=True):
@@ -161,3 +166,33 @@ class GrantRow(SQLModel, table=True):
     signed_off_by: str | None = Field(default=None, max_length=512)
     signed_off_at: float | None = Field(default=None, index=True)
     sign_off_note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    overrides_approval: bool = Field(default=False, description="also lets through steps with approval: required")
+
+
+class TaskGrantRow(SQLModel, table=True):
+    """A task grant that began a task: its ``jti`` can never begin another."""
+
+    __tablename__ = "task_grants"
+
+    jti: str = Field(primary_key=True, max_length=64)
+    issuer: str = Field(max_length=512)
+    agent: str = Field(max_length=512)
+    task_id: str = Field(max_length=64)
+    used_at: float
+    expires_at: float = Field(index=True)
+
+
+class BudgetUsageRow(SQLModel, table=True):
+    """What allowed calls spent of one budget (and scope) in one slice of its window.
+
+    A window is kept as 60 slices (``bucket_seconds`` = window / 60), so reading what a budget
+    has used is a sum over at most 61 rows, whatever the number of calls.
+    """
+
+    __tablename__ = "budget_usage"
+
+    budget: str = Field(primary_key=True, max_length=64)
+    scope: str = Field(primary_key=True, max_length=1024, description="canonical JSON of the budget's per values")
+    bucket_start: float = Field(primary_key=True, description="epoch seconds the slice begins")
+    amount: float
+    calls: int

@@ -35,8 +35,8 @@ ttl_seconds := t if {
 # --- the workflow graph can never be bypassed ----------------------------------------
 
 # --- what is being decided ----------------------------------------------------------------
-# A tools/call (inputs without `action` are tool calls) or a read of an upstream's resource or
-# prompt (see reads.rego). Anything else denies.
+# A tools/call (inputs without `action` are tool calls), a read of an upstream's resource or
+# prompt (see reads.rego), or the beginning of a task (see tasks.rego). Anything else denies.
 
 default _action := "tools/call"
 
@@ -44,7 +44,7 @@ _action := input.action
 
 _tool_call if _action == "tools/call"
 
-deny contains "unknown_action" if not _action in {"tools/call", "resources/read", "prompts/get"}
+deny contains "unknown_action" if not _action in {"tools/call", "resources/read", "prompts/get", "task/begin"}
 
 deny contains "workflow_violation" if {
 	_tool_call
@@ -56,7 +56,7 @@ deny contains "workflow_violation" if {
 _intent := data.intentgate.intents[input.intent.name]
 
 deny contains "unknown_intent" if {
-	_tool_call
+	_action in {"tools/call", "task/begin"}
 	not _intent
 }
 

@@ -1,0 +1,51 @@
+# Beginning a task (input.action == "task/begin").
+#
+# Input: {"action": "task/begin", "agent": {"id", "claims"}, "issuer": {"name", "id", "via"} | null,
+#         "intent": {"name", "version"}, "params": {...}, "reason": "...", "task": {"ttl_seconds"},
+#         "context": {...}, "usage": {"open_tasks": {intent: n}, "budgets": {name: {...}}}}
+#
+# `issuer` is null when the agent begins the task itself. Who may begin an intent is the
+# intent's `begin` (data.intentgate.intents[name].begin: "issuer", "agent" or both); the gateway
+# checks it before asking, and the base policy checks it again, so a policy edit cannot let
+# an agent begin what only a task issuer may. Organisations add their own rules below
+# (data.intentgate.limits.open_tasks caps the open tasks an agent may hold per intent).
+package intentgate
+
+import rego.v1
+
+_task_begin if _action == "task/begin"
+
+# Negations go through helper rules, never straight onto a built-in or `in` over input that may
+# be missing: OPA hoists such a reference out of the `not` (an undefined issuer then makes the
+# whole rule undefined, not true), where regorus negates the undefined expression; both
+# engines agree on `not <rule>`.
+_issuer_given if is_object(input.issuer)
+
+_begun_by_agent if {
+	_task_begin
+	not _issuer_given
+}
+
+_intent_begun_by(who) if who in _intent.begin
+
+deny contains "task_issuer_required" if {
+	_begun_by_agent
+	_intent
+	not _intent_begun_by("agent")
+}
+
+deny contains "issuer_not_permitted" if {
+	_task_begin
+	_issuer_given
+	_intent
+	not _intent_begun_by("issuer")
+}
+
+# at most data.intentgate.limits.open_tasks[intent] open tasks per agent and intent
+deny contains "too_many_open_tasks" if {
+	_task_begin
+	limit := data.intentgate.limits.open_tasks[input.intent.name]
+	is_number(limit)
+	open := object.get(object.get(input, ["usage", "open_tasks"], {}), input.intent.name, 0)
+	open >= limit
+}
