@@ -5,7 +5,11 @@ Prints, side by side in one run:
   10 and with 10,000 intents loaded (ratio printed: the target is ≤ 1.2×), on each policy
   engine: the embedded one and a real OPA server over its REST API on loopback;
 - each engine's policy evaluation alone, the token mint alone, and a raw SQLite
-  insert+commit, as baselines for what the pipeline adds.
+  insert+commit, as baselines for what the pipeline adds;
+- ``begin_task`` by a task issuer (its checks, the Rego policy on ``task/begin``, the
+  durable write), and an allowed call on a budgeted step (the refund) with its budget and,
+  call for call beside it, the same step of a twin intent without a budget: what the budget
+  check costs.
 
 The OPA server is ``--opa-url``, or one started here from ``--opa-bin`` (default
 ``$INTENTGATE_OPA_BIN`` or ``opa`` on the PATH; ``bash .ci/opa.sh`` builds it); without
@@ -40,10 +44,13 @@ from gateway.config import load_config  # noqa: E402
 from gateway.decide import CallRequest  # noqa: E402
 from gateway.identity import AgentIdentity  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
+from gateway.tasks import TaskIssuer  # noqa: E402
 
 AGENT = AgentIdentity(id="spiffe://example.org/agent/support-1")
 PARAMS = {"ticket_id": "TCK-1", "order_id": "ORD-7"}
 
+
+ISSUER = TaskIssuer("orchestrator", "spiffe://example.org/orchestrator", "rest")  # tasks are begun for agents
 
 def percentiles(samples_ns: list[int]) -> tuple[float, float]:
     ms = sorted(s / 1e6 for s in samples_ns)
@@ -53,12 +60,18 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
 
 
 def write_intents(directory: Path, count: int) -> None:
-    """The project's intents plus synthetic copies of refund-order, ``count`` in all."""
+    """The project's intents, refund-order's twin without its budget (``refund-order-unbudgeted``:
+    what the budget check costs, measured call for call beside it), and synthetic copies of
+    refund-order, ``count`` in all."""
     directory.mkdir(parents=True)
     base = yaml.safe_load((ROOT / "intents" / "refund-order.yaml").read_text())
-    for src in (ROOT / "intents").glob("*.yaml"):
+    shipped = sorted((ROOT / "intents").glob("*.yaml"))
+    for src in shipped:
         (directory / src.name).write_text(src.read_text())
-    for i in range(count - 3):
+    twin = {k: v for k, v in base.items() if k != "budgets"}
+    (directory / "refund-order-unbudgeted.yaml").write_text(
+        yaml.safe_dump(dict(twin, name="refund-order-unbudgeted"), sort_keys=False))
+    for i in range(count - len(shipped) - 1):
         doc = dict(base, name=f"refund-order-{i:05d}", agents=[f"spiffe://example.org/agent/team{i}-*"])
         (directory / f"refund-order-{i:05d}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -78,11 +91,16 @@ async def measure(n_intents: int, calls: int, work: Path, engine: str, opa_url: 
         d = rt.decider
         # warm up
         for _ in range(50):
-            t = await d.begin_task(AGENT, "refund-order", PARAMS, "bench")
+            t = await d.begin_task(AGENT, "refund-order", PARAMS, "bench", issuer=ISSUER)
             await d.decide(CallRequest(agent=AGENT, task_id=t.task_id, step="read_ticket", upstream="tickets",
                                        tool="get_ticket", untrusted_arguments={"ticket_id": "TCK-1"}))
         allow: list[int] = []
-        tasks = [(await d.begin_task(AGENT, "refund-order", PARAMS, "bench")).task_id for _ in range(calls)]
+        begin: list[int] = []
+        tasks = []
+        for _ in range(calls):  # a task issuer begins each task: checks, the policy, a durable write
+            s = time.perf_counter_ns()
+            tasks.append((await d.begin_task(AGENT, "refund-order", PARAMS, "bench", issuer=ISSUER)).task_id)
+            begin.append(time.perf_counter_ns() - s)
         for task_id in tasks:
             req = CallRequest(agent=AGENT, task_id=task_id, step="read_ticket", upstream="tickets",
                               tool="get_ticket", untrusted_arguments={"ticket_id": "TCK-1"})
@@ -90,6 +108,26 @@ async def measure(n_intents: int, calls: int, work: Path, engine: str, opa_url: 
             v = await d.decide(req)
             allow.append(time.perf_counter_ns() - s)
             assert v.outcome == "allow", v
+        # the refund step: with the budget, the window's sum is read and the spend written in the
+        # decision's own transaction (0.5 EUR a refund: 2,000 of them stay within the 2,000 EUR);
+        # call for call beside it, the same step of the twin intent without a budget
+        refund: list[int] = []
+        unbudgeted: list[int] = []
+        twins = [(await d.begin_task(AGENT, "refund-order-unbudgeted", PARAMS, "bench", issuer=ISSUER)).task_id
+                 for _ in range(calls)]
+        for task_id, twin in zip(tasks, twins, strict=True):
+            for t, samples in ((task_id, refund), (twin, unbudgeted)):
+                for step, upstream, tool, args in (("read_ticket", "tickets", "get_ticket", {"ticket_id": "TCK-1"}),
+                                                   ("lookup", "orders", "get_order", {"order_id": "ORD-7"})):
+                    if t == twin or step == "lookup":  # the budgeted tasks took read_ticket above
+                        await d.decide(CallRequest(agent=AGENT, task_id=t, step=step, upstream=upstream, tool=tool,
+                                                   untrusted_arguments=args))
+                req = CallRequest(agent=AGENT, task_id=t, step="refund", upstream="payments", tool="refund",
+                                  untrusted_arguments={"order_id": "ORD-7", "amount": 0.5, "currency": "EUR"})
+                s = time.perf_counter_ns()
+                v = await d.decide(req)
+                samples.append(time.perf_counter_ns() - s)
+                assert v.outcome == "allow", v
         deny: list[int] = []
         req = CallRequest(agent=AGENT, task_id=tasks[0], step="refund", upstream="payments", tool="refund",
                           untrusted_arguments={"order_id": "ORD-7", "amount": 5, "currency": "EUR"})
@@ -112,7 +150,8 @@ async def measure(n_intents: int, calls: int, work: Path, engine: str, opa_url: 
             rt.issuer.mint(agent=AGENT.id, task_id="tsk_x", intent="refund-order", step="lookup", upstream="orders",
                            tool="orders.get_order", arguments_sha256="0" * 64, task_expires_at=time.time() + 600)
             mint.append(time.perf_counter_ns() - s)
-        return {"load_s": load_s, "allow": allow, "deny": deny, "policy": pol, "mint": mint}
+        return {"load_s": load_s, "allow": allow, "deny": deny, "policy": pol, "mint": mint, "begin": begin,
+                "refund": refund, "unbudgeted": unbudgeted}
     finally:
         await rt.aclose()
 
@@ -194,7 +233,9 @@ async def main() -> None:
     rows: list[tuple[str, str, str]] = []
     for engine in engines:
         rows += [(engine, "allow", f"decide: allow (token minted, durable write), {names[engine]}"),
-                 (engine, "deny", f"decide: deny (durable write), {names[engine]}")]
+                 (engine, "deny", f"decide: deny (durable write), {names[engine]}"),
+                 (engine, "refund", f"decide: allow on a budgeted step (budget read + spent), {names[engine]}"),
+                 (engine, "begin", f"begin_task by an issuer (checks, policy, durable write), {names[engine]}")]
     rows += [(engine, "policy", f"policy evaluation alone, {names[engine]}") for engine in engines]
     rows.append((engines[0], "mint", "token mint alone (EdDSA)"))
     for engine, key, label in rows:
@@ -206,6 +247,16 @@ async def main() -> None:
     p50, p99 = percentiles(raw)
     table.add_row("baseline: raw sqlite3 insert+commit", *([f"{p50:.3f}", f"{p99:.3f}"] * len(counts)))
     console.print(table)
+    first = results[engines[0], counts[0]]
+    with_budget, without = percentiles(first["refund"]), percentiles(first["unbudgeted"])  # type: ignore[arg-type]
+    budget = Table(title=f"the budget check, {names[engines[0]]}, {counts[0]} intents, call for call (ms)")
+    for column in ("refund step", "p50", "p99"):
+        budget.add_column(column, justify="right" if column != "refund step" else "left")
+    budget.add_row("refund-order with its budget (sum over 24 h read, spend written)", f"{with_budget[0]:.3f}",
+                   f"{with_budget[1]:.3f}")
+    budget.add_row("its twin without a budget, the calls interleaved", f"{without[0]:.3f}", f"{without[1]:.3f}")
+    budget.add_row("difference", f"{with_budget[0] - without[0]:+.3f}", f"{with_budget[1] - without[1]:+.3f}")
+    console.print(budget)
     for n in counts:
         for engine in engines:
             console.print(f"startup with {n} intents, {names[engine]} (load + compile): "

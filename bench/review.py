@@ -51,6 +51,7 @@ from gateway.review import DecisionQuery, ReviewService  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.store import Store  # noqa: E402
 from gateway.store.records import GENESIS_HASH, chain_hash  # noqa: E402
+from gateway.tasks import TaskIssuer  # noqa: E402
 
 console = Console()
 AGENT = "spiffe://example.org/agent/support-1"
@@ -83,7 +84,7 @@ async def stories(data_dir: Path) -> tuple[list[dict[str, Any]], list[list[dict[
     }
     try:
         for script in scripts.values():
-            started = await d.begin_task(agent, "refund-order", PARAMS, "benchmark story")
+            started = await d.begin_task(agent, "refund-order", PARAMS, "benchmark story", issuer=ISSUER)
             for step, tool, args in script:
                 await d.decide(call(started.task_id, step, tool, args))
             rt.clock.advance(60)  # type: ignore[attr-defined]
@@ -101,6 +102,8 @@ async def stories(data_dir: Path) -> tuple[list[dict[str, Any]], list[list[dict[
     groups = [by_task[t["id"]] for t in tasks] + [by_task.get("tsk_unknown", [])]
     return tasks + [None], groups  # type: ignore[list-item]
 
+
+ISSUER = TaskIssuer("orchestrator", "spiffe://example.org/orchestrator", "rest")  # tasks are begun for agents
 
 def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, Any]]]]) -> None:
     """Clone the stories until ``rows`` decisions are in ``path`` (chain included)."""
