@@ -9,25 +9,19 @@ decision pipeline and the Rego policy (as ``data.intentgate.intents``) see.
 from __future__ import annotations
 
 import fnmatch
-import functools
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
-from referencing import Registry
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
 
 from .canonical import canonical_json, sha256_hex
 from .errors import IntentFileError
+from .schemas import CompiledSchema, InvalidSchema, compile_schema
 
 __all__ = [
     "ArgumentRule",
@@ -88,9 +82,10 @@ class Problem:
     intent: str | None = None
     step: str | None = None
     field: str | None = None
+    line: int | None = None  # where in the file (1-based), when the problem is about one place
 
     def __str__(self) -> str:
-        where = [self.file]
+        where = [f"{self.file}:{self.line}" if self.line else self.file]
         if self.intent:
             where.append(f"intent {self.intent!r}")
         if self.step:
@@ -106,12 +101,12 @@ class ArgumentRule:
 
     name: str
     schema: dict[str, Any]
-    validator: Draft202012Validator
+    validator: CompiledSchema
     bind: str | None
     optional: bool
 
     def schema_errors(self, value: Any) -> list[str]:
-        return [e.message for e in self.validator.iter_errors(value)]
+        return self.validator.errors(value)
 
 
 class Step(BaseModel):
@@ -194,7 +189,7 @@ class Intent(BaseModel):
     budgets: dict[str, Budget] = Field(default_factory=dict)
 
     _rules: dict[str, dict[str, ArgumentRule]] = PrivateAttr(default_factory=dict)
-    _param_validators: dict[str, Draft202012Validator] = PrivateAttr(default_factory=dict)
+    _param_validators: dict[str, CompiledSchema] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr(default="<memory>")
 
     @field_validator("version", mode="before")
@@ -225,7 +220,7 @@ class Intent(BaseModel):
             if name not in params:
                 errors.append(f"{name}: required")
                 continue
-            errors.extend(f"{name}: {e.message}" for e in validator.iter_errors(params[name]))
+            errors.extend(f"{name}: {e}" for e in validator.errors(params[name]))
         return errors
 
     def start_or_next(self, last_step: str | None) -> list[str]:
@@ -295,60 +290,6 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-_SCHEMA_BASE = "urn:intentgate:schema"
-# keywords whose values are data, not subschemas: a "$ref" inside them is not a reference
-_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
-
-
-def _refs(node: Any) -> Iterable[str]:
-    """Every ``$ref`` / ``$dynamicRef`` in a schema."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                yield value
-            elif key not in _DATA_KEYWORDS:
-                yield from _refs(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _refs(item)
-
-
-def _check_refs(schema: Any) -> None:
-    """Refuse references that validation could not follow (it would fail at call time instead).
-
-    Only references within the schema itself (``#/$defs/x``, ``#anchor``) are allowed: nothing
-    is ever fetched, and a schema's meaning does not depend on another document.
-    """
-    resolver = Registry().with_resource(_SCHEMA_BASE, DRAFT202012.create_resource(schema)).resolver(_SCHEMA_BASE)
-    for ref in _refs(schema):
-        if not ref.startswith("#"):
-            raise SchemaError(f"$ref {ref[:80]!r}: only references within the schema ('#...') are allowed")
-        try:
-            resolver.lookup(ref)
-        except (Unresolvable, ValueError) as exc:
-            raise SchemaError(f"$ref {ref[:80]!r} does not resolve within the schema") from exc
-
-
-@functools.lru_cache(maxsize=4096)
-def _validator_for(schema_json: str) -> Draft202012Validator:
-    """A checked, compiled validator per distinct schema (checking against the metaschema is slow)."""
-    schema = json.loads(schema_json)
-    Draft202012Validator.check_schema(schema)
-    _check_refs(schema)
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-
-
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
-    """Raises ``SchemaError`` for an invalid schema, including one that is not JSON at all."""
-    try:
-        text = json.dumps(schema, sort_keys=True, allow_nan=False)
-        return _validator_for(text)
-    except (TypeError, ValueError) as exc:  # YAML dates, NaN, integers of thousands of digits: not JSON
-        raise SchemaError(f"not plain JSON ({exc})") from exc
-    except RecursionError as exc:
-        raise SchemaError("nested too deeply") from exc
-
-
 def _compile(intent: Intent, file: str) -> list[Problem]:
     """Compile JSON Schemas and bindings into the intent; return problems found."""
     problems: list[Problem] = []
@@ -358,9 +299,10 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
 
     for pname, pschema in intent.params.items():
         try:
-            intent._param_validators[pname] = _validator(pschema)
-        except SchemaError as exc:
-            err(f"invalid JSON Schema: {exc.message}", field=f"params.{pname}")
+            intent._param_validators[pname] = compile_schema(pschema)
+        except InvalidSchema as exc:
+            for problem in exc.problems:
+                err(f"invalid JSON Schema: {problem}", field=f"params.{pname}")
 
     for sname, step in intent.steps.items():
         rules: dict[str, ArgumentRule] = {}
@@ -400,9 +342,10 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
                             f"{field}.bind",
                         )
             try:
-                validator = _validator(schema)
-            except SchemaError as exc:
-                err(f"invalid JSON Schema: {exc.message}", sname, field)
+                validator = compile_schema(schema)
+            except InvalidSchema as exc:
+                for problem in exc.problems:
+                    err(f"invalid JSON Schema: {problem}", sname, field)
                 continue
             rules[aname] = ArgumentRule(
                 name=aname,
@@ -498,14 +441,57 @@ def _lint_graph(intent: Intent, file: str) -> list[Problem]:
     return problems
 
 
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """The line (1-based) of every mapping key in a YAML document, by its path."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return lines
+    todo: list[tuple[tuple[str, ...], Any]] = [((), root)]
+    while todo and len(lines) < 100_000:
+        path, node = todo.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    where = (*path, str(key.value))
+                    lines.setdefault(where, key.start_mark.line + 1)
+                    todo.append((where, value))
+    return lines
+
+
+def _with_line(problem: Problem, lines: dict[tuple[str, ...], int]) -> Problem:
+    """The problem, with the line of the deepest key of its place that the file has."""
+    parts: list[str] = ["steps", problem.step] if problem.step else []
+    parts += problem.field.split(".") if problem.field else []
+    while parts:
+        if (line := lines.get(tuple(parts))) is not None:
+            return replace(problem, line=line)
+        parts.pop()
+    return problem
+
+
 def _load_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
+    intent, problems = _parse_file(path, display)
+    if problems:
+        try:
+            lines = _key_lines(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            lines = {}
+        problems = [_with_line(p, lines) for p in problems]
+    return intent, problems
+
+
+def _parse_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
     except yaml.YAMLError as exc:
         return None, [Problem(Severity.ERROR, display, f"invalid YAML: {exc}".replace("\n", " "))]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [Problem(Severity.ERROR, display, f"cannot read: {exc}")]
-    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting deeper than the stack
+    except RecursionError:  # nesting deeper than the stack (where exactly varies: no detail)
+        return None, [Problem(Severity.ERROR, display, "invalid YAML: nested too deeply")]
+    except ValueError as exc:  # an integer of thousands of digits
         return None, [Problem(Severity.ERROR, display, f"invalid YAML: {type(exc).__name__}: {str(exc)[:200]}")]
     if not isinstance(raw, dict):
         return None, [Problem(Severity.ERROR, display, "an intent file must hold one YAML mapping")]

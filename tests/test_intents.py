@@ -172,3 +172,46 @@ def test_schema_that_is_not_json_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "demo.yaml", GOOD.replace("maximum: 10", "maximum: 10, default: 2024-01-01"))
     found = problems_of(tmp_path)
     assert any("field 'arguments.amount': invalid JSON Schema: not plain JSON" in p for p in found), found
+
+
+# ----- JSON Schema as the specification says --------------------------------------------------
+
+
+def test_patterns_are_ecma_262_a_trailing_newline_does_not_match(tmp_path: Path) -> None:
+    """Python's ``re`` lets ``$`` match before a final newline; JSON Schema's ECMA-262 does not."""
+    registry = load_intents(INTENTS_DIR)
+    refund = registry.get("refund-order")
+    assert refund.param_errors({"ticket_id": "TCK-1001", "order_id": "ORD-5001"}) == []
+    for sneaky in ("TCK-1001\n", "TCK-1001\r\n", "\nTCK-1001", "TCK-1001\u2028"):
+        errors = refund.param_errors({"ticket_id": sneaky, "order_id": "ORD-5001"})
+        assert errors and errors[0].startswith("ticket_id:"), (sneaky, errors)
+    write(tmp_path, "a.yaml", GOOD.replace("      amount: {type: number, maximum: 10}\n",
+                                           "      amount: {type: number, maximum: 10}\n"
+                                           '      note: {type: string, pattern: "^[a-z]+$", optional: true}\n'))
+    rule = load_intents(tmp_path).get("demo").rules("b")["note"]
+    assert rule.schema_errors("abc") == [] and rule.schema_errors("abc\n")
+
+
+def test_every_problem_of_a_broken_schema_is_reported_with_where_it_is(tmp_path: Path) -> None:
+    broken = '{type: strng, minLength: -1, pattern: "(unclosed", properties: 7}'
+    write(tmp_path, "a.yaml", GOOD.replace("{type: number, maximum: 10}", broken))
+    _, problems = check_intents(tmp_path)
+    schema_problems = [p for p in problems if "invalid JSON Schema" in p.message]
+    assert len(schema_problems) >= 3, schema_problems  # type, minLength and properties, not only the first
+    assert all(p.field == "arguments.amount" and p.step == "b" for p in schema_problems)
+    text = " ".join(p.message for p in schema_problems)
+    assert "at /type" in text and "at /minLength" in text and "at /properties" in text
+
+
+def test_problems_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    write(tmp_path / "one", "a.yaml", GOOD.replace("tool: payments.refund", "tool: payments.refund\n    max_calls: 0"))
+    write(tmp_path / "two", "b.yaml", GOOD.replace("{type: number, maximum: 10}", "{type: strng}"))
+    for d, name, field, starts in (("one", "a.yaml", "max_calls", "max_calls: 0"),
+                                   ("two", "b.yaml", "arguments.amount", "amount:")):
+        _, problems = check_intents(tmp_path / d)
+        [problem] = [p for p in problems if p.field == field]
+        lines = (tmp_path / d / name).read_text().splitlines()
+        assert problem.line and lines[problem.line - 1].strip().startswith(starts), problems
+        assert str(problem).startswith(f"error: {tmp_path / d / name}:{problem.line}, intent 'demo', step 'b'")
