@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .bindings import POLICY_VALUES
 from .canonical import arguments_sha256, canonical_json
 from .clock import Clock, SystemClock, iso
 from .errors import GatewayError, PolicyError, ReasonCode, TaskError, reason, reason_code_of
@@ -85,6 +86,8 @@ class Verdict(BaseModel):
     approval_id: str | None = None
     task_completed: bool = False
     recorded: bool = True
+    keep: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="paths of this call's result that later bindings read: keep their values")
 
     @property
     def forward(self) -> bool:
@@ -540,7 +543,11 @@ class Decider:
                                        arguments=call.untrusted_arguments)
             return [(u.name, u.scope, u.budget.window_seconds) for u in uses]
 
-        task, used = await self.store.get_task_and_usage(call.task_id, budgets_of, now)
+        def reads_results(task: Task) -> bool:
+            intent = self.intents.get(task.intent)
+            return intent is not None and intent.reads_results
+
+        task, used = await self.store.get_task_and_usage(call.task_id, budgets_of, now, with_results=reads_results)
         uses = [u.with_used(x) for u, x in zip(uses, used, strict=True)]  # what is left, before the policy sees it
         clocked.lap("task")
         if task is None:
@@ -616,7 +623,7 @@ class Decider:
             step=call.step, tool=call.qualified_tool, decision=outcome, decision_id=record.id, at=now,
             arguments=call.untrusted_arguments,
         )
-        complete = bool(step and step.terminal and outcome == "allow")
+        complete = bool(step and intent.is_terminal(call.step) and outcome == "allow")
         advance = TaskAdvance(task, entry, complete=complete)
         token_row = TokenRecord(
             jti=minted.jti, decision_id=record.id, task_id=task.id, agent=call.agent.id,
@@ -648,7 +655,7 @@ class Decider:
         return Verdict(
             decision_id=record.id, outcome=outcome, reasons=reasons,
             explanation=explain(reasons, nexts), allowed_next=[] if complete else allowed_next(intent, after),
-            token=minted, task_completed=complete,
+            token=minted, task_completed=complete, keep=intent.kept_paths(call.step),
         )
 
     async def _commit_refusal(self, call: CallRequest, record: DecisionRecord, task: Task, digest: str,
@@ -703,6 +710,8 @@ def policy_input(
             "started_at": iso(task.created_at),
             "expires_at": iso(task.expires_at),
             "issuer": task.issuer,
+            "results": {step: {path: found[:POLICY_VALUES] for path, found in paths.items()}
+                        for step, paths in task.results.items()},
             "history": [{"step": h.step, "tool": h.tool, "decision": h.decision} for h in task.history],
         },
         "call": {

@@ -32,12 +32,14 @@ from mcp.server.lowlevel import Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .bindings import keep_values, result_document
 from .canonical import canonical_json
 from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
 from .reads import ReadRequest, decide_read, refuse_read
 from .runtime import Runtime
+from .store import KeptValues
 from .upstreams import Upstream, UpstreamError, UpstreamPool
 
 __all__ = ["META_STEP", "META_TASK", "META_TOKEN", "Front"]
@@ -124,6 +126,14 @@ def _verdict_payload(v: Verdict) -> dict[str, Any]:
         "allowed_next": v.allowed_next,
         "approval_id": v.approval_id,
     }
+
+
+def _kept_values(task_id: str, step: str, result: types.CallToolResult,
+                 keep: dict[str, tuple[str, ...]]) -> KeptValues:
+    """The values at ``keep``'s paths in a result (its structured content, or JSON text)."""
+    texts = [c.text for c in result.content if isinstance(c, types.TextContent)]
+    values, dropped = keep_values(result_document(result.structured_content, texts), keep)
+    return KeptValues(task_id, step, values, dropped)
 
 
 def _forward_meta(ctx: Any, meta: dict[str, Any], token: str) -> dict[str, Any]:
@@ -428,12 +438,14 @@ class Front:
             return _error_result({**_verdict_payload(verdict), "outcome": "deny",
                                   "reasons": [reason(exc.code)], "explanation": "token could not be used"})
         started = time.perf_counter()
-        status, detail = "ok", None
+        status, detail, kept = "ok", None, None
         try:
             result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token),
                                               progress=_progress_sink(ctx, meta), logs=_log_sink(ctx))
             if result.is_error:
                 status = "tool_error"
+            elif verdict.keep and request.task_id and request.step:
+                kept = _kept_values(request.task_id, request.step, result, verdict.keep)
             return result
         except UpstreamError as exc:
             status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
@@ -442,9 +454,11 @@ class Front:
                                   "explanation": exc.message})
         finally:
             try:
-                await self.rt.store.record_outcome(
+                if not await self.rt.store.record_outcome(
                     verdict.decision_id, at=self.rt.clock.now(), status=status,
-                    latency_ms=(time.perf_counter() - started) * 1000, detail=detail,
-                )
+                    latency_ms=(time.perf_counter() - started) * 1000, detail=detail, kept=kept,
+                ):
+                    log.warning("task %s keeps no more result values for bindings (cap reached)", request.task_id,
+                                extra={"decision_id": verdict.decision_id})
             except GatewayError:
                 log.error("could not record the outcome of %s", verdict.decision_id)

@@ -21,30 +21,31 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .canonical import canonical_json, sha256_hex
 from .errors import IntentFileError
+from .bindings import Binding, BindingError, parse_binding
 from .schemas import CompiledSchema, InvalidSchema, compile_schema
 
 __all__ = [
     "ArgumentRule",
     "Budget",
+    "Group",
     "Intent",
     "IntentRegistry",
     "Problem",
     "Severity",
     "Step",
+    "FIXTURE_SUFFIXES",
     "check_intents",
     "load_intents",
     "parse_tool",
+    "with_lines",
 ]
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 UPSTREAM_RE = r"[A-Za-z0-9][A-Za-z0-9-]{0,31}"
 TOOL_RE = re.compile(rf"^(?P<upstream>{UPSTREAM_RE})\.(?P<tool>[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})$")
-BIND_RE = re.compile(
-    r"^(?:params\.(?P<param>[A-Za-z0-9_-]+)"
-    r"|steps\.(?P<step>[A-Za-z0-9_-]+)\.arguments\.(?P<arg>[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*))$"
-)
 # keys of an argument rule that belong to IntentGate, not to the JSON Schema
-_RULE_KEYS = ("bind", "optional")
+_RULE_KEYS = ("bind", "path", "mode", "optional")
+FIXTURE_SUFFIXES = (".test.yaml", ".test.yml")  # intent fixtures (`intentgate intent test`), not intents
 
 
 def _closure(frontier: Iterable[str], neighbours: Callable[[str], Iterable[str]]) -> set[str]:
@@ -104,6 +105,7 @@ class ArgumentRule:
     validator: CompiledSchema
     bind: str | None
     optional: bool
+    binding: Binding | None = None
 
     def schema_errors(self, value: Any) -> list[str]:
         return self.validator.errors(value)
@@ -120,6 +122,10 @@ class Step(BaseModel):
     next: list[str] = Field(default_factory=list)
     max_calls: int = Field(default=1, ge=1, le=1000)
     approval: Literal["never", "required"] = "never"
+    free: bool = Field(
+        default=False,
+        description="callable at any point of the task (a read-only lookup); it does not move the workflow on",
+    )
 
     @field_validator("tool")
     @classmethod
@@ -137,7 +143,20 @@ class Step(BaseModel):
 
     @property
     def terminal(self) -> bool:
-        return not self.next
+        """No next step (a free step never completes a task; see ``Intent.is_terminal`` for groups)."""
+        return not self.next and not self.free
+
+
+class Group(BaseModel):
+    """Steps that may run in any order (each up to its ``max_calls``); once every one of them
+    has been taken, the workflow moves on to ``next``.  Elsewhere in the graph (``start``, a
+    step's ``next``) the group's name stands for its steps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str = ""
+    steps: list[str] = Field(min_length=1)
+    next: list[str] = Field(min_length=1)
 
 
 class Budget(BaseModel):
@@ -186,9 +205,11 @@ class Intent(BaseModel):
     )
     start: list[str] = Field(min_length=1)
     steps: dict[str, Step] = Field(min_length=1)
+    groups: dict[str, Group] = Field(default_factory=dict)
     budgets: dict[str, Budget] = Field(default_factory=dict)
 
     _rules: dict[str, dict[str, ArgumentRule]] = PrivateAttr(default_factory=dict)
+    _keeps: dict[str, dict[str, tuple[str, ...]]] = PrivateAttr(default_factory=dict)
     _param_validators: dict[str, CompiledSchema] = PrivateAttr(default_factory=dict)
     _source: str = PrivateAttr(default="<memory>")
 
@@ -210,6 +231,15 @@ class Intent(BaseModel):
     def rules(self, step: str) -> dict[str, ArgumentRule]:
         return self._rules.get(step, {})
 
+    def kept_paths(self, step: str) -> dict[str, tuple[str, ...]]:
+        """The paths of ``step``'s results that later bindings read (``{path: pointer}``)."""
+        return self._keeps.get(step, {})
+
+    @property
+    def reads_results(self) -> bool:
+        """True when some binding reads an earlier step's result."""
+        return bool(self._keeps)
+
     def param_errors(self, params: Mapping[str, Any]) -> list[str]:
         """Validate task parameters: every declared one present and valid, no others."""
         errors: list[str] = []
@@ -223,31 +253,64 @@ class Intent(BaseModel):
             errors.extend(f"{name}: {e}" for e in validator.errors(params[name]))
         return errors
 
-    def start_or_next(self, last_step: str | None) -> list[str]:
-        """Steps the graph allows after ``last_step`` (``None``: nothing taken yet)."""
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """Step names, with each group's name replaced by its steps (order kept, no repeats)."""
+        out: list[str] = []
+        for name in names:
+            for step in (self.groups[name].steps if name in self.groups else [name]):
+                if step not in out:
+                    out.append(step)
+        return out
+
+    def group_of(self, step: str) -> str | None:
+        for name, group in self.groups.items():
+            if step in group.steps:
+                return name
+        return None
+
+    def free_steps(self) -> list[str]:
+        return [name for name, step in self.steps.items() if step.free]
+
+    def is_terminal(self, name: str) -> bool:
+        """A call to this step completes the task (no next step; not free; not in a group)."""
+        step = self.steps.get(name)
+        return step is not None and step.terminal and self.group_of(name) is None
+
+    def start_or_next(self, last_step: str | None, taken: Mapping[str, int] | None = None) -> list[str]:
+        """Steps the graph allows after ``last_step`` (``None``: nothing taken yet), free steps
+        aside; ``taken`` (calls per step so far) says whether a group is done."""
         if last_step is None:
-            return list(self.start)
+            return self.expand(self.start)
+        if (group := self.group_of(last_step)) is not None:
+            members = self.groups[group].steps
+            done = taken is not None and all(taken.get(m, 0) > 0 for m in members)
+            return self.expand([*members, *(self.groups[group].next if done else [])])
         step = self.steps.get(last_step)
-        return list(step.next) if step else []
+        return self.expand(step.next) if step else []
+
+    def _next_of(self, name: str) -> list[str]:
+        """Edges of the graph: a step's next, a group member's fellow members and its group's next."""
+        if (group := self.group_of(name)) is not None:
+            g = self.groups[group]
+            return [n for n in self.expand([*g.steps, *g.next]) if n in self.steps and n != name]
+        return [n for n in self.expand(self.steps[name].next) if n in self.steps]
 
     def predecessors(self, target: str) -> set[str]:
-        """Every step from which ``target`` is reachable by one or more edges."""
+        """Every step that can be taken before ``target`` in a task (free steps included)."""
         reverse: dict[str, set[str]] = {name: set() for name in self.steps}
-        for name, step in self.steps.items():
-            for nxt in step.next:
+        for name in self.steps:
+            for nxt in self._next_of(name):
                 reverse.setdefault(nxt, set()).add(name)
-        return _closure(reverse.get(target, ()), lambda cur: reverse.get(cur, ()))
+        before = _closure(reverse.get(target, ()), lambda cur: reverse.get(cur, ()))
+        return before | {f for f in self.free_steps() if f != target}
 
     def successors(self, name: str) -> set[str]:
         """Every step reachable from ``name`` by one or more edges."""
         return _closure(self._next_of(name), self._next_of)
 
     def reachable(self) -> set[str]:
-        """Every step reachable from the start steps (start steps included)."""
-        return _closure((s for s in self.start if s in self.steps), self._next_of)
-
-    def _next_of(self, name: str) -> list[str]:
-        return [n for n in self.steps[name].next if n in self.steps]
+        """Every step reachable from the start steps (start steps and free steps included)."""
+        return _closure((s for s in self.expand(self.start) if s in self.steps), self._next_of) | set(self.free_steps())
 
     def tools(self) -> set[str]:
         return {step.tool for step in self.steps.values()}
@@ -314,33 +377,18 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
             if not isinstance(optional, bool):
                 err("'optional' must be true or false", sname, f"{field}.optional")
                 continue
-            if bind is not None:
-                if not isinstance(bind, str) or not (m := BIND_RE.match(bind)):
-                    err(
-                        f"binding {bind!r} must be 'params.<name>' or "
-                        "'steps.<step>.arguments.<name>'",
-                        sname,
-                        f"{field}.bind",
-                    )
+            binding = None
+            if bind is not None or "path" in spec or "mode" in spec:
+                try:
+                    binding = parse_binding(spec)
+                except BindingError as exc:
+                    err(str(exc), sname, f"{field}.bind")
                     continue
-                if m["param"] and m["param"] not in intent.params:
-                    err(f"binding to undeclared parameter {m['param']!r}", sname, f"{field}.bind")
-                if m["step"]:
-                    src = m["step"]
-                    if src not in intent.steps:
-                        err(f"binding to unknown step {src!r}", sname, f"{field}.bind")
-                    elif src not in intent.predecessors(sname):
-                        err(
-                            f"binding to step {src!r}, which can never precede {sname!r}",
-                            sname,
-                            f"{field}.bind",
-                        )
-                    elif m["arg"].split(".")[0] not in intent.steps[src].arguments:
-                        err(
-                            f"binding to argument {m['arg']!r}, which step {src!r} does not declare",
-                            sname,
-                            f"{field}.bind",
-                        )
+                if problem := _binding_problem(intent, sname, binding):
+                    err(problem, sname, f"{field}.bind")
+                    continue
+                if binding.source == "result":
+                    intent._keeps.setdefault(binding.name, {})[binding.path] = binding.pointer
             try:
                 validator = compile_schema(schema)
             except InvalidSchema as exc:
@@ -353,10 +401,25 @@ def _compile(intent: Intent, file: str) -> list[Problem]:
                 validator=validator,
                 bind=bind,
                 optional=optional,
+                binding=binding,
             )
         intent._rules[sname] = rules
     problems.extend(_check_budgets(intent, file))
     return problems
+
+
+def _binding_problem(intent: Intent, step: str, binding: Binding) -> str | None:
+    """Why a binding can never be satisfied in this intent, or None."""
+    if binding.source == "params":
+        return None if binding.name in intent.params else f"binding to undeclared parameter {binding.name!r}"
+    src = binding.name
+    if src not in intent.steps:
+        return f"binding to unknown step {src!r}"
+    if src not in intent.predecessors(step):
+        return f"binding to step {src!r}, which can never precede {step!r}"
+    if binding.source == "arguments" and binding.keys[0] not in intent.steps[src].arguments:
+        return f"binding to argument {'.'.join(binding.keys)!r}, which step {src!r} does not declare"
+    return None
 
 
 _BUDGET_PER = re.compile(r"^(agent|intent|params\.[A-Za-z0-9_-]+|arguments\.[A-Za-z0-9_-]+)$")
@@ -397,47 +460,59 @@ def _check_budgets(intent: Intent, file: str) -> list[Problem]:
 
 def _lint_graph(intent: Intent, file: str) -> list[Problem]:
     problems: list[Problem] = []
+
+    def add(severity: Severity, message: str, step: str | None, field: str | None) -> None:
+        problems.append(Problem(severity, file, message, intent.name, step, field))
+
+    names = set(intent.steps) | set(intent.groups)
     for s in intent.start:
-        if s not in intent.steps:
-            problems.append(
-                Problem(Severity.ERROR, file, f"start step {s!r} does not exist", intent.name, None, "start")
-            )
+        if s not in names:
+            add(Severity.ERROR, f"start step {s!r} does not exist", None, "start")
     if len(set(intent.start)) != len(intent.start):
-        problems.append(Problem(Severity.ERROR, file, "duplicate start step", intent.name, None, "start"))
+        add(Severity.ERROR, "duplicate start step", None, "start")
     for sname, step in intent.steps.items():
         if len(set(step.next)) != len(step.next):
-            problems.append(Problem(Severity.ERROR, file, "duplicate step in next", intent.name, sname, "next"))
+            add(Severity.ERROR, "duplicate step in next", sname, "next")
         for n in step.next:
-            if n not in intent.steps:
-                problems.append(
-                    Problem(Severity.ERROR, file, f"next step {n!r} does not exist", intent.name, sname, "next")
-                )
+            if n not in names:
+                add(Severity.ERROR, f"next step {n!r} does not exist", sname, "next")
         if not re.match(NAME_RE, sname):
-            problems.append(
-                Problem(Severity.ERROR, file, f"step name must match {NAME_RE}", intent.name, sname, None)
-            )
+            add(Severity.ERROR, f"step name must match {NAME_RE}", sname, None)
+        if step.free and (step.next or sname in intent.expand(intent.start) or intent.group_of(sname)):
+            add(Severity.ERROR, "a free step is callable at any point: it has no next, is no start step and "
+                "belongs to no group", sname, "free")
+    seen: dict[str, str] = {}
+    for gname, group in intent.groups.items():
+        field = f"groups.{gname}"
+        if gname in intent.steps:
+            add(Severity.ERROR, f"group {gname!r} has the name of a step", None, field)
+        if not re.match(NAME_RE, gname):
+            add(Severity.ERROR, f"group name must match {NAME_RE}", None, field)
+        for member in group.steps:
+            if member not in intent.steps:
+                add(Severity.ERROR, f"group step {member!r} does not exist", None, f"{field}.steps")
+            elif member in seen:
+                add(Severity.ERROR, f"step {member!r} is in groups {seen[member]!r} and {gname!r}", None,
+                    f"{field}.steps")
+            elif intent.steps[member].next:
+                add(Severity.ERROR, f"step {member!r} is in group {gname!r}: the group's next is its next",
+                    member, "next")
+            seen.setdefault(member, gname)
+        for n in group.next:
+            if n not in names or n == gname:
+                add(Severity.ERROR, f"next step {n!r} of the group does not exist", None, f"{field}.next")
+    if any(p.severity is Severity.ERROR for p in problems):
+        return problems  # the graph below would be built on names that do not exist
     reachable = intent.reachable()
     for sname in intent.steps:
         if sname not in reachable:
-            problems.append(
-                Problem(Severity.WARNING, file, "step is unreachable from the start steps", intent.name, sname, None)
-            )
-    if not any(intent.steps[s].terminal for s in reachable):
-        problems.append(
-            Problem(
-                Severity.ERROR,
-                file,
-                "no terminal step (a step with empty 'next') is reachable, so the task can never complete",
-                intent.name,
-                None,
-                "steps",
-            )
-        )
-    for sname in reachable:
-        if not any(intent.steps[t].terminal for t in ({sname} | intent.successors(sname))):
-            problems.append(
-                Problem(Severity.WARNING, file, "no terminal step is reachable from this step", intent.name, sname, "next")
-            )
+            add(Severity.WARNING, "step is unreachable from the start steps", sname, None)
+    if not any(intent.is_terminal(s) for s in reachable):
+        add(Severity.ERROR, "no terminal step (a step with empty 'next') is reachable, so the task can never complete",
+            None, "steps")
+    for sname in reachable - set(intent.free_steps()):
+        if not any(intent.is_terminal(t) for t in ({sname} | intent.successors(sname))):
+            add(Severity.WARNING, "no terminal step is reachable from this step", sname, "next")
     return problems
 
 
@@ -469,6 +544,20 @@ def _with_line(problem: Problem, lines: dict[tuple[str, ...], int]) -> Problem:
             return replace(problem, line=line)
         parts.pop()
     return problem
+
+
+def with_lines(problems: list[Problem]) -> list[Problem]:
+    """The problems, each with the line of its place in its file (files read once each)."""
+    cache: dict[str, dict[tuple[str, ...], int]] = {}
+    out = []
+    for problem in problems:
+        if problem.file not in cache:
+            try:
+                cache[problem.file] = _key_lines(Path(problem.file).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                cache[problem.file] = {}
+        out.append(_with_line(problem, cache[problem.file]))
+    return out
 
 
 def _load_file(path: Path, display: str) -> tuple[Intent | None, list[Problem]]:
@@ -573,11 +662,13 @@ def _check_shared_budgets(intents: list[Intent]) -> list[Problem]:
 
 def check_intents(directory: Path, *, default_begin: Iterable[str] = ("issuer",)
                   ) -> tuple[IntentRegistry, list[Problem]]:
-    """Load every ``*.yaml``/``*.yml`` under ``directory``; return what loaded and all problems."""
+    """Load every ``*.yaml``/``*.yml`` under ``directory`` (not the fixtures, ``*.test.yaml``);
+    return what loaded and all problems."""
     directory = Path(directory)
     if not directory.is_dir():
         raise IntentFileError([f"error: {directory}: intents directory does not exist"])
-    files = sorted(p for p in directory.rglob("*") if p.suffix in {".yaml", ".yml"} and p.is_file())
+    files = sorted(p for p in directory.rglob("*")
+                   if p.suffix in {".yaml", ".yml"} and not p.name.endswith(FIXTURE_SUFFIXES) and p.is_file())
     intents: list[Intent] = []
     problems: list[Problem] = []
     first_seen: dict[str, str] = {}
@@ -617,3 +708,35 @@ def load_intents(directory: Path, *, default_begin: Iterable[str] = ("issuer",))
     if errors:
         raise IntentFileError(errors)
     return registry
+
+
+def intent_json_schema() -> dict[str, Any]:
+    """A JSON Schema (2020-12) of an intent file, for editors and CI (``intentgate intent
+    schema``): the file's structure, and an argument rule's own keys (``bind``, ``path``,
+    ``mode``, ``optional``) beside the JSON Schema keywords it constrains the value with.
+    What it cannot say (a step that does not exist, a cycle, a tool an upstream lacks) is for
+    ``intentgate check``."""
+    from .bindings import MODES, _SOURCE
+
+    schema = Intent.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    defs["Argument"] = {
+        "type": "object",
+        "description": "a JSON Schema for the argument's value, and what it is bound to",
+        "properties": {
+            "bind": {"type": "string", "pattern": _SOURCE.pattern,
+                     "description": "params.<name>, steps.<step>.arguments.<name>, or steps.<step>.result"},
+            "path": {"type": "string", "pattern": "^(/.*)?$",
+                     "description": "JSON Pointer into a step's result, '*' a segment for every element"},
+            "mode": {"enum": list(MODES), "default": "equals"},
+            "optional": {"type": "boolean", "default": False, "description": "the call may leave it out"},
+        },
+        "dependentRequired": {"path": ["bind"], "mode": ["bind"]},
+    }
+    defs["Step"]["properties"]["arguments"]["additionalProperties"] = {"$ref": "#/$defs/Argument"}
+    defs["Step"]["properties"]["tool"]["pattern"] = TOOL_RE.pattern
+    for key in ("steps", "groups", "budgets", "params"):
+        schema["properties"][key]["propertyNames"] = {"pattern": NAME_RE if key != "params" else r"^[A-Za-z0-9_-]+$"}
+    schema["properties"]["params"]["additionalProperties"] = {
+        "type": "object", "description": "a JSON Schema for the parameter's value"}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "IntentGate intent", **schema}

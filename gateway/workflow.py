@@ -10,8 +10,8 @@ violation with its reason code; every violation is reported, not just the first)
 - S's ``tool`` is the tool being called;
 - S has been called fewer than ``max_calls`` times in this task;
 - the arguments carry every non-optional declared argument, no undeclared one, satisfy
-  each argument's JSON Schema, and equal their bindings (task parameters or what an earlier
-  step was called with).
+  each argument's JSON Schema, and their bindings (task parameters, what an earlier step was
+  called with, or what it returned; see ``bindings``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .canonical import canonical_json
+from .bindings import Binding, judge
 from .errors import ReasonCode, reason
 from .intents import Intent
 
@@ -30,13 +30,11 @@ __all__ = [
     "TaskStatus",
     "WorkflowResult",
     "allowed_next",
+    "candidates",
     "check_call",
-    "resolve_binding",
 ]
 
 TaskStatus = Literal["active", "completed", "ended", "expired"]
-
-_MISSING = object()
 
 
 class HistoryEntry(BaseModel):
@@ -70,10 +68,26 @@ class Task(BaseModel):
     history: list[HistoryEntry] = Field(default_factory=list)
     version: int = 0
     issuer: str | None = Field(default=None, description="the task issuer that began it; None: the agent itself")
+    results: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="values kept from steps' results for bindings: step -> path -> values")
 
     @property
     def last_step(self) -> str | None:
         return self.history[-1].step if self.history else None
+
+    def last_ordered_step(self, free: set[str]) -> str | None:
+        """The latest step taken that is not a free one (free steps do not move the workflow)."""
+        for entry in reversed(self.history):
+            if entry.step not in free:
+                return entry.step
+        return None
+
+    def taken(self) -> dict[str, int]:
+        """Calls per step so far."""
+        counts: dict[str, int] = {}
+        for entry in self.history:
+            counts[entry.step] = counts.get(entry.step, 0) + 1
+        return counts
 
     def calls_of(self, step: str) -> int:
         return sum(1 for h in self.history if h.step == step)
@@ -93,39 +107,36 @@ class WorkflowResult(BaseModel):
     terminal: bool = False
 
 
-def resolve_binding(bind: str, task: Task) -> Any:
-    """Value a binding refers to, or ``_MISSING`` if the task has no such value yet."""
-    head, _, rest = bind.partition(".")
-    if head == "params":
-        return task.params.get(rest, _MISSING)
-    # steps.<step>.arguments.<path>
-    step, _, path = rest.partition(".arguments.")
-    taken = [h for h in task.history if h.step == step]
+def candidates(binding: Binding, task: Task) -> list[Any]:
+    """The values the task holds for a binding (empty: none yet)."""
+    if binding.source == "params":
+        return [task.params[binding.name]] if binding.name in task.params else []
+    if binding.source == "result":
+        return list(task.results.get(binding.name, {}).get(binding.path, []))
+    taken = [h for h in task.history if h.step == binding.name]
     if not taken:
-        return _MISSING
+        return []
     value: Any = taken[-1].arguments
-    for part in path.split("."):
+    for part in binding.keys:
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return []
         value = value[part]
-    return value
+    return [value]
 
 
-def _same(a: Any, b: Any) -> bool:
-    """JSON-value equality: ``true`` is not ``1`` (unlike Python), ``1`` is ``1.0``."""
-    try:
-        return canonical_json(a) == canonical_json(b)
-    except Exception:  # noqa: BLE001 - unserialisable (NaN, huge int): never equal
-        return False
+def _in_order(intent: Intent, task: Task) -> list[str]:
+    """Steps the graph allows now, ``max_calls`` aside: after the task's latest ordered step
+    (or a start step, or within the group it is in), and every free step."""
+    free = intent.free_steps()
+    last = task.last_ordered_step(set(free)) if free else task.last_step
+    ordered = intent.start_or_next(last, task.taken() if intent.groups else None)
+    return [*ordered, *(f for f in free if f not in ordered)]
 
 
 def allowed_next(intent: Intent, task: Task) -> list[str]:
     """Steps the task may take now (graph and ``max_calls`` both considered)."""
-    return [
-        s
-        for s in intent.start_or_next(task.last_step)
-        if s in intent.steps and task.calls_of(s) < intent.steps[s].max_calls
-    ]
+    taken = task.taken()
+    return [s for s in _in_order(intent, task) if s in intent.steps and taken.get(s, 0) < intent.steps[s].max_calls]
 
 
 def check_call(
@@ -153,7 +164,7 @@ def check_call(
         violations.append(reason(ReasonCode.UNKNOWN_STEP, step))
         return WorkflowResult(ok=False, violations=violations, allowed_next=nexts)
 
-    if step not in intent.start_or_next(task.last_step):
+    if step not in _in_order(intent, task):
         violations.append(reason(ReasonCode.STEP_OUT_OF_ORDER, step))
     elif task.calls_of(step) >= spec.max_calls:
         violations.append(reason(ReasonCode.MAX_CALLS_EXCEEDED, step))
@@ -172,16 +183,16 @@ def check_call(
         value = arguments[name]
         if rule.schema_errors(value):
             violations.append(reason(ReasonCode.ARGUMENT_CONSTRAINT, name))
-        if rule.bind is not None:
-            expected = resolve_binding(rule.bind, task)
-            if expected is _MISSING:
+        if rule.binding is not None:
+            verdict = judge(rule.binding, candidates(rule.binding, task), value)
+            if verdict == "unresolved":
                 violations.append(reason(ReasonCode.BINDING_UNRESOLVED, name))
-            elif not _same(value, expected):
+            elif verdict == "mismatch":
                 violations.append(reason(ReasonCode.BINDING_MISMATCH, name))
 
     return WorkflowResult(
         ok=not violations,
         violations=violations,
         allowed_next=nexts,
-        terminal=spec.terminal,
+        terminal=intent.is_terminal(step),
     )

@@ -192,6 +192,29 @@ def test_patterns_are_ecma_262_a_trailing_newline_does_not_match(tmp_path: Path)
     assert rule.schema_errors("abc") == [] and rule.schema_errors("abc\n")
 
 
+def test_pathological_patterns_are_answered_not_backtracked() -> None:
+    """Patterns that make a backtracking engine (Python's ``re``) run for ages on a long
+    mismatch: refused at once.  The 60 s limit only keeps a regression from hanging CI."""
+    import threading
+
+    from gateway.schemas import compile_schema
+
+    cases = [("^(a+)+$", "a" * 20_000 + "!", "aaa"), ("(x+x+)+y", "x" * 20_000, "xxy"),
+             ("^(a|aa)+$", "a" * 20_000 + "b", "aaaa"), ("^(\\w+\\s?)*$", "an " * 7_000 + "!", "an an")]
+    answers: list[tuple[bool, bool]] = []
+
+    def run() -> None:
+        for pattern, bad, good in cases:
+            schema = compile_schema({"type": "string", "pattern": pattern})
+            answers.append((bool(schema.errors(bad)), schema.errors(good) == []))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "a pattern backtracked"
+    assert answers == [(True, True)] * len(cases)  # every mismatch refused, every match accepted
+
+
 def test_every_problem_of_a_broken_schema_is_reported_with_where_it_is(tmp_path: Path) -> None:
     broken = '{type: strng, minLength: -1, pattern: "(unclosed", properties: 7}'
     write(tmp_path, "a.yaml", GOOD.replace("{type: number, maximum: 10}", broken))

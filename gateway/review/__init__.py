@@ -7,7 +7,9 @@ from .models import (
     DecisionPublic,
     DecisionQuery,
     DecisionSummary,
+    GraphStep,
     IntentGraph,
+    intent_graph,
 )
 from .service import ReviewService
 
@@ -21,9 +23,11 @@ __all__ = [
     "DecisionPublic",
     "DecisionQuery",
     "DecisionSummary",
+    "GraphStep",
     "IntentGraph",
     "ReviewService",
     "Reviewer",
     "ReviewerAuth",
     "ReviewerDenied",
+    "intent_graph",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "DecisionSummary",
     "GraphStep",
     "IntentGraph",
+    "intent_graph",
     "PathEntry",
     "TaskPublic",
     "TokenPublic",
@@ -166,6 +167,8 @@ class CallOutcomePublic(_Public):
     status: str = Field(description="ok, tool_error, upstream_error or timeout")
     latency_ms: float
     detail: str | None
+    kept: dict[str, list[Any]] = Field(
+        default_factory=dict, description="what the result held at the paths later bindings read (path -> values)")
 
 
 class TokenPublic(_Public):
@@ -234,11 +237,13 @@ class PathEntry(_Public):
 class GraphStep(_Public):
     name: str
     tool: str
-    next: list[str]
+    next: list[str] = Field(description="steps it leads to (for a group's step: the group's next)")
     start: bool
     terminal: bool
     approval: str
     max_calls: int
+    free: bool = Field(default=False, description="callable at any point of the task")
+    group: str | None = Field(default=None, description="the group of steps it runs in, in any order")
     taken: list[int] = Field(description="positions in the path where the task took this step")
     attempted: bool = Field(description="the step this decision was about")
 
@@ -251,6 +256,7 @@ class IntentGraph(_Public):
     decided_version: str | None = Field(description="version the decision was made under")
     start: list[str]
     steps: list[GraphStep]
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="groups: name -> its steps")
     path: list[PathEntry]
     attempted: str | None
     attempted_known: bool = Field(description="the attempted step exists in the intent")
@@ -364,19 +370,36 @@ def _graph(intent: Intent, record: DecisionRecord, task: Task | None, seq_of: di
         path.append(PathEntry(position=i, step=h.step, tool=h.tool, decision_id=h.decision_id, decision=h.decision,
                               at=_dt(h.at), relation=relation))
     attempted = record.step if record.kind == "tools/call" else None
+    nexts = allowed_next(intent, task.model_copy(update={"history": before})) if task else list(intent.start)
+    return _intent_graph(intent, path, attempted, nexts, record.intent_version)
+
+
+def _intent_graph(intent: Intent, path: list[PathEntry], attempted: str | None, nexts: list[str],
+                  decided_version: str | None) -> IntentGraph:
+    starts = intent.expand(intent.start)
+
+    def leads_to(name: str) -> list[str]:
+        group = intent.group_of(name)
+        return intent.expand(intent.groups[group].next if group else intent.steps[name].next)
+
     steps = [
         GraphStep(
-            name=name, tool=step.tool, next=list(step.next), start=name in intent.start, terminal=step.terminal,
-            approval=step.approval, max_calls=step.max_calls,
+            name=name, tool=step.tool, next=leads_to(name), start=name in starts, terminal=intent.is_terminal(name),
+            approval=step.approval, max_calls=step.max_calls, free=step.free, group=intent.group_of(name),
             taken=[p.position for p in path if p.step == name], attempted=name == attempted,
         )
         for name, step in intent.steps.items()
     ]
-    nexts = allowed_next(intent, task.model_copy(update={"history": before})) if task else list(intent.start)
     return IntentGraph(
-        intent=intent.name, version=intent.version, decided_version=record.intent_version, start=list(intent.start),
-        steps=steps, path=path, attempted=attempted, attempted_known=attempted in intent.steps, allowed_next=nexts,
+        intent=intent.name, version=intent.version, decided_version=decided_version, start=starts, steps=steps,
+        groups={name: list(g.steps) for name, g in intent.groups.items()}, path=path, attempted=attempted,
+        attempted_known=attempted in intent.steps, allowed_next=nexts,
     )
+
+
+def intent_graph(intent: Intent) -> IntentGraph:
+    """An intent's graph on its own: no task, no decision (``intentgate graph``)."""
+    return _intent_graph(intent, [], None, intent.expand(intent.start), None)
 
 
 def build_detail(rows: DecisionDetailRows, intent: Intent | None) -> DecisionDetail:
@@ -388,7 +411,7 @@ def build_detail(rows: DecisionDetailRows, intent: Intent | None) -> DecisionDet
         explanation=explain(d.reasons, graph.allowed_next if graph and d.outcome != "allow" else []),
         call_outcome=CallOutcomePublic(
             at=_dt(rows.outcome.at), status=rows.outcome.status, latency_ms=rows.outcome.latency_ms,
-            detail=rows.outcome.detail,
+            detail=rows.outcome.detail, kept=rows.kept,
         ) if rows.outcome else None,
         token=TokenPublic(
             jti=rows.token.jti, status=rows.token.status, audience=rows.token.audience, tool=rows.token.tool,

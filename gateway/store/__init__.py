@@ -3,7 +3,7 @@
 from .db import Database
 from .grants import GrantConflict, GrantStore
 from .records import ApprovalRecord, ChainReport, DecisionRecord, GrantRecord, Outcome, TokenRecord
-from .store import ApprovalConflict, CommitResult, GrantUse, Store, StoreEvents, TaskAdvance
+from .store import ApprovalConflict, CommitResult, GrantUse, KeptValues, Store, StoreEvents, TaskAdvance
 
 __all__ = [
     "ApprovalConflict",
@@ -16,6 +16,7 @@ __all__ = [
     "GrantRecord",
     "GrantStore",
     "GrantUse",
+    "KeptValues",
     "Outcome",
     "Store",
     "StoreEvents",

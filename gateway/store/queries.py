@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Text, and_, bindparam, cast, func, or_, selec
 
 from ..workflow import Task
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
-from .tables import ApprovalRow, DecisionRow, OutcomeRow, TaskRow, TokenRow
+from .tables import ApprovalRow, DecisionRow, OutcomeRow, TaskResultRow, TaskRow, TokenRow
 
 __all__ = [
     "DecisionDetailRows",
@@ -84,6 +84,7 @@ class DecisionDetailRows:
     task: Task | None = None
     approvals: list[ApprovalRecord] = field(default_factory=list)
     seq_of: dict[str, int] = field(default_factory=dict)  # decision id -> seq, for the task's history
+    kept: dict[str, list[Any]] = field(default_factory=dict)  # path -> values its result held for bindings
 
 
 def has_reason(reasons: list[str], wanted: str) -> bool:
@@ -187,6 +188,10 @@ def decision_detail(conn: Connection, decision_id: str) -> DecisionDetailRows | 
     d = rows.decision
     found = conn.execute(select(outcomes_t).where(outcomes_t.c.decision_id == d.id)).first()
     rows.outcome = OutcomeRecord.model_validate(dict(found._mapping)) if found else None
+    if rows.outcome is not None:
+        results = TaskResultRow.__table__.c
+        rows.kept = {path: json.loads(v) if isinstance(v, str) else v for path, v in conn.execute(
+            select(results.path, results.found).where(results.decision_id == d.id)).all()}
     if d.token_jti:
         found = conn.execute(select(tokens_t).where(tokens_t.c.jti == d.token_jti)).first()
         rows.token = TokenRecord.model_validate(dict(found._mapping)) if found else None

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, update
 
+from ..bindings import MAX_CALLS_KEPT
 from ..errors import StoreError
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
@@ -30,9 +31,18 @@ from .records import (
     TokenRecord,
     chain_hash,
 )
-from .tables import ApprovalRow, ChainHeadRow, DecisionRow, OutcomeRow, TaskGrantRow, TaskRow, TokenRow
+from .tables import (
+    ApprovalRow,
+    ChainHeadRow,
+    DecisionRow,
+    OutcomeRow,
+    TaskGrantRow,
+    TaskResultRow,
+    TaskRow,
+    TokenRow,
+)
 
-__all__ = ["ApprovalConflict", "CommitResult", "GrantUse", "Store", "StoreEvents", "TaskAdvance"]
+__all__ = ["ApprovalConflict", "CommitResult", "GrantUse", "KeptValues", "Store", "StoreEvents", "TaskAdvance"]
 
 tasks_t = TaskRow.__table__
 decisions_t = DecisionRow.__table__
@@ -41,6 +51,7 @@ tokens_t = TokenRow.__table__
 approvals_t = ApprovalRow.__table__
 outcomes_t = OutcomeRow.__table__
 task_grants_t = TaskGrantRow.__table__
+task_results_t = TaskResultRow.__table__
 
 # Statements built once with bind parameters: SQLAlchemy compiles each once and caches it,
 # so the hot path costs a cache lookup instead of building and coercing literal values.
@@ -97,6 +108,12 @@ _advance_task = _OnSqliteCursor(_ADVANCE_TASK)
 _consume_token = _OnSqliteCursor(_CONSUME_TOKEN)
 _token_status = _OnSqliteCursor(_TOKEN_STATUS)
 _insert_task = _OnSqliteCursor(_INSERT_TASK)
+_task_results = _OnSqliteCursor(
+    select(task_results_t.c.step, task_results_t.c.path, task_results_t.c.found)
+    .where(task_results_t.c.task_id == bindparam("task_id"))
+    .order_by(task_results_t.c.at, task_results_t.c.decision_id)
+    .limit(bindparam("cap"))
+)
 _open_tasks = _OnSqliteCursor(_OPEN_TASKS)
 _TASK_COLUMNS = [c.name for c in tasks_t.columns]
 
@@ -182,6 +199,23 @@ def _task_from_row(row: Any) -> Task:
     )
 
 
+class KeptValues:
+    """What one call's result held at the paths later bindings read: ``{path: [values]}``."""
+
+    __slots__ = ("dropped", "step", "task_id", "values")
+
+    def __init__(self, task_id: str, step: str, values: dict[str, list[Any]], dropped: set[str]) -> None:
+        self.task_id, self.step, self.values, self.dropped = task_id, step, values, dropped
+
+
+def _results_of(conn: Connection, task_id: str) -> dict[str, dict[str, list[Any]]]:
+    """Every value kept for a task's bindings: step -> path -> values, in the order found."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for step, path, values in _task_results(conn, {"task_id": task_id, "cap": MAX_CALLS_KEPT * 8}):
+        out.setdefault(step, {}).setdefault(path, []).extend(_json_col(values))
+    return out
+
+
 def _append_decision(conn: Connection, record: DecisionRecord) -> int:
     """Append one decision to the chain; caller holds the transaction."""
     # SQLite: BEGIN IMMEDIATE already holds the write lock; elsewhere lock the head row
@@ -250,16 +284,20 @@ class Store:
         return await self.db.run(op, read_only=True)
 
     async def get_task_and_usage(
-        self, task_id: str, budgets: Callable[[Task], list[tuple[str, str, int]]], now: float
+        self, task_id: str, budgets: Callable[[Task], list[tuple[str, str, int]]], now: float,
+        *, with_results: Callable[[Task], bool] = lambda task: False,
     ) -> tuple[Task | None, list[float]]:
         """A task, and in the same read what each ``(budget, scope, window_seconds)`` that
-        ``budgets(task)`` names has spent within its window (one transaction, not two)."""
+        ``budgets(task)`` names has spent within its window (one transaction, not two); with
+        the values kept from its results when ``with_results(task)``."""
 
         def op(conn: Connection) -> tuple[Task | None, list[float]]:
             row = _get_task(conn, {"task_id": task_id}).fetchone()
             if row is None:
                 return None, []
             task = _task_from_row(row)
+            if with_results(task):
+                task = task.model_copy(update={"results": _results_of(conn, task.id)})
             return task, [budget_used(conn, b, sc, now=now, window_seconds=w) for b, sc, w in budgets(task)]
 
         return await self.db.run(op, read_only=True)
@@ -449,16 +487,42 @@ class Store:
         return result
 
     async def record_outcome(
-        self, decision_id: str, *, at: float, status: str, latency_ms: float, detail: str | None = None
-    ) -> None:
-        def op(conn: Connection) -> None:
+        self, decision_id: str, *, at: float, status: str, latency_ms: float, detail: str | None = None,
+        kept: KeptValues | None = None,
+    ) -> bool:
+        """Append a call's outcome, and (``kept``) the values its result held for bindings, in one
+        transaction.  False when the task already has ``MAX_CALLS_KEPT`` calls' values: these are
+        not kept (a later call bound to them is refused)."""
+
+        def op(conn: Connection) -> bool:
             conn.execute(
                 insert(outcomes_t).values(
                     decision_id=decision_id, at=at, status=status, latency_ms=latency_ms, detail=detail
                 )
             )
+            if kept is None or not kept.values:
+                return True
+            calls = conn.execute(select(func.count(func.distinct(task_results_t.c.decision_id)))
+                                 .where(task_results_t.c.task_id == kept.task_id)).scalar_one()
+            if calls >= MAX_CALLS_KEPT:
+                return False
+            conn.execute(insert(task_results_t), [
+                {"decision_id": decision_id, "path": path[:512], "task_id": kept.task_id, "step": kept.step, "at": at,
+                 "found": values, "dropped": path in kept.dropped}
+                for path, values in kept.values.items()])
+            return True
 
-        await self.db.run(op)
+        return await self.db.run(op)
+
+    async def kept_for(self, decision_id: str) -> dict[str, list[Any]]:
+        """The values one decision's result held for bindings, by path (reviewers' view)."""
+
+        def op(conn: Connection) -> dict[str, list[Any]]:
+            rows = conn.execute(select(task_results_t.c.path, task_results_t.c.found)
+                                .where(task_results_t.c.decision_id == decision_id)).all()
+            return {path: _json_col(values) for path, values in rows}
+
+        return await self.db.run(op, read_only=True)
 
     async def get_decision(self, decision_id: str) -> DecisionRecord | None:
         def op(conn: Connection) -> DecisionRecord | None:

@@ -20,6 +20,7 @@ __all__ = [
     "DecisionRow",
     "OutcomeRow",
     "TaskGrantRow",
+    "TaskResultRow",
     "TaskRow",
     "TokenRow",
     "metadata",
@@ -196,3 +197,19 @@ class BudgetUsageRow(SQLModel, table=True):
     bucket_start: float = Field(primary_key=True, description="epoch seconds the slice begins")
     amount: float
     calls: int
+
+
+class TaskResultRow(SQLModel, table=True):
+    """Values one allowed call's result held at one path a later binding reads (never the
+    whole result): kept with the decision that produced them."""
+
+    __tablename__ = "task_results"
+    __table_args__ = (Index("ix_task_results_task", "task_id", "at"),)
+
+    decision_id: str = Field(primary_key=True, max_length=40)
+    path: str = Field(primary_key=True, max_length=512)
+    task_id: str = Field(max_length=64)
+    step: str = Field(max_length=64)
+    at: float
+    found: list[Any] = Field(sa_column=Column(JSON, nullable=False), description="the values, in the order found")
+    dropped: bool = Field(default=False, description="some values were not kept (too many, too large)")

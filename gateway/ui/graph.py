@@ -1,7 +1,9 @@
 """An intent's graph laid out for SVG, on the server.
 
 Steps are boxes in layers from left to right by their distance (in ``next`` edges) from the
-start steps; steps no start step reaches come last.  ``next`` edges are arrows: forward edges
+start steps; steps no start step reaches come last; free steps (callable at any point) sit in
+a row of their own under the graph, marked "any time"; the steps of a group (any order) are
+framed together, with the group's name.  ``next`` edges are arrows: forward edges
 between layers, edges back to the same or an earlier layer curve under the boxes.  Steps the
 task had taken by then and the edges it followed are marked ``taken`` (steps it took only
 later: ``later``); the attempted step is marked
@@ -13,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..review import IntentGraph
+from ..review import GraphStep, IntentGraph
 
-__all__ = ["Edge", "Layout", "Node", "layout"]
+__all__ = ["Edge", "Frame", "Layout", "Node", "layout", "to_dot", "to_mermaid"]
 
 W, H = 176, 58  # box
 GX, GY = 64, 28  # gaps between layers / rows
@@ -68,13 +70,26 @@ class Edge:
 
 
 @dataclass
+class Frame:
+    """A group's frame around its steps."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    label: str
+
+
+@dataclass
 class Layout:
     width: int
     height: int
     nodes: list[Node] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
     starts: list[tuple[int, int]] = field(default_factory=list)  # start marker → box (x, y) points
     marker: tuple[int, int] = (0, 0)
+    has_free: bool = False
 
 
 def _layers(graph: IntentGraph) -> dict[str, int]:
@@ -117,10 +132,19 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
     depth = _layers(graph)
     rows: dict[int, int] = {}
     nodes: dict[str, Node] = {}
-    for step in graph.steps:
-        layer = depth[step.name]
-        row = rows.get(layer, 0)
-        rows[layer] = row + 1
+    ordered = [s for s in graph.steps if not s.free]
+    free = [s for s in graph.steps if s.free]
+    free_row = 0
+    for step in ordered + free:
+        if step.free:  # a row of their own, under everything else
+            layer = free.index(step)
+            if layer == 0:
+                free_row = max(rows.values(), default=0)
+            row = free_row
+        else:
+            layer = depth[step.name]
+            row = rows.get(layer, 0)
+            rows[layer] = row + 1
         classes = ["node"]
         then = {p.relation for p in graph.path if p.step == step.name}
         if then & {"before", "this"}:  # "this": an allowed call took the step
@@ -132,7 +156,10 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
         if step.start:
             classes.append("start")
         badges = " ".join(f"#{p}" for p in step.taken)
-        flags = [f for f, on in (("needs approval", step.approval == "required"), ("end", step.terminal)) if on]
+        if step.free:
+            classes.append("free")
+        flags = [f for f, on in (("needs approval", step.approval == "required"), ("end", step.terminal),
+                                 ("any time", step.free)) if on]
         title = f"{step.name}: {step.tool}" + (f" — taken at {badges}" if badges else "") + (
             " — attempted by this decision" if step.attempted else "")
         nodes[step.name] = Node(
@@ -149,6 +176,14 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
             badges="",
             title=f"{graph.attempted}: not a step of this intent — attempted by this decision",
         )
+
+    frames = []
+    for name, members in graph.groups.items():
+        boxes = [nodes[m] for m in members if m in nodes]
+        if boxes:
+            x0, y0 = min(b.x for b in boxes) - 10, min(b.y for b in boxes) - 22
+            x1, y1 = max(b.x + b.w for b in boxes) + 10, max(b.y + b.h for b in boxes) + 10
+            frames.append(Frame(x=x0, y=y0, w=x1 - x0, h=y1 - y0, label=_short(f"{name} (any order)")))
 
     followed = {(a.step, b.step) for a, b in zip(graph.path, graph.path[1:], strict=False)
                 if a.relation != "after" and b.relation != "after"}
@@ -168,9 +203,12 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
                 d = _under(a, b, LOOP + 10 * (back - 1))
             edges.append(Edge(d=d, classes=cls, title=f"{step.name} → {target}"))
 
-    before = [p for p in graph.path if p.relation == "before"]
+    free_names = {s.name for s in free}
+    before = [p for p in graph.path if p.relation == "before" and p.step not in free_names]
     last = before[-1].step if before else None
+    group = next((s.group for s in graph.steps if s.name == last), None)
     allowed = {t for s in graph.steps if s.name == last for t in s.next} if last else set(graph.start)
+    allowed |= free_names | set(graph.groups.get(group or "", []))
     if graph.attempted and graph.attempted in nodes and graph.attempted not in allowed:
         # the attempt followed no `next` edge: a dashed arc over the boxes, from the last step
         # taken (or from the start marker) to the attempted step
@@ -184,4 +222,63 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
     starts = [(n.x - 2, n.cy) for n in nodes.values() if n.name in graph.start]
     width = max((n.x + n.w for n in nodes.values()), default=LEFT) + 24
     height = max((n.y + n.h for n in nodes.values()), default=TOP) + (LOOP + 10 * back + 24 if back else 24)
-    return Layout(width=width, height=height, nodes=list(nodes.values()), edges=edges, starts=starts, marker=marker)
+    return Layout(width=width, height=height, nodes=list(nodes.values()), edges=edges, frames=frames, starts=starts,
+                  marker=marker, has_free=bool(free))
+
+
+def _flags(step: GraphStep) -> list[str]:
+    return [f for f, on in (("needs approval", step.approval == "required"), ("end", step.terminal),
+                            ("any time", step.free), (f"up to {step.max_calls} calls", step.max_calls > 1)) if on]
+
+
+def _dot_id(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(graph: IntentGraph) -> str:
+    """The graph in Graphviz DOT: a group is a cluster, a free step a dashed box."""
+    lines = [f"digraph {_dot_id(graph.intent)} {{", "  rankdir=LR;",
+             f"  label={_dot_id(f'{graph.intent} v{graph.version}')}; labelloc=t;",
+             '  node [shape=box, style="rounded", fontname="Helvetica"];',
+             '  "__start" [shape=circle, label="", width=0.2, style=filled, fillcolor=black];']
+
+    def node(step: GraphStep, indent: str) -> str:
+        label = "\\n".join([step.name, step.tool, *_flags(step)]).replace('"', '\\"')
+        style = ', style="rounded,dashed"' if step.free else ""
+        return f'{indent}{_dot_id(step.name)} [label="{label}"{style}];'
+
+    grouped = {m for members in graph.groups.values() for m in members}
+    for n, (name, members) in enumerate(graph.groups.items()):
+        lines.append(f"  subgraph cluster_{n} {{")
+        lines.append(f'    label={_dot_id(f"{name} (any order)")}; style=dashed;')
+        lines += [node(s, "    ") for s in graph.steps if s.name in members]
+        lines.append("  }")
+    lines += [node(s, "  ") for s in graph.steps if s.name not in grouped]
+    lines += [f'  "__start" -> {_dot_id(s)};' for s in graph.start]
+    lines += [f"  {_dot_id(s.name)} -> {_dot_id(t)};" for s in graph.steps for t in s.next]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    return text.replace('"', "#quot;")
+
+
+def to_mermaid(graph: IntentGraph) -> str:
+    """The graph as a Mermaid flowchart: a group is a subgraph, a free step a rounded box."""
+    ids = {s.name: f"s{n}" for n, s in enumerate(graph.steps)}
+    lines = ["flowchart LR", "  start(( ))"]
+
+    def node(step: GraphStep, indent: str) -> str:
+        label = _mermaid_text("<br/>".join([step.name, step.tool, *_flags(step)]))
+        return f'{indent}{ids[step.name]}("{label}")' if step.free else f'{indent}{ids[step.name]}["{label}"]'
+
+    grouped = {m for members in graph.groups.values() for m in members}
+    for n, (name, members) in enumerate(graph.groups.items()):
+        lines.append(f'  subgraph g{n}["{_mermaid_text(name)} (any order)"]')
+        lines += [node(s, "    ") for s in graph.steps if s.name in members]
+        lines.append("  end")
+    lines += [node(s, "  ") for s in graph.steps if s.name not in grouped]
+    lines += [f"  start --> {ids[s]}" for s in graph.start if s in ids]
+    lines += [f"  {ids[s.name]} --> {ids[t]}" for s in graph.steps for t in s.next if t in ids]
+    return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from ..errors import GatewayError, ReasonCode, reason_code_of
-from ..review import ReviewService
+from ..review import IntentGraph, ReviewService
 from .session import Session
 
 __all__ = ["REASON_TEXT", "STATIC_DIR", "csrf_refused", "reason_text", "render", "service_of", "unavailable"]
@@ -113,6 +113,19 @@ _env = jinja2.Environment(
 )
 _env.filters.update(when=_when, pretty=_pretty, reason_text=reason_text)
 _env.globals.update(outcome_text=OUTCOME_TEXT)
+
+def intent_svg(graph: IntentGraph) -> str:
+    """An intent's graph as a standalone SVG document (the decision page's drawing, with the
+    UI's graph styles inlined): ``intentgate graph --format svg``."""
+    from .graph import layout
+
+    css = (HERE / "static" / "style.css").read_text(encoding="utf-8")
+    root = css[css.index(":root"): css.index("}", css.index(":root")) + 1]
+    rules = [line for line in css.splitlines() if line.startswith("svg.graph")]
+    return _env.get_template("intent_graph.svg").render(
+        g=layout(graph, ""), title=f"Intent {graph.intent} v{graph.version}", style="\n".join([root, *rules]),
+    )
+
 
 _HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
