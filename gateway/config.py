@@ -157,6 +157,11 @@ class GatewayConfig(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    upstream_check: Literal["log", "refuse"] = Field(
+        default="log",
+        description="at `serve` start every intent step is held against its upstream's tools/list: "
+        "log each mismatch as an error, or refuse to start",
+    )
     front: FrontConfig = Field(default_factory=FrontConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)

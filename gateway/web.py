@@ -30,11 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .catalogue import Catalogue, check_against
 from .config import GatewayConfig
 from .decide import CallRequest
-from .errors import GatewayError, ReasonCode
+from .errors import ConfigError, GatewayError, ReasonCode
 from .front import Front
 from .identity import AgentIdentity, IdentityError
+from .intents import IntentRegistry
 from .metrics import CONTENT_TYPE_LATEST
 from .redeem import Redeemed, redeem
 from .review import ReviewService
@@ -178,6 +180,20 @@ class _McpEndpoint:
         await state.session_manager.handle_request(scope, receive, send)
 
 
+def check_upstreams(config: GatewayConfig, intents: IntentRegistry, catalogue: Catalogue) -> None:
+    """Every step held against what its upstream listed: each mismatch an error in the log, and
+    with ``upstream_check: refuse`` no start at all (a step that names a tool no upstream has
+    would fail every call at run time)."""
+    problems = check_against(intents, catalogue)
+    for p in problems:
+        log.error("intent does not match its upstream: %s", p)
+    if problems and config.upstream_check == "refuse":
+        raise ConfigError(
+            f"{len(problems)} intent step problem(s) against the upstreams (upstream_check: refuse), "
+            f"the first: {problems[0]}"
+        )
+
+
 def create_app(config: GatewayConfig) -> FastAPI:
     """The gateway as an ASGI app; everything starts in the lifespan."""
 
@@ -194,7 +210,8 @@ def create_app(config: GatewayConfig) -> FastAPI:
             app.state.review = review
             failures = await pool.start()
             for name, message in failures.items():
-                log.warning("upstream %s not available yet: %s", name, message)
+                log.error("upstream %s is not available (it is retried on use): %s", name, message)
+            check_upstreams(config, rt.decider.intents, Catalogue.of(pool, failures))
             verifier = rt.identity_verifier()
 
             async def identify(ctx: Any) -> AgentIdentity:

@@ -19,8 +19,11 @@ def check(
     intents: Annotated[Path | None, typer.Option(help="intents directory (default: from config, else ./intents)")] = None,
     policy: Annotated[Path | None, typer.Option(help="policy directory (default: from config, else ./opa)")] = None,
     strict: Annotated[bool, typer.Option(help="treat warnings as errors")] = False,
+    offline: Annotated[bool, typer.Option(help="do not ask the configured upstreams for their tools")] = False,
 ) -> None:
-    """Validate and lint the intents and compile the policy.  Exit 1 on any error."""
+    """Validate and lint the intents, hold every step against its upstream's tools (each
+    configured upstream is started and asked for tools/list; --offline skips it), and compile
+    the policy.  Every problem names file, line, intent, step and field.  Exit 1 on any error."""
     from ..policy import EmbeddedEngine
 
     cfg = config_or_exit(config, intents_dir=intents, policy_dir=policy)
@@ -29,6 +32,21 @@ def check(
     except GatewayError as exc:
         err_console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(1) from exc
+    checked_tools = ""
+    if offline:
+        checked_tools = "tools not checked (--offline)"
+    elif not cfg.upstreams:
+        checked_tools = "tools not checked (no upstreams configured)"
+    else:
+        import asyncio
+
+        from ..catalogue import check_against, fetch_catalogue
+
+        with err_console.status(f"asking {len(cfg.upstreams)} upstream(s) for their tools"):
+            catalogue = asyncio.run(fetch_catalogue(cfg))
+        problems += check_against(registry, catalogue)
+        listed = sum(len(t) for t in catalogue.tools.values())
+        checked_tools = f"steps checked against {listed} tools of {len(catalogue.tools)} upstream(s)"
     for p in problems:
         colour = "red" if p.severity is Severity.ERROR else "yellow"
         console.print(f"[{colour}]{p}[/{colour}]", highlight=False, soft_wrap=True)
@@ -46,7 +64,7 @@ def check(
     steps = sum(len(i.steps) for i in registry)
     console.print(
         f"{len(registry)} intents ({steps} steps) in {cfg.intents_dir}: "
-        f"{errors} error(s), {warnings} warning(s)",
+        f"{errors} error(s), {warnings} warning(s); {checked_tools}",
         highlight=False,
     )
     if policy_ok:
