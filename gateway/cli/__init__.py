@@ -7,6 +7,7 @@ import typer
 from .audit import audit_app
 from .core import register_core
 from .db import db_app
+from .intent import register_designer
 from .keys import keys_app
 from .policy import policy_app
 from .actions import register_actions
@@ -23,6 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_core(app)
+register_designer(app)
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policy.")
 app.add_typer(keys_app, name="keys", help="Manage the action-token signing keys.")
 register_review(app, audit_app)
