@@ -9,7 +9,13 @@ Prints, side by side in one run:
 - ``begin_task`` by a task issuer (its checks, the Rego policy on ``task/begin``, the
   durable write), and an allowed call on a budgeted step (the refund) with its budget and,
   call for call beside it, the same step of a twin intent without a budget: what the budget
-  check costs.
+  check costs;
+- an allowed call bound to an earlier step's result (triage-ticket's comment, its ticket id
+  read from what read_ticket returned, kept with that call's outcome) and, call for call
+  beside it, the same step of a twin intent bound to the task parameter: what result bindings
+  cost;
+- the argument schemas applied by jsonschema-rs (what the gateway uses: ECMA-262 patterns) and
+  by the pure-Python ``jsonschema``, on the same values.
 
 The OPA server is ``--opa-url``, or one started here from ``--opa-bin`` (default
 ``$INTENTGATE_OPA_BIN`` or ``opa`` on the PATH; ``bash .ci/opa.sh`` builds it); without
@@ -41,9 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.config import load_config  # noqa: E402
+from gateway.bindings import keep_values  # noqa: E402
 from gateway.decide import CallRequest  # noqa: E402
 from gateway.identity import AgentIdentity  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
+from gateway.schemas import compile_schema  # noqa: E402
+from gateway.store import KeptValues  # noqa: E402
 from gateway.tasks import TaskIssuer  # noqa: E402
 
 AGENT = AgentIdentity(id="spiffe://example.org/agent/support-1")
@@ -61,17 +70,23 @@ def percentiles(samples_ns: list[int]) -> tuple[float, float]:
 
 def write_intents(directory: Path, count: int) -> None:
     """The project's intents, refund-order's twin without its budget (``refund-order-unbudgeted``:
-    what the budget check costs, measured call for call beside it), and synthetic copies of
-    refund-order, ``count`` in all."""
+    what the budget check costs, measured call for call beside it), triage-ticket's twin bound
+    to its parameters instead of read_ticket's result (``triage-ticket-params``), and
+    synthetic copies of refund-order, ``count`` in all."""
     directory.mkdir(parents=True)
     base = yaml.safe_load((ROOT / "intents" / "refund-order.yaml").read_text())
-    shipped = sorted((ROOT / "intents").glob("*.yaml"))
+    shipped = sorted(p for p in (ROOT / "intents").glob("*.yaml") if not p.name.endswith(".test.yaml"))
     for src in shipped:
         (directory / src.name).write_text(src.read_text())
     twin = {k: v for k, v in base.items() if k != "budgets"}
     (directory / "refund-order-unbudgeted.yaml").write_text(
         yaml.safe_dump(dict(twin, name="refund-order-unbudgeted"), sort_keys=False))
-    for i in range(count - len(shipped) - 1):
+    triage = yaml.safe_load((ROOT / "intents" / "triage-ticket.yaml").read_text())
+    triage["name"] = "triage-ticket-params"
+    triage["steps"]["comment"]["arguments"]["ticket_id"] = {"bind": "params.ticket_id"}
+    triage["steps"]["notify"]["arguments"]["to"] = {"bind": "params.customer_email"}
+    (directory / "triage-ticket-params.yaml").write_text(yaml.safe_dump(triage, sort_keys=False))
+    for i in range(count - len(shipped) - 2):
         doc = dict(base, name=f"refund-order-{i:05d}", agents=[f"spiffe://example.org/agent/team{i}-*"])
         (directory / f"refund-order-{i:05d}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
@@ -128,6 +143,27 @@ async def measure(n_intents: int, calls: int, work: Path, engine: str, opa_url: 
                 v = await d.decide(req)
                 samples.append(time.perf_counter_ns() - s)
                 assert v.outcome == "allow", v
+        # a result binding: comment's ticket id must be what read_ticket returned, kept with that
+        # call's outcome (as the MCP front keeps it); beside it the twin bound to the parameter
+        bound: list[int] = []
+        by_param: list[int] = []
+        triage = {"ticket_id": "TCK-1001", "customer_email": "alice.martin@example.com"}
+        for _ in range(calls):
+            for name, samples in (("triage-ticket", bound), ("triage-ticket-params", by_param)):
+                t = (await d.begin_task(AGENT, name, triage, "bench", issuer=ISSUER)).task_id
+                v = await d.decide(CallRequest(agent=AGENT, task_id=t, step="read_ticket", upstream="tickets",
+                                               tool="get_ticket", untrusted_arguments={"ticket_id": "TCK-1001"}))
+                kept = None
+                if v.keep:
+                    values, dropped = keep_values(triage, v.keep)
+                    kept = KeptValues(t, "read_ticket", values, dropped)
+                await rt.store.record_outcome(v.decision_id, at=time.time(), status="ok", latency_ms=1.0, kept=kept)
+                req = CallRequest(agent=AGENT, task_id=t, step="comment", upstream="tickets", tool="add_comment",
+                                  untrusted_arguments={"ticket_id": "TCK-1001", "body": "triaged"})
+                s = time.perf_counter_ns()
+                v = await d.decide(req)
+                samples.append(time.perf_counter_ns() - s)
+                assert v.outcome == "allow", v
         deny: list[int] = []
         req = CallRequest(agent=AGENT, task_id=tasks[0], step="refund", upstream="payments", tool="refund",
                           untrusted_arguments={"order_id": "ORD-7", "amount": 5, "currency": "EUR"})
@@ -151,7 +187,7 @@ async def measure(n_intents: int, calls: int, work: Path, engine: str, opa_url: 
                            tool="orders.get_order", arguments_sha256="0" * 64, task_expires_at=time.time() + 600)
             mint.append(time.perf_counter_ns() - s)
         return {"load_s": load_s, "allow": allow, "deny": deny, "policy": pol, "mint": mint, "begin": begin,
-                "refund": refund, "unbudgeted": unbudgeted}
+                "refund": refund, "unbudgeted": unbudgeted, "bound": bound, "by_param": by_param}
     finally:
         await rt.aclose()
 
@@ -171,6 +207,29 @@ def start_opa(binary: str, work: Path) -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit(f"OPA ({binary}) did not start")
+
+
+def schema_engines(calls: int) -> dict[str, list[int]]:
+    """refund's argument schemas on one call's values: jsonschema-rs (the gateway's) and the
+    pure-Python jsonschema, each validator compiled once."""
+    import jsonschema
+
+    refund = yaml.safe_load((ROOT / "intents" / "refund-order.yaml").read_text())["steps"]["refund"]["arguments"]
+    schemas = {k: {x: y for x, y in v.items() if x not in ("bind", "path", "mode", "optional")}
+               for k, v in refund.items()}
+    schemas["ticket"] = {"type": "string", "pattern": "^TCK-[0-9]{1,12}$"}
+    values = {"order_id": "ORD-7", "amount": 30, "currency": "EUR", "reason": "broken", "ticket": "TCK-1001"}
+    ours = {k: compile_schema(v) for k, v in schemas.items()}
+    pure = {k: jsonschema.Draft202012Validator(v) for k, v in schemas.items()}
+    out: dict[str, list[int]] = {"rs": [], "py": []}
+    for _ in range(calls):
+        s = time.perf_counter_ns()
+        assert not any(ours[k].errors(values[k]) for k in schemas)
+        out["rs"].append(time.perf_counter_ns() - s)
+        s = time.perf_counter_ns()
+        assert not any(list(pure[k].iter_errors(values[k])) for k in schemas)
+        out["py"].append(time.perf_counter_ns() - s)
+    return out
 
 
 def raw_sqlite(calls: int, work: Path) -> list[int]:
@@ -223,6 +282,7 @@ async def main() -> None:
                 opa_proc.terminate()
                 opa_proc.wait()
         raw = raw_sqlite(args.calls, work)
+        engines_of_schemas = schema_engines(args.calls)
 
     names = {"embedded": "embedded Rego", "opa": "OPA server, REST on loopback"}
     table = Table(title=f"decide() latency, SQLite WAL, {args.calls} calls each (ms)")
@@ -257,6 +317,23 @@ async def main() -> None:
     budget.add_row("its twin without a budget, the calls interleaved", f"{without[0]:.3f}", f"{without[1]:.3f}")
     budget.add_row("difference", f"{with_budget[0] - without[0]:+.3f}", f"{with_budget[1] - without[1]:+.3f}")
     console.print(budget)
+    with_result, with_param = percentiles(first["bound"]), percentiles(first["by_param"])  # type: ignore[arg-type]
+    binding = Table(title=f"a result binding, {names[engines[0]]}, {counts[0]} intents, call for call (ms)")
+    for column in ("comment step", "p50", "p99"):
+        binding.add_column(column, justify="right" if column != "comment step" else "left")
+    binding.add_row("triage-ticket: ticket_id bound to read_ticket's result (kept values read)",
+                    f"{with_result[0]:.3f}", f"{with_result[1]:.3f}")
+    binding.add_row("its twin bound to params.ticket_id, the calls interleaved", f"{with_param[0]:.3f}",
+                    f"{with_param[1]:.3f}")
+    binding.add_row("difference", f"{with_result[0] - with_param[0]:+.3f}", f"{with_result[1] - with_param[1]:+.3f}")
+    console.print(binding)
+    rs, py = percentiles(engines_of_schemas["rs"]), percentiles(engines_of_schemas["py"])
+    schemas = Table(title=f"refund's argument schemas on one call's values, {args.calls} times (ms)")
+    for column in ("validator", "p50", "p99"):
+        schemas.add_column(column, justify="right" if column != "validator" else "left")
+    schemas.add_row("jsonschema-rs (the gateway's: ECMA-262 patterns)", f"{rs[0]:.4f}", f"{rs[1]:.4f}")
+    schemas.add_row("jsonschema, pure Python (Python re patterns)", f"{py[0]:.4f}", f"{py[1]:.4f}")
+    console.print(schemas)
     for n in counts:
         for engine in engines:
             console.print(f"startup with {n} intents, {names[engine]} (load + compile): "
