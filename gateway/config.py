@@ -99,6 +99,10 @@ class UpstreamConfig(_Strict):
         return self
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*")
+LOOPBACK_ORIGINS = tuple(f"{scheme}://{host}" for scheme in ("http", "https") for host in LOOPBACK_HOSTS)
+
+
 class FrontConfig(_Strict):
     max_request_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
     max_argument_bytes: int = Field(default=256_000, ge=256, le=64_000_000)
@@ -111,6 +115,23 @@ class FrontConfig(_Strict):
         description="serve /mcp without server-side sessions, so replicas behind a load balancer "
         "can take any request (no server-initiated messages outside a request)",
     )
+    dns_rebinding_protection: bool = Field(
+        default=True, description="refuse /mcp requests whose Host (421) or Origin (403) is not allowed")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK_HOSTS),
+        description="Host header values /mcp answers ('name:*' for any port); add the gateway's public name",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK_ORIGINS),
+        description="Origin header values /mcp answers ('scheme://name:*' for any port); no Origin is allowed",
+    )
+    max_sessions: int = Field(default=10_000, ge=1, le=1_000_000, description="MCP sessions open in this process")
+    max_sessions_per_agent: int = Field(
+        default=32, ge=1, le=1_000_000, description="MCP sessions one agent may hold open in this process")
+    session_starts_per_minute: float = Field(
+        default=60.0, gt=0, le=1_000_000, description="MCP sessions one agent may open per minute (bursts as large)")
+    session_idle_seconds: float | None = Field(
+        default=1800.0, gt=0, le=7 * 24 * 3600, description="an MCP session with no request for this long is closed")
 
 
 class AuditConfig(_Strict):

@@ -49,6 +49,9 @@ class ReasonCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNKNOWN_RESOURCE = "unknown_resource"
     UNKNOWN_PROMPT = "unknown_prompt"
+    # MCP sessions on the HTTP front
+    SESSION_NOT_OWNED = "session_not_owned"
+    SESSION_LIMIT = "session_limit"
     # intents and tasks
     UNKNOWN_INTENT = "unknown_intent"
     AGENT_NOT_PERMITTED = "agent_not_permitted"

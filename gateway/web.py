@@ -26,13 +26,15 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .catalogue import Catalogue, check_against
 from .config import GatewayConfig
-from .decide import CallRequest
+from .decide import CallRequest, Verdict, new_id
 from .errors import ConfigError, GatewayError, ReasonCode
 from .front import Front
 from .identity import AgentIdentity, IdentityError
@@ -42,6 +44,8 @@ from .redeem import Redeemed, redeem
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
+from .sessions import SessionGuard, authenticated_user
+from .store import DecisionRecord
 from .tasks import TaskIssuer
 from .ui import router as ui_router
 from .upstreams import UpstreamPool
@@ -161,7 +165,8 @@ def _bearer(headers: Any) -> str | None:
 
 
 class _McpEndpoint:
-    """ASGI app for /mcp: authenticate, then hand over to the SDK's session manager."""
+    """ASGI app for /mcp: Host and Origin checked (DNS rebinding), the agent authenticated,
+    its sessions held to it, then the SDK's session manager."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
@@ -169,6 +174,12 @@ class _McpEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.app.state
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refused = await state.transport_security.validate_request(Request(scope), is_post=False)
+        if refused is not None:  # before the token: a rebinding page has none to offer anyway
+            log.warning("mcp request refused: %s (host %r, origin %r)", refused.body.decode()[:40],
+                        headers.get("host", "")[:200], headers.get("origin", "")[:200])
+            await refused(scope, receive, send)
+            return
         try:
             identity = state.verify(_bearer(headers))
         except IdentityError as exc:
@@ -177,7 +188,51 @@ class _McpEndpoint:
             await response(scope, receive, send)
             return
         scope.setdefault("state", {})["intentgate_agent"] = identity
+        scope["user"] = authenticated_user(identity)  # the SDK binds each session to this principal
+        guard: SessionGuard | None = state.sessions
+        session_id = headers.get("mcp-session-id")
+        if guard is not None and session_id is not None:
+            owner = guard.owner(session_id)
+            if owner is not None and owner != identity.id:  # the SDK answers 404, as for no such session
+                await _record_session_refusal(state.runtime, identity, ReasonCode.SESSION_NOT_OWNED,
+                                              f"session {session_id[:64]} is another agent's")
+        elif guard is not None and scope.get("method") == "POST" and _opens_session(headers):
+            why = guard.admit(identity.id)
+            if why is not None:
+                code, detail = why
+                verdict = await _record_session_refusal(state.runtime, identity, code, detail)
+                await JSONResponse(
+                    {"jsonrpc": "2.0", "id": None, "error": {
+                        "code": -32000, "message": f"{code.value}: {detail}",
+                        "data": {"reasons": verdict.reasons, "decision_id": verdict.decision_id}}},
+                    status_code=429, headers={"Retry-After": "60"},
+                )(scope, receive, send)
+                return
+
+            async def send_noting_session(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    for key, value in message.get("headers", []):
+                        if key.lower() == b"mcp-session-id":
+                            guard.opened(value.decode("latin-1"), identity.id)
+                await send(message)
+
+            await state.session_manager.handle_request(scope, receive, send_noting_session)
+            return
         await state.session_manager.handle_request(scope, receive, send)
+
+
+def _opens_session(headers: dict[str, str]) -> bool:
+    """A request without a session id that the SDK would open a session for: the 2025
+    handshake (no protocol-version header, or a handshake-era one), not the sessionless 2026 protocol."""
+    version = headers.get("mcp-protocol-version")
+    return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+async def _record_session_refusal(rt: Runtime, agent: AgentIdentity, code: ReasonCode, detail: str) -> Verdict:
+    record = DecisionRecord(id=new_id("dec"), at=rt.clock.now(), kind="mcp/session", agent=agent.id,
+                            outcome="deny", reasons=[])
+    log.warning("mcp session refused: %s: %s", code.value, detail, extra={"decision_id": record.id})
+    return await rt.decider.record_failure(record, code, detail)
 
 
 def check_upstreams(config: GatewayConfig, intents: IntentRegistry, catalogue: Catalogue) -> None:
@@ -222,10 +277,24 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 return agent
 
             front = Front(rt, pool, identify)
+            security = TransportSecuritySettings(
+                enable_dns_rebinding_protection=config.front.dns_rebinding_protection,
+                allowed_hosts=config.front.allowed_hosts, allowed_origins=config.front.allowed_origins,
+            )
             manager = StreamableHTTPSessionManager(
                 app=front.server,
                 max_request_body_size=config.front.max_request_bytes,
                 stateless=config.front.stateless_http,
+                security_settings=security,
+                session_idle_timeout=config.front.session_idle_seconds,
+                max_sessions=config.front.max_sessions,
+            )
+            app.state.transport_security = TransportSecurityMiddleware(security)
+            live = getattr(manager, "_server_instances", None)  # the SDK's table of open sessions
+            app.state.sessions = None if config.front.stateless_http else SessionGuard(
+                max_per_agent=config.front.max_sessions_per_agent,
+                starts_per_minute=config.front.session_starts_per_minute, clock=rt.clock,
+                live=(lambda sid: sid in live) if isinstance(live, dict) else None,
             )
             app.state.runtime, app.state.front = rt, front
             app.state.verify, app.state.session_manager = verifier.verify, manager
