@@ -106,6 +106,9 @@ LOOPBACK_ORIGINS = tuple(f"{scheme}://{host}" for scheme in ("http", "https") fo
 class FrontConfig(_Strict):
     max_request_bytes: int = Field(default=1_000_000, ge=1024, le=64_000_000)
     max_argument_bytes: int = Field(default=256_000, ge=256, le=64_000_000)
+    max_result_bytes: int = Field(
+        default=16_000_000, ge=1024, le=1_000_000_000,
+        description="an upstream result larger than this (as JSON) is not passed on: upstream_result_too_large")
     rate_limit_per_second: float | None = Field(
         default=100.0, gt=0, le=1_000_000, description="decisions per second per agent (null: no limit)"
     )

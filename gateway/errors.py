@@ -102,6 +102,7 @@ class ReasonCode(StrEnum):
     # upstream tool servers
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_RESULT_TOO_LARGE = "upstream_result_too_large"
     # infrastructure
     STORE_ERROR = "store_error"
     INTERNAL_ERROR = "internal_error"

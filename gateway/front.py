@@ -23,7 +23,7 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as types
 from mcp import MCPError
@@ -49,6 +49,9 @@ log = logging.getLogger("intentgate.front")
 META_TASK = "intentgate/task"
 META_STEP = "intentgate/step"
 META_TOKEN = "intentgate/token"
+META_DECISION = "intentgate/decision"  # on a refusal: the decision, where no upstream can put one
+META_PREFIX = "intentgate/"
+SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 ARG_TASK = "intent_task"
 ARG_STEP = "intent_step"
 SEP = "__"
@@ -100,15 +103,32 @@ _GATEWAY_TOOLS = [
 ]
 
 Identify = Callable[[Any], Awaitable[AgentIdentity]]
+R = TypeVar("R", types.CallToolResult, types.GetPromptResult)
 
 
-def _error_result(payload: dict[str, Any]) -> types.CallToolResult:
+def _error_result(payload: dict[str, Any], *, structured: bool = True) -> types.CallToolResult:
+    """A refusal (or a failure after an allow) every client can read: the text says why, what
+    was decided and what may come next; ``_meta["intentgate/decision"]`` holds it all; and
+    the structured content too, unless the tool declares an ``outputSchema`` (``structured``
+    False), which a refusal would not match and schema-validating clients would reject."""
+    nexts = payload.get("allowed_next") or []
     text = f"{payload.get('explanation', 'refused')} (decision {payload.get('decision_id') or '-'}; " + (
         ", ".join(payload.get("reasons", [])) or "no reason"
-    ) + ")"
+    ) + ")" + (f"; allowed next: {', '.join(nexts)}" if nexts else "")
     return types.CallToolResult(
-        content=[types.TextContent(type="text", text=text)], structured_content=payload, is_error=True
+        content=[types.TextContent(type="text", text=text)], structured_content=payload if structured else None,
+        is_error=True, meta={META_DECISION: payload},
     )
+
+
+def _clean_result(result: R) -> R:
+    """An upstream's result (a tool's, a prompt's) as the agent gets it: without ``_meta`` keys of the gateway's own
+    namespace (an upstream cannot forge a decision) or the upstream's ``serverInfo`` stamp."""
+    meta = result.meta
+    if not meta:
+        return result
+    kept = {k: v for k, v in meta.items() if not k.startswith(META_PREFIX) and k != SERVER_INFO_META}
+    return result if len(kept) == len(meta) else result.model_copy(update={"meta": kept or None})
 
 
 def _ok_result(payload: dict[str, Any]) -> types.CallToolResult:
@@ -272,7 +292,7 @@ class Front:
         read = ReadRequest(agent=agent, action="prompts/get", upstream=upstream_name[:64] or "-",
                            name=name if sep else params.name, untrusted_arguments=dict(params.arguments or {}))
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT)
-        return await self._forward_read(read, upstream.get_prompt(name, params.arguments))
+        return _clean_result(await self._forward_read(read, upstream.get_prompt(name, params.arguments)))
 
     async def _decide_read(self, read: ReadRequest, namespaced: bool, unknown: ReasonCode) -> Upstream:
         """Decide and record one read; the upstream to ask, or the JSON-RPC error for the agent."""
@@ -328,13 +348,14 @@ class Front:
             return _error_result({"outcome": "deny", "reasons": [ReasonCode.INTERNAL_ERROR.value],
                                   "explanation": "internal error", "decision_id": None})
 
-    async def _refuse_if_too_large(self, request: CallRequest) -> types.CallToolResult | None:
+    async def _refuse_if_too_large(self, request: CallRequest, *, structured: bool = True
+                                   ) -> types.CallToolResult | None:
         """Arguments over ``front.max_argument_bytes``: a recorded deny, the arguments not stored."""
         size = len(json.dumps(request.untrusted_arguments, default=str))
         if size <= self.rt.config.front.max_argument_bytes:
             return None
         verdict = await self.rt.decider.refuse(request, ReasonCode.PAYLOAD_TOO_LARGE, str(size), keep_arguments=False)
-        return _error_result(_verdict_payload(verdict))
+        return _error_result(_verdict_payload(verdict), structured=structured)
 
     async def _gateway_tool(self, agent: AgentIdentity, name: str, args: dict[str, Any]) -> types.CallToolResult:
         decider = self.rt.decider
@@ -421,12 +442,13 @@ class Front:
         if upstream is None:
             verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, params.name[:128])
             return _error_result(_verdict_payload(verdict))
-        if (refused := await self._refuse_if_too_large(request)) is not None:
+        structured = not any(t.name == tool and t.output_schema for t in upstream.tools)
+        if (refused := await self._refuse_if_too_large(request, structured=structured)) is not None:
             return refused
 
         verdict = await decider.decide(request)
         if not verdict.forward:
-            return _error_result(_verdict_payload(verdict))
+            return _error_result(_verdict_payload(verdict), structured=structured)
         assert verdict.token is not None
         try:  # the token was burnt with the decision; check it binds exactly what goes upstream
             self.rt.verifier.verify(
@@ -436,22 +458,32 @@ class Front:
             log.error("minted token failed verification", extra={"decision_id": verdict.decision_id,
                                                                  "code": exc.code.value})
             return _error_result({**_verdict_payload(verdict), "outcome": "deny",
-                                  "reasons": [reason(exc.code)], "explanation": "token could not be used"})
+                                  "reasons": [reason(exc.code)], "explanation": "token could not be used"},
+                                 structured=structured)
         started = time.perf_counter()
         status, detail, kept = "ok", None, None
         try:
             result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token),
                                               progress=_progress_sink(ctx, meta), logs=_log_sink(ctx))
+            size = len(result.model_dump_json(by_alias=True, exclude_none=True))
+            if size > self.rt.config.front.max_result_bytes:  # the call ran; its result does not go on
+                status, detail = "result_too_large", f"{size} bytes"
+                log.warning("upstream result too large: %d bytes", size, extra={"decision_id": verdict.decision_id})
+                return _error_result({**_verdict_payload(verdict), "outcome": "allow",
+                                      "reasons": [reason(ReasonCode.UPSTREAM_RESULT_TOO_LARGE, str(size))],
+                                      "explanation": f"the tool ran, but its result ({size} bytes) is over the "
+                                                     f"gateway's limit ({self.rt.config.front.max_result_bytes})"},
+                                     structured=structured)
             if result.is_error:
                 status = "tool_error"
             elif verdict.keep and request.task_id and request.step:
                 kept = _kept_values(request.task_id, request.step, result, verdict.keep)
-            return result
+            return _clean_result(result)
         except UpstreamError as exc:
             status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
             self.rt.metrics.upstream_error(upstream_name, exc.code)
             return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
-                                  "explanation": exc.message})
+                                  "explanation": exc.message}, structured=structured)
         finally:
             try:
                 if not await self.rt.store.record_outcome(

@@ -1,5 +1,6 @@
 """Real third-party MCP servers behind the gateway: `mcp-server-time` (PyPI) and
-`@modelcontextprotocol/server-everything` (npm, on the machine's Node.js).  Both are
+`@modelcontextprotocol/server-everything` (npm, on the machine's Node.js), and a client no one
+here wrote: the official TypeScript SDK's (npm `@modelcontextprotocol/sdk`, pinned).  All are
 installed by .ci/run; elsewhere the test skips and says what to install."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -45,15 +47,25 @@ steps:
     next: [image]
   image:
     tool: everything.get-tiny-image
+  weather:
+    tool: everything.get-structured-content   # declares an outputSchema
+    free: true
+    max_calls: 3
+    arguments:
+      location: {type: string, enum: [Chicago, New York]}
 """
+
+
+TS_CLIENT = ROOT / "tests" / "clients" / "ts_client.mjs"
+TS_SDK = ROOT / "node_modules" / "@modelcontextprotocol" / "sdk" / "package.json"
 
 
 def missing() -> str | None:
     gone = []
     if not TIME_SERVER:
         gone.append("mcp-server-time (pip install mcp-server-time)")
-    if not EVERYTHING.exists() or not shutil.which("node"):
-        gone.append("@modelcontextprotocol/server-everything (npm install, needs node)")
+    if not EVERYTHING.exists() or not TS_SDK.exists() or not shutil.which("node"):
+        gone.append("@modelcontextprotocol/server-everything and sdk (npm ci, needs node)")
     return ", ".join(gone) or None
 
 
@@ -105,7 +117,9 @@ async def test_third_party_tools_listed_gated_and_answering(gateway) -> None:
             return {"intentgate/task": task, "intentgate/step": step}
 
         r = await client.call_tool("time__get_current_time", {"timezone": "America/New_York"}, meta=meta("now"))
-        assert r.is_error and r.structured_content["reasons"] == ["argument_constraint:timezone"]
+        # the tool declares an outputSchema: the refusal is in _meta and the text, not the structured content
+        assert r.is_error and r.structured_content is None
+        assert r.meta["intentgate/decision"]["reasons"] == ["argument_constraint:timezone"]
         r = await client.call_tool("time__get_current_time", {"timezone": "Europe/Paris"}, meta=meta("now"))
         assert not r.is_error and '"timezone": "Europe/Paris"' in r.content[0].text
         r = await client.call_tool("everything__get-env", {}, meta=meta("echo"))
@@ -140,3 +154,42 @@ async def test_third_party_resources_and_prompts_pass_through_the_policy(gateway
         with pytest.raises(MCPError) as refused:
             await client.get_prompt("everything__simple-prompt")
         assert refused.value.data["reasons"] == ["policy_denied", "policy:read_not_permitted"]
+
+
+def ts_client(gateway: StdioServerParameters, calls: list[dict]) -> list[dict]:
+    """Run the TypeScript SDK client against the gateway over stdio; one dict per line it printed."""
+    config = gateway.args[gateway.args.index("--config") + 1]
+    out = subprocess.run(
+        [shutil.which("node"), str(TS_CLIENT), json.dumps(calls)], cwd=ROOT, capture_output=True, text=True,
+        timeout=180, env={**os.environ, "GATEWAY_PYTHON": sys.executable, "GATEWAY_CONFIG": config,
+                          "GATEWAY_ROOT": str(ROOT), "AGENT_TOKEN": gateway.env["INTENTGATE_AGENT_TOKEN"]},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_typescript_sdk_client_reads_denials_even_on_tools_with_an_output_schema(gateway) -> None:
+    """The TS client validates structuredContent against the tool's outputSchema: a denial in
+    the structured content would make it throw instead of showing why."""
+    step = {"intentgate/task": "$TASK", "intentgate/step": "weather"}
+    listed, begun, denied, allowed, plain_denial = ts_client(gateway, [
+        {"name": "intentgate__begin_task", "arguments": {"intent": "utility-check", "params": {}, "reason": "interop"}},
+        {"name": "everything__get-structured-content", "arguments": {"location": "Los Angeles"}, "_meta": step},
+        {"name": "everything__get-structured-content", "arguments": {"location": "Chicago"}, "_meta": step},
+        {"name": "everything__get-tiny-image", "arguments": {},
+         "_meta": {"intentgate/task": "$TASK", "intentgate/step": "image"}},
+    ])
+    assert "everything__get-structured-content" in listed["tools"]
+    assert begun["ok"] and begun["structured"]["task"].startswith("tsk_")
+    assert denied["ok"], denied  # the client did not throw
+    assert denied["isError"] and denied["structured"] is None
+    decision = denied["meta"]["intentgate/decision"]
+    assert decision["outcome"] == "deny" and decision["reasons"] == ["argument_constraint:location"]
+    assert decision["decision_id"] in denied["text"] and "argument_constraint:location" in denied["text"]
+    assert allowed["ok"] and not allowed["isError"], allowed
+    assert allowed["structured"]["conditions"] == "Light rain / drizzle"  # validated by the client
+    assert "io.modelcontextprotocol/serverInfo" not in (allowed["meta"] or {})  # which upstream is not said
+    # a tool without an outputSchema keeps the structured refusal as well
+    assert plain_denial["isError"] and plain_denial["structured"]["reasons"] == ["step_out_of_order:image"]
+    assert plain_denial["meta"]["intentgate/decision"] == plain_denial["structured"]
+    assert "allowed next: now, weather" in plain_denial["text"]

@@ -181,8 +181,11 @@ def build(name: str) -> Server[Any]:
             # proves a brokered secret arrived without ever echoing it
             "brokered_secret_sha256": hashlib.sha256(os.environ.get("BROKERED_SECRET", "").encode()).hexdigest(),
         }
-        return types.CallToolResult(
-            content=[types.TextContent(type="text", text=json.dumps(echo))], structured_content=echo
+        if os.environ.get("RESULT_PADDING"):  # plays an upstream answering a huge result
+            echo["padding"] = "x" * int(os.environ["RESULT_PADDING"])
+        return types.CallToolResult(  # RESULT_META plays an upstream putting keys of its choosing in _meta
+            content=[types.TextContent(type="text", text=json.dumps(echo))], structured_content=echo,
+            meta=json.loads(os.environ["RESULT_META"]) if os.environ.get("RESULT_META") else None,
         )
 
     extra = _ticket_handlers() if name == "tickets" else {}
