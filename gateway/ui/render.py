@@ -75,6 +75,9 @@ REASON_TEXT: dict[ReasonCode, str] = {
     ReasonCode.TOKEN_REVOKED: "The action token had been revoked.",
     ReasonCode.UPSTREAM_ERROR: "The upstream tool server failed.",
     ReasonCode.UPSTREAM_TIMEOUT: "The upstream tool server did not answer in time.",
+    ReasonCode.UPSTREAM_RESULT_TOO_LARGE: "The upstream's result was larger than the gateway passes on; it was not forwarded.",
+    ReasonCode.SESSION_NOT_OWNED: "The MCP session was opened by another agent.",
+    ReasonCode.SESSION_LIMIT: "The agent has too many MCP sessions open, or opened them too fast.",
     ReasonCode.STORE_ERROR: "The gateway's database failed, so the call was denied.",
     ReasonCode.INTERNAL_ERROR: "An internal error occurred, so the call was denied (fail closed).",
 }
