@@ -91,6 +91,11 @@ class UpstreamConfig(_Strict):
         default=60.0, gt=0, le=600,
         description="starting the upstream (spawn, handshake, tools/list): a loaded machine starts slowly",
     )
+    protocol: Literal["auto", "legacy"] = Field(
+        default="auto",
+        description="auto: the newest MCP version both sides speak (probing 2026-07-28 first); legacy: the "
+                    "initialize handshake only (2025-11-25 and earlier), for servers the probe confuses",
+    )
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamConfig:

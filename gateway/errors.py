@@ -103,6 +103,9 @@ class ReasonCode(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_RESULT_TOO_LARGE = "upstream_result_too_large"
+    # what an upstream asks the agent's client during a call (sampling, elicitation, roots)
+    ASK_UNATTRIBUTED = "ask_unattributed"
+    ASK_UNSUPPORTED = "ask_unsupported"
     # infrastructure
     STORE_ERROR = "store_error"
     INTERNAL_ERROR = "internal_error"

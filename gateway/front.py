@@ -32,6 +32,7 @@ from mcp.server.lowlevel import Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from .asks import AskRelay, refuse_unattributed
 from .bindings import keep_values, result_document
 from .canonical import canonical_json
 from .decide import CallRequest, TaskStarted, Verdict
@@ -216,6 +217,11 @@ class Front:
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
         )
+        for up in pool.upstreams.values():
+            up.unattributed = self._refuse_unattributed
+
+    async def _refuse_unattributed(self, upstream: str, action: Any, kind: Any, in_flight: int) -> types.ErrorData:
+        return await refuse_unattributed(self.rt.decider, upstream, action, kind, in_flight)
 
     # ----- resources and prompts ------------------------------------------------------
     async def _agent(self, ctx: Any) -> AgentIdentity:
@@ -462,9 +468,11 @@ class Front:
                                  structured=structured)
         started = time.perf_counter()
         status, detail, kept = "ok", None, None
+        relay = AskRelay(decider, ctx, agent, upstream=upstream_name, tool=tool, task_id=request.task_id,
+                         step=request.step)
         try:
             result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token),
-                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx))
+                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx), asks=relay)
             size = len(result.model_dump_json(by_alias=True, exclude_none=True))
             if size > self.rt.config.front.max_result_bytes:  # the call ran; its result does not go on
                 status, detail = "result_too_large", f"{size} bytes"
@@ -480,6 +488,14 @@ class Front:
                 kept = _kept_values(request.task_id, request.step, result, verdict.keep)
             return _clean_result(result)
         except UpstreamError as exc:
+            if relay.refused is not None and exc.code is ReasonCode.UPSTREAM_ERROR:  # 2026-07-28: a refused ask ends the call
+                ask = relay.refused
+                status, detail = "ask_refused", ask.decision_id
+                return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": ask.reasons,
+                                      "ask_decision_id": ask.decision_id,
+                                      "explanation": f"the tool asked the client for something the gateway refused "
+                                                     f"({ask.explanation}); the tool could not go on"},
+                                     structured=structured)
             status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
             self.rt.metrics.upstream_error(upstream_name, exc.code)
             return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],

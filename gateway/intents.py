@@ -126,6 +126,11 @@ class Step(BaseModel):
         default=False,
         description="callable at any point of the task (a read-only lookup); it does not move the workflow on",
     )
+    asks: list[Literal["sampling", "elicitation", "elicitation_url", "roots"]] = Field(
+        default_factory=list,
+        description="what the tool may ask the agent's client during this step's call (sampling/createMessage, "
+                    "elicitation/create in form or URL mode, roots/list); nothing unless listed",
+    )
 
     @field_validator("tool")
     @classmethod

@@ -14,11 +14,19 @@ Log messages an upstream sends (``notifications/message``) are not tied to a req
 SDK's client session; they are passed to the one call in flight on that upstream, and
 dropped (logged here at debug level) when several calls are in flight, so that one agent can
 never see log lines caused by another agent's call.
+
+What an upstream asks of the client during a call (sampling, elicitation, roots: see
+``asks``) goes to that call's relay: exactly, when the ask rides the call's own result
+(2026-07-28 ``input_required``, driven in the caller's task, found by a context variable);
+otherwise to the one call in flight, and refused when several are.  The session declares
+sampling, elicitation and roots to every upstream (it is shared by all agents); whether the
+agent behind a call can take an ask is checked when it comes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import sys
@@ -42,6 +50,9 @@ TOKEN_META = "intentgate/token"
 MAX_LIST_PAGES = 50
 LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
+Unattributed = Callable[[str, Any, Any, int], Awaitable[types.ErrorData]]
+
+_relay: contextvars.ContextVar[Any] = contextvars.ContextVar("intentgate_ask_relay", default=None)
 
 
 class ActionTokenAuth(httpx2.Auth):
@@ -92,6 +103,8 @@ class Upstream:
         self.tools: list[types.Tool] = []
         self.restarts = -1
         self._log_sinks: list[LogSink] = []
+        self._relays: list[Any] = []
+        self.unattributed: Unattributed | None = None  # records an ask no single call owns (set by the front)
 
     def _target(self, http: httpx2.AsyncClient | None) -> Any:
         c = self.config
@@ -119,6 +132,31 @@ class Upstream:
         if len(self._log_sinks) == 1:  # attributable to exactly one call
             await self._log_sinks[0](params)
 
+    async def _relay_for(self, action: str, kind: str) -> Any:
+        """The relay of the call an ask belongs to, or the error to answer the upstream with."""
+        relay = _relay.get()
+        if relay is None and len(self._relays) == 1:
+            relay = self._relays[0]
+        if relay is not None:
+            return relay
+        log.info("upstream %s asked %s with %d calls in flight: refused", self.name, action, len(self._relays))
+        if self.unattributed is not None:
+            return await self.unattributed(self.name, action, kind, len(self._relays))
+        return types.ErrorData(code=types.INVALID_REQUEST, message="no call to ask on behalf of")
+
+    async def _on_sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        relay = await self._relay_for("sampling/createMessage", "sampling")
+        return relay if isinstance(relay, types.ErrorData) else await relay.sampling(params)
+
+    async def _on_elicitation(self, context: Any, params: types.ElicitRequestParams) -> Any:
+        kind = "elicitation_url" if isinstance(params, types.ElicitRequestURLParams) else "elicitation"
+        relay = await self._relay_for("elicitation/create", kind)
+        return relay if isinstance(relay, types.ErrorData) else await relay.elicitation(params)
+
+    async def _on_roots(self, context: Any) -> Any:
+        relay = await self._relay_for("roots/list", "roots")
+        return relay if isinstance(relay, types.ErrorData) else await relay.roots()
+
     async def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._stop is not None
         http = self._http_client()
@@ -126,8 +164,12 @@ class Upstream:
             async with http if http is not None else nullcontext(), Client(
                 self._target(http),
                 read_timeout_seconds=self.config.timeout_seconds,
+                mode=self.config.protocol,
                 client_info=types.Implementation(name="intentgate", version="0.1.0"),
                 logging_callback=self._on_log,
+                sampling_callback=self._on_sampling,
+                elicitation_callback=self._on_elicitation,
+                list_roots_callback=self._on_roots,
             ) as client:
                 self._client = client
                 listing = await client.list_tools()
@@ -190,20 +232,27 @@ class Upstream:
 
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], *,
-        progress: ProgressSink | None = None, logs: LogSink | None = None,
+        progress: ProgressSink | None = None, logs: LogSink | None = None, asks: Any = None,
     ) -> types.CallToolResult:
-        """Forward one tool call; ``progress`` and ``logs`` receive what the upstream reports for it."""
+        """Forward one tool call; ``progress`` and ``logs`` receive what the upstream reports for
+        it, and ``asks`` (an ``asks.AskRelay``) what it asks of the client."""
         client = await self.ensure()
         if logs is not None:
             self._log_sinks.append(logs)
+        if asks is not None:
+            self._relays.append(asks)
+        reset = _relay.set(asks)
         try:
             async with self._guarded():
                 return await client.call_tool(
                     tool, arguments, meta=meta, progress_callback=progress  # type: ignore[arg-type]
                 )
         finally:
+            _relay.reset(reset)
             if logs is not None:
                 self._log_sinks.remove(logs)
+            if asks is not None:
+                self._relays.remove(asks)
 
     async def read_resource(self, uri: str) -> types.ReadResourceResult:
         client = await self.ensure()

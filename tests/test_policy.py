@@ -560,7 +560,7 @@ def test_project_rego_tests_all_pass(registry) -> None:
     assert len(results) >= 20
     assert [(r.name, r.error) for r in results if not r.passed] == []
     assert {r.file for r in results} == {"intentgate/decision_test.rego", "intentgate/reads_test.rego",
-                                         "intentgate/tasks_test.rego"}
+                                         "intentgate/tasks_test.rego", "intentgate/asks_test.rego"}
     assert all(r.line > 0 for r in results)
 
 

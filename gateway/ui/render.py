@@ -76,6 +76,10 @@ REASON_TEXT: dict[ReasonCode, str] = {
     ReasonCode.UPSTREAM_ERROR: "The upstream tool server failed.",
     ReasonCode.UPSTREAM_TIMEOUT: "The upstream tool server did not answer in time.",
     ReasonCode.UPSTREAM_RESULT_TOO_LARGE: "The upstream's result was larger than the gateway passes on; it was not forwarded.",
+    ReasonCode.ASK_UNATTRIBUTED: "The upstream asked the agent's client for something while no single call of "
+                                 "its could own the request.",
+    ReasonCode.ASK_UNSUPPORTED: "The agent's client cannot take that request (it did not declare the capability, "
+                                "or its connection has no way back).",
     ReasonCode.SESSION_NOT_OWNED: "The MCP session was opened by another agent.",
     ReasonCode.SESSION_LIMIT: "The agent has too many MCP sessions open, or opened them too fast.",
     ReasonCode.STORE_ERROR: "The gateway's database failed, so the call was denied.",

@@ -36,7 +36,8 @@ ttl_seconds := t if {
 
 # --- what is being decided ----------------------------------------------------------------
 # A tools/call (inputs without `action` are tool calls), a read of an upstream's resource or
-# prompt (see reads.rego), or the beginning of a task (see tasks.rego). Anything else denies.
+# prompt (see reads.rego), the beginning of a task (see tasks.rego), or what an upstream asks
+# of the agent's client during a call (see asks.rego). Anything else denies.
 
 default _action := "tools/call"
 
@@ -44,7 +45,10 @@ _action := input.action
 
 _tool_call if _action == "tools/call"
 
-deny contains "unknown_action" if not _action in {"tools/call", "resources/read", "prompts/get", "task/begin"}
+deny contains "unknown_action" if {
+	not _action in {"tools/call", "resources/read", "prompts/get", "task/begin"}
+	not _action in _ask_actions
+}
 
 deny contains "workflow_violation" if {
 	_tool_call
