@@ -18,23 +18,25 @@ is a JSON-RPC error whose ``data`` names the decision and its reasons.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import mcp_types as types
 from mcp import MCPError
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp.server.lowlevel import Server
+from mcp.server.lowlevel import NotificationOptions, Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .asks import AskRelay, refuse_unattributed
 from .bindings import keep_values, result_document
 from .canonical import canonical_json
+from .connections import AgentConnection, Connections, level_allows
 from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
@@ -157,16 +159,17 @@ def _kept_values(task_id: str, step: str, result: types.CallToolResult,
     return KeptValues(task_id, step, values, dropped)
 
 
-def _forward_meta(ctx: Any, meta: dict[str, Any], token: str) -> dict[str, Any]:
+def _forward_meta(ctx: Any, meta: dict[str, Any], token: str, conn: AgentConnection) -> dict[str, Any]:
     """What goes upstream in ``_meta``: the action token, and the agent's log-level opt-in.
 
     Nothing else of the agent's ``_meta`` is forwarded.  An agent on a handshake-era
-    session has no per-request opt-in; it gets ``info`` and above.
+    session has no per-request opt-in: it gets what it asked for with ``logging/setLevel``,
+    else ``info`` and above.
     """
     forward: dict[str, Any] = {META_TOKEN: token}
     level = meta.get(LOG_LEVEL_META_KEY)
     if level is None and getattr(ctx, "protocol_version", None) not in MODERN_PROTOCOL_VERSIONS:
-        level = "info"
+        level = conn.log_level or "info"
     if isinstance(level, str):
         forward[LOG_LEVEL_META_KEY] = level
     return forward
@@ -183,8 +186,10 @@ def _progress_sink(ctx: Any, meta: dict[str, Any]) -> Any:
     return relay
 
 
-def _log_sink(ctx: Any) -> Any:
+def _log_sink(ctx: Any, conn: AgentConnection) -> Any:
     async def relay(params: types.LoggingMessageNotificationParams) -> None:
+        if not level_allows(conn.log_level, params.level):  # the agent's logging/setLevel
+            return
         with warnings.catch_warnings():  # logging is deprecated in 2026-07-28, still served
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             await ctx.session.send_log_message(
@@ -201,24 +206,36 @@ class Front:
         self.rt = runtime
         self.pool = pool
         self.identify = identify
-        self.server: Server[Any] = Server(
-            "intentgate",
-            version="0.1.0",
-            instructions=(
-                "Tools are gated by IntentGate. Begin a task with intentgate__begin_task, then call tools "
-                "with the task id and workflow step, in _meta (intentgate/task, intentgate/step) or in the "
-                "intent_task / intent_step arguments."
-            ),
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
-            on_list_resources=self._list_resources,
-            on_list_resource_templates=self._list_resource_templates,
-            on_read_resource=self._read_resource,
-            on_list_prompts=self._list_prompts,
-            on_get_prompt=self._get_prompt,
-        )
+        with warnings.catch_warnings():  # logging/setLevel is deprecated in 2026-07-28, still served
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            self.server: Server[Any] = Server(
+                "intentgate",
+                version="0.1.0",
+                instructions=(
+                    "Tools are gated by IntentGate. Begin a task with intentgate__begin_task, then call tools "
+                    "with the task id and workflow step, in _meta (intentgate/task, intentgate/step) or in the "
+                    "intent_task / intent_step arguments."
+                ),
+                on_list_tools=self._list_tools,
+                on_call_tool=self._call_tool,
+                on_list_resources=self._list_resources,
+                on_list_resource_templates=self._list_resource_templates,
+                on_read_resource=self._read_resource,
+                on_subscribe_resource=self._subscribe,
+                on_unsubscribe_resource=self._unsubscribe,
+                on_list_prompts=self._list_prompts,
+                on_get_prompt=self._get_prompt,
+                on_completion=self._complete,
+                on_set_logging_level=self._set_level,
+            )
+        # agents are told when an upstream's tools, resources or prompts change (followed in upstreams)
+        self.server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
+            self.server.create_initialization_options,
+            notification_options=NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
+        self.connections = Connections()
         for up in pool.upstreams.values():
             up.unattributed = self._refuse_unattributed
+            up.notified = self._upstream_notified
 
     async def _refuse_unattributed(self, upstream: str, action: Any, kind: Any, in_flight: int) -> types.ErrorData:
         return await refuse_unattributed(self.rt.decider, upstream, action, kind, in_flight)
@@ -299,6 +316,84 @@ class Front:
                            name=name if sep else params.name, untrusted_arguments=dict(params.arguments or {}))
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT)
         return _clean_result(await self._forward_read(read, upstream.get_prompt(name, params.arguments)))
+
+    async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
+        """``logging/setLevel``: this connection's threshold for the upstream log lines it gets."""
+        agent = await self._agent(ctx)
+        self.connections.of(ctx, agent.id).log_level = params.level
+        return types.EmptyResult()
+
+    async def _complete(self, ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        """``completion/complete`` of a prompt's or resource template's argument: decided like a read of it."""
+        agent = await self._agent(ctx)
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            upstream_name, sep, name = ref.name.partition(SEP)
+            kind: Literal["prompt", "resource"] = "prompt"
+        else:
+            upstream_name, sep, name = ref.uri.partition(URI_SEP)
+            kind = "resource"
+        read = ReadRequest(agent=agent, action="completion/complete", upstream=upstream_name[:64] or "-",
+                           name=name if sep else (ref.name if kind == "prompt" else ref.uri), ref=kind,
+                           untrusted_arguments={params.argument.name: params.argument.value})
+        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT if kind == "prompt"
+                                           else ReasonCode.UNKNOWN_RESOURCE)
+        upstream_ref = (types.PromptReference(type="ref/prompt", name=name) if kind == "prompt"
+                        else types.ResourceTemplateReference(type="ref/resource", uri=name))
+        context = params.context.arguments if params.context else None
+        result = await self._forward_read(read, upstream.complete(
+            upstream_ref, {"name": params.argument.name, "value": params.argument.value}, context))
+        return types.CompleteResult(completion=result.completion)
+
+    async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        """``resources/subscribe``: decided like a read; the gateway subscribes once per upstream URI and
+        passes ``notifications/resources/updated`` on to the connections that subscribed."""
+        agent = await self._agent(ctx)
+        upstream_name, sep, uri = params.uri.partition(URI_SEP)
+        read = ReadRequest(agent=agent, action="resources/subscribe", upstream=upstream_name[:64] or "-",
+                           name=uri if sep else params.uri)
+        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
+        await upstream.ensure()
+        if not upstream.can_subscribe():
+            raise MCPError(types.METHOD_NOT_FOUND, f"upstream {upstream.name!r} does not offer resource subscriptions")
+        conn = self.connections.of(ctx, agent.id)
+        if not self.connections.subscribed(upstream.name, uri):
+            await self._forward_read(read, upstream.subscribe(uri))
+        conn.subscriptions.add((upstream.name, uri))
+        return types.EmptyResult()
+
+    async def _unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        agent = await self._agent(ctx)
+        upstream_name, _, uri = params.uri.partition(URI_SEP)
+        conn = self.connections.of(ctx, agent.id)
+        conn.subscriptions.discard((upstream_name, uri))
+        upstream = self.pool.get(upstream_name)
+        if upstream is not None and upstream.alive() and not self.connections.subscribed(upstream_name, uri):
+            try:
+                await upstream.subscribe(uri, on=False)
+            except UpstreamError as exc:
+                log.info("unsubscribe %s: %s", params.uri[:200], exc.message)
+        return types.EmptyResult()
+
+    async def _upstream_notified(self, upstream: Upstream, message: Any) -> None:
+        """An upstream's notification: a resource update goes to its subscribers (each still an agent
+        that may read it: checked when it subscribed), a list change to every agent that uses it."""
+        if isinstance(message, types.ResourceUpdatedNotification):
+            uri = message.params.uri
+            targets = self.connections.subscribers(upstream.name, uri)
+            note: types.ServerNotification = types.ResourceUpdatedNotification(
+                params=types.ResourceUpdatedNotificationParams(uri=f"{upstream.name}{URI_SEP}{uri}"))
+        elif isinstance(message, (types.ToolListChangedNotification, types.ResourceListChangedNotification,
+                                  types.PromptListChangedNotification)):
+            users = {i.name for i in self.rt.intents if upstream.name in {t.partition(".")[0] for t in i.tools()}}
+            targets = [c for c in self.connections.all()
+                       if any(i.name in users for i in self.rt.intents.for_agent(c.agent))]
+            note = type(message)()
+        else:
+            return
+        for conn in targets:
+            if not await conn.notify(note) and isinstance(message, types.ResourceUpdatedNotification):
+                conn.subscriptions.discard((upstream.name, message.params.uri))
 
     async def _decide_read(self, read: ReadRequest, namespaced: bool, unknown: ReasonCode) -> Upstream:
         """Decide and record one read; the upstream to ask, or the JSON-RPC error for the agent."""
@@ -470,9 +565,10 @@ class Front:
         status, detail, kept = "ok", None, None
         relay = AskRelay(decider, ctx, agent, upstream=upstream_name, tool=tool, task_id=request.task_id,
                          step=request.step)
+        conn = self.connections.of(ctx, agent.id)
         try:
-            result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token),
-                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx), asks=relay)
+            result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token, conn),
+                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx, conn), asks=relay)
             size = len(result.model_dump_json(by_alias=True, exclude_none=True))
             if size > self.rt.config.front.max_result_bytes:  # the call ran; its result does not go on
                 status, detail = "result_too_large", f"{size} bytes"

@@ -1,4 +1,5 @@
-"""Reads: decisions on an upstream's resources (``resources/read``) and prompts (``prompts/get``).
+"""Reads: decisions on an upstream's resources (``resources/read``, ``resources/subscribe``) and
+prompts (``prompts/get``), and on completing an argument of either (``completion/complete``).
 
 Reads belong to no workflow: there is no task, step or action token.  Each read is judged by
 the Rego policy alone (``opa/intentgate/reads.rego``: the agent must use the upstream, and the
@@ -25,7 +26,7 @@ __all__ = ["ReadAction", "ReadRequest", "decide_read", "read_verdict", "refuse_r
 
 log = logging.getLogger("intentgate.reads")
 
-ReadAction = Literal["resources/read", "prompts/get"]
+ReadAction = Literal["resources/read", "resources/subscribe", "prompts/get", "completion/complete"]
 
 
 class ReadRequest(BaseModel):
@@ -37,6 +38,7 @@ class ReadRequest(BaseModel):
     action: ReadAction
     upstream: str
     name: str
+    ref: Literal["prompt", "resource"] | None = None  # completion/complete: what is completed
     untrusted_arguments: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -66,7 +68,7 @@ def policy_input(decider: Decider, read: ReadRequest, now: float) -> dict[str, A
     return {
         "action": read.action,
         "agent": {"id": read.agent.id, "claims": read.agent.claims},
-        "read": {"upstream": read.upstream, "name": read.name, "arguments": read.untrusted_arguments},
+        "read": {"upstream": read.upstream, "name": read.name, "ref": read.ref, "arguments": read.untrusted_arguments},
         "context": {"now": iso(now), "now_ms": int(now * 1000), "environment": decider.environment,
                     "mode": decider.mode or "enforce"},
     }

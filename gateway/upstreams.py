@@ -30,6 +30,7 @@ import contextvars
 import json
 import logging
 import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Any
@@ -38,6 +39,7 @@ import httpx2
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPDeprecationWarning
 
 from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
@@ -105,6 +107,7 @@ class Upstream:
         self._log_sinks: list[LogSink] = []
         self._relays: list[Any] = []
         self.unattributed: Unattributed | None = None  # records an ask no single call owns (set by the front)
+        self.notified: Callable[[Upstream, Any], Awaitable[None]] | None = None  # resource updates, list changes
 
     def _target(self, http: httpx2.AsyncClient | None) -> Any:
         c = self.config
@@ -157,6 +160,22 @@ class Upstream:
         relay = await self._relay_for("roots/list", "roots")
         return relay if isinstance(relay, types.ErrorData) else await relay.roots()
 
+    async def _on_message(self, message: Any) -> None:
+        """Notifications the session surfaces: a tool list change is followed here (the tools are
+        listed again); it and resource updates and other list changes go on to the front."""
+        if isinstance(message, Exception):
+            log.debug("upstream %s: %s", self.name, type(message).__name__)
+            return
+        if isinstance(message, types.ToolListChangedNotification) and self._client is not None:
+            try:
+                async with self._guarded():
+                    self.tools = list((await self._client.list_tools(cache_mode="bypass")).tools)
+                log.info("upstream %s changed its tools: now %d", self.name, len(self.tools))
+            except UpstreamError as exc:
+                log.warning("upstream %s: tools could not be listed again: %s", self.name, exc.message)
+        if self.notified is not None:
+            await self.notified(self, message)
+
     async def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._stop is not None
         http = self._http_client()
@@ -170,6 +189,7 @@ class Upstream:
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
                 list_roots_callback=self._on_roots,
+                message_handler=self._on_message,
             ) as client:
                 self._client = client
                 listing = await client.list_tools()
@@ -263,6 +283,26 @@ class Upstream:
         client = await self.ensure()
         async with self._guarded():
             return await client.get_prompt(name, arguments)
+
+    async def complete(self, ref: types.PromptReference | types.ResourceTemplateReference, argument: dict[str, str],
+                       context_arguments: dict[str, str] | None) -> types.CompleteResult:
+        client = await self.ensure()
+        if client.server_capabilities is None or client.server_capabilities.completions is None:
+            return types.CompleteResult(completion=types.Completion(values=[]))
+        async with self._guarded():
+            return await client.complete(ref, argument, context_arguments)
+
+    def can_subscribe(self) -> bool:
+        caps = self._client.server_capabilities if self._client is not None else None
+        return bool(caps and caps.resources and caps.resources.subscribe)
+
+    async def subscribe(self, uri: str, *, on: bool = True) -> None:
+        """``resources/subscribe`` (or ``unsubscribe``) on the gateway's session (2025-era servers)."""
+        client = await self.ensure()
+        async with self._guarded():
+            with warnings.catch_warnings():  # removed as of 2026-07-28; still what 2025-era servers speak
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await (client.subscribe_resource(uri) if on else client.unsubscribe_resource(uri))
 
     async def list_resources(self) -> list[types.Resource]:
         return await self._list_all("resources", lambda c, cur: c.list_resources(cursor=cur), "resources")

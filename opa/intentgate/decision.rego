@@ -46,7 +46,7 @@ _action := input.action
 _tool_call if _action == "tools/call"
 
 deny contains "unknown_action" if {
-	not _action in {"tools/call", "resources/read", "prompts/get", "task/begin"}
+	not _action in {"tools/call", "resources/read", "resources/subscribe", "prompts/get", "completion/complete", "task/begin"}
 	not _action in _ask_actions
 }
 

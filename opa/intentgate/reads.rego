@@ -1,4 +1,5 @@
-# Reads: an upstream's resources (resources/read) and prompts (prompts/get).
+# Reads: an upstream's resources (resources/read, resources/subscribe) and prompts (prompts/get),
+# and completing an argument of either (completion/complete, input.read.ref "prompt" or "resource").
 #
 # Reads are not part of any workflow, so no task or step is involved. A read is allowed when
 #   - the agent may declare at least one intent that calls a tool of that upstream, and
@@ -7,19 +8,34 @@
 # Patterns are globs with "/" as the delimiter: "*" stays within a path segment, "**" does
 # not. Nothing is readable unless listed.
 #
-# Input: {"action": "resources/read" | "prompts/get", "agent": {"id": ...},
-#         "read": {"upstream": ..., "name": <uri or prompt name>, "arguments": {...}},
+# Input: {"action": "resources/read" | "resources/subscribe" | "prompts/get" | "completion/complete",
+#         "agent": {"id": ...},
+#         "read": {"upstream": ..., "name": <uri, URI template or prompt name>, "ref": "prompt" | "resource" | null,
+#                  "arguments": {...}},
 #         "context": {...}}
 package intentgate
 
 import rego.v1
 
-_read_kinds := {"resources/read": "resources", "prompts/get": "prompts"}
+_read_kinds := {"resources/read": "resources", "prompts/get": "prompts", "resources/subscribe": "resources"}
 
 _read_kind := _read_kinds[_action]
 
+# completing an argument of a prompt or a resource template is a read of that prompt or template
+_read_kind := "prompts" if {
+	_action == "completion/complete"
+	input.read.ref == "prompt"
+}
+
+_read_kind := "resources" if {
+	_action == "completion/complete"
+	input.read.ref == "resource"
+}
+
+_read_actions := {"resources/read", "resources/subscribe", "prompts/get", "completion/complete"}
+
 deny contains "read_not_permitted" if {
-	_read_kind
+	_action in _read_actions
 	not _read_permitted
 }
 

@@ -91,3 +91,24 @@ test_malformed_read_denied if {
 	d := data.intentgate.decision with input as {"action": "resources/read", "agent": support, "read": {"upstream": 3, "name": ["x"]}} with data.intentgate.intents as intents with data.intentgate.reads as reads
 	d.reasons == ["read_not_permitted"]
 }
+
+test_subscribe_is_a_read_of_the_resource if {
+	i := object.union(read("tickets", "tickets://TCK-1001"), {"action": "resources/subscribe"})
+	d := data.intentgate.decision with input as i with data.intentgate.intents as intents with data.intentgate.reads as reads
+	d.allow
+	j := object.union(read("tickets", "tickets://customers/all"), {"action": "resources/subscribe"})
+	e := data.intentgate.decision with input as j with data.intentgate.intents as intents with data.intentgate.reads as reads
+	e.reasons == ["read_not_permitted"]
+}
+
+test_completion_reads_the_prompt_or_template_it_completes if {
+	p := object.union(prompt("tickets", "summarise_ticket"), {"action": "completion/complete", "read": {"ref": "prompt"}})
+	d := data.intentgate.decision with input as p with data.intentgate.intents as intents with data.intentgate.reads as reads
+	d.allow
+	r := object.union(read("tickets", "tickets://{id}"), {"action": "completion/complete", "read": {"ref": "resource"}})
+	e := data.intentgate.decision with input as r with data.intentgate.intents as intents with data.intentgate.reads as reads
+	e.reasons == ["read_not_permitted"]
+	u := object.union(prompt("tickets", "summarise_ticket"), {"action": "completion/complete", "read": {"ref": "other"}})
+	f := data.intentgate.decision with input as u with data.intentgate.intents as intents with data.intentgate.reads as reads
+	not f.allow
+}
