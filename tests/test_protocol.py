@@ -1,0 +1,154 @@
+"""The rest of the protocol through `intentgate stdio`, with the real SDK client and the
+reference server (tests/servers/conformance_server.py) as the upstream: logging/setLevel
+applied per connection, completion and subscriptions decided as reads, resource updates only
+to subscribers, list changes followed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+import yaml
+from mcp import Client, MCPError
+
+from tests.conftest import POLICY_DIR
+from tests.test_front_stdio import make_gateway
+
+REFERENCE = Path(__file__).parent / "servers" / "conformance_server.py"
+
+# logging/setLevel and resources/subscribe are deprecated as of 2026-07-28: still served, still tested
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+
+INTENT = """
+name: reference
+version: "1"
+agents: ["spiffe://example.org/agent/support-*"]
+begin: [agent]
+start: [change]
+steps:
+  change: {tool: conf.test_change_tools}
+  log: {tool: conf.test_tool_with_logging, free: true, max_calls: 5}
+"""
+
+
+def gateway(tmp_path: Path, reads: dict[str, Any]) -> Any:
+    intents = tmp_path / "intents"
+    intents.mkdir()
+    (intents / "reference.yaml").write_text(INTENT)
+    policy = tmp_path / "opa"
+    shutil.copytree(POLICY_DIR, policy)
+    data = json.loads((policy / "intentgate" / "data.json").read_text())
+    (policy / "intentgate" / "data.json").write_text(json.dumps({**data, "reads": reads}))
+    params = make_gateway(tmp_path, intents_dir=intents)
+    cfg = tmp_path / "intentgate.yaml"
+    doc = yaml.safe_load(cfg.read_text())
+    doc.update(policy_dir=str(policy), upstreams=[
+        {"name": "conf", "command": sys.executable, "args": [str(REFERENCE)], "protocol": "legacy"}])
+    cfg.write_text(yaml.safe_dump(doc))
+    return params
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.logs: list[types.LoggingMessageNotificationParams] = []
+        self.notes: list[Any] = []
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        self.logs.append(params)
+
+    async def message(self, message: Any) -> None:
+        if not isinstance(message, Exception):
+            self.notes.append(message)
+
+    def client(self, params: Any) -> Client:
+        return Client(params, mode="legacy", logging_callback=self.log, message_handler=self.message)
+
+
+def kinds(tmp_path: Path) -> list[tuple[str, str, str]]:
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    rows = db.execute("SELECT kind, tool, outcome FROM decisions WHERE kind NOT IN ('tools/call', 'task/begin') "
+                      "ORDER BY seq").fetchall()
+    db.close()
+    return rows
+
+
+async def begin(client: Client) -> str:
+    r = await client.call_tool("intentgate__begin_task", {"intent": "reference", "params": {}, "reason": "test"})
+    assert not r.is_error, r.content
+    return r.structured_content["task"]
+
+
+async def test_set_level_applies_to_what_this_connection_gets(tmp_path: Path) -> None:
+    inbox = Inbox()
+    async with inbox.client(gateway(tmp_path, {})) as client:
+        task = await begin(client)
+        meta = {"intentgate/task": task, "intentgate/step": "log"}
+        await client.set_logging_level("warning")
+        r = await client.call_tool("conf__test_tool_with_logging", {}, meta=meta)
+        assert not r.is_error
+        assert inbox.logs == []  # three info lines, all under the threshold
+        await client.set_logging_level("debug")
+        await client.call_tool("conf__test_tool_with_logging", {}, meta=meta)
+        with anyio.fail_after(5):
+            while len(inbox.logs) < 3:
+                await anyio.sleep(0.05)
+        assert [m.data for m in inbox.logs] == ["Tool execution started", "Tool processing data",
+                                                "Tool execution completed"]
+
+
+async def test_completion_is_decided_as_a_read_of_what_it_completes(tmp_path: Path) -> None:
+    reads = {"prompts": {"conf": ["test_prompt_with_arguments"]}, "resources": {}}
+    async with Client(gateway(tmp_path, reads), mode="legacy") as client:
+        done = await client.complete(types.PromptReference(type="ref/prompt", name="conf__test_prompt_with_arguments"),
+                                     {"name": "arg1", "value": "te"})
+        assert done.completion.values == ["test-value", "testing"]
+        with pytest.raises(MCPError) as refused:  # a prompt that is not listed
+            await client.complete(types.PromptReference(type="ref/prompt", name="conf__test_simple_prompt"),
+                                  {"name": "x", "value": "te"})
+        assert refused.value.error.code == -32010
+        assert refused.value.error.data["reasons"] == ["policy_denied", "policy:read_not_permitted"]
+        with pytest.raises(MCPError):  # a resource template that is not listed
+            await client.complete(types.ResourceTemplateReference(type="ref/resource",
+                                                                  uri="conf+test://template/{id}/data"),
+                                  {"name": "id", "value": "1"})
+    assert kinds(tmp_path) == [("completion/complete", "test_prompt_with_arguments", "allow"),
+                               ("completion/complete", "test_simple_prompt", "deny"),
+                               ("completion/complete", "test://template/{id}/data", "deny")]
+
+
+async def test_updates_go_only_to_subscribers_the_policy_allowed(tmp_path: Path) -> None:
+    reads = {"resources": {"conf": ["test://watched-resource"]}, "prompts": {}}
+    params = gateway(tmp_path, reads)
+    inbox = Inbox()
+    async with inbox.client(params) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.subscribe_resource("conf+test://static-text")
+        assert refused.value.error.code == -32010
+        await client.subscribe_resource("conf+test://watched-resource")
+        with anyio.fail_after(5):
+            while not any(isinstance(n, types.ResourceUpdatedNotification) for n in inbox.notes):
+                await anyio.sleep(0.05)
+        updates = [n.params.uri for n in inbox.notes if isinstance(n, types.ResourceUpdatedNotification)]
+        assert updates == ["conf+test://watched-resource"]
+        await client.unsubscribe_resource("conf+test://watched-resource")
+    assert kinds(tmp_path) == [("resources/subscribe", "test://static-text", "deny"),
+                               ("resources/subscribe", "test://watched-resource", "allow")]
+
+
+async def test_an_upstreams_tool_list_change_is_followed_and_passed_on(tmp_path: Path) -> None:
+    inbox = Inbox()
+    async with inbox.client(gateway(tmp_path, {})) as client:
+        task = await begin(client)
+        r = await client.call_tool("conf__test_change_tools", {}, meta={"intentgate/task": task,
+                                                                       "intentgate/step": "change"})
+        assert not r.is_error
+        with anyio.fail_after(5):
+            while not any(isinstance(n, types.ToolListChangedNotification) for n in inbox.notes):
+                await anyio.sleep(0.05)
