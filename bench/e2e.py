@@ -40,7 +40,7 @@ from gateway.keys import KeySet  # noqa: E402
 
 AGENT = "spiffe://example.org/agent/bench-1"
 INTENT = {
-    "name": "bench-lookup", "version": "1", "agents": ["spiffe://example.org/agent/bench-*"],
+    "name": "bench-lookup", "version": "1", "agents": ["spiffe://example.org/agent/bench-*"], "begin": ["agent"],
     "params": {"order_id": {"type": "string"}}, "ttl_seconds": 3600, "start": ["lookup"],
     "steps": {"lookup": {"tool": "orders.get_order", "arguments": {"order_id": {"bind": "params.order_id"}},
                          "next": ["lookup", "done"], "max_calls": 1000},
