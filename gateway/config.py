@@ -140,6 +140,9 @@ class FrontConfig(_Strict):
         default=60.0, gt=0, le=1_000_000, description="MCP sessions one agent may open per minute (bursts as large)")
     session_idle_seconds: float | None = Field(
         default=1800.0, gt=0, le=7 * 24 * 3600, description="an MCP session with no request for this long is closed")
+    sse_events_per_session: int = Field(
+        default=256, ge=0, le=100_000,
+        description="SSE events each MCP session keeps so its client can resume a stream (Last-Event-ID); 0: none")
 
 
 class AuditConfig(_Strict):

@@ -12,18 +12,21 @@ Everything here lives in one gateway process, like the sessions themselves.
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict
 from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http import EventMessage, EventStore
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from .clock import Clock
 from .errors import ReasonCode
 from .identity import AgentIdentity
 from .ratelimit import RateLimiter
 
-__all__ = ["SessionGuard", "authenticated_user"]
+__all__ = ["SessionEvents", "SessionGuard", "SessionManager", "authenticated_user"]
 
 
 def authenticated_user(agent: AgentIdentity) -> AuthenticatedUser:
@@ -72,3 +75,58 @@ class SessionGuard:
 
     def opened(self, session_id: str, agent: str) -> None:
         self._owners[session_id] = agent
+
+
+class SessionEvents(EventStore):
+    """The SSE events of one MCP session, so that its client can resume a stream
+    (``Last-Event-ID``) after a dropped connection.
+
+    One store per session (see :class:`SessionManager`): the SDK's stream ids repeat across
+    sessions (the standalone stream is ``_GET_stream`` in every session, request streams are
+    JSON-RPC ids), so a store shared by sessions would replay one agent's events to another.
+    Event ids are random; the last ``max_events`` events are kept, older ones are forgotten
+    (a resume after them replays nothing).
+    """
+
+    def __init__(self, max_events: int = 256) -> None:
+        self.max_events = max_events
+        self._events: OrderedDict[str, tuple[str, Any]] = OrderedDict()  # event id -> (stream id, message)
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        event_id = secrets.token_urlsafe(12)
+        self._events[event_id] = (stream_id, message)
+        while len(self._events) > self.max_events:
+            self._events.popitem(last=False)
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: Any) -> str | None:
+        if last_event_id not in self._events:
+            return None
+        stream_id = self._events[last_event_id][0]
+        after = False
+        for event_id, (stream, message) in list(self._events.items()):
+            if after and stream == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+            after = after or event_id == last_event_id
+        return stream_id
+
+
+class SessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager, giving each new session its own :class:`SessionEvents`.
+
+    The manager reads ``event_store`` once per session it admits, to build its transport;
+    here each read is a fresh store (``None``, no resumability, when stateless).
+    """
+
+    def __init__(self, *args: Any, max_events: int | None = 256, **kwargs: Any) -> None:
+        self._max_events = max_events
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def event_store(self) -> EventStore | None:
+        return SessionEvents(self._max_events) if self._max_events and not self.stateless else None
+
+    @event_store.setter
+    def event_store(self, value: EventStore | None) -> None:
+        if value is not None:
+            raise ValueError("SessionManager makes one event store per session; pass max_events instead")

@@ -25,7 +25,6 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,7 +43,7 @@ from .redeem import Redeemed, redeem
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
-from .sessions import SessionGuard, authenticated_user
+from .sessions import SessionGuard, SessionManager, authenticated_user
 from .store import DecisionRecord
 from .tasks import TaskIssuer
 from .ui import router as ui_router
@@ -281,8 +280,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 enable_dns_rebinding_protection=config.front.dns_rebinding_protection,
                 allowed_hosts=config.front.allowed_hosts, allowed_origins=config.front.allowed_origins,
             )
-            manager = StreamableHTTPSessionManager(
+            manager = SessionManager(
                 app=front.server,
+                max_events=config.front.sse_events_per_session,
                 max_request_body_size=config.front.max_request_bytes,
                 stateless=config.front.stateless_http,
                 security_settings=security,

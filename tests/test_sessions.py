@@ -166,3 +166,48 @@ def test_sessions_opened_too_fast_are_refused(tmp_path: Path) -> None:
             assert close_session(url, a, session) == 200
     finally:
         stop(proc)
+
+
+def resume(url: str, token: str, session: str, last_event_id: str, until: str) -> list[str]:
+    """GET the session's stream from ``last_event_id`` on; the lines up to one containing ``until``
+    (or all that came within a few seconds)."""
+    headers = {"Accept": "text/event-stream", "Authorization": f"Bearer {token}", "Mcp-Session-Id": session,
+               "MCP-Protocol-Version": "2025-11-25", "Last-Event-ID": last_event_id}
+    lines: list[str] = []
+    try:
+        with httpx2.stream("GET", url, headers=headers, timeout=3) as stream:
+            assert stream.status_code == 200
+            for line in stream.iter_lines():
+                lines.append(line)
+                if until in line:
+                    break
+    except httpx2.ReadTimeout:
+        pass
+    return lines
+
+
+def test_a_session_resumes_its_own_stream_and_never_another_sessions(gateway) -> None:
+    url, data_dir = gateway
+    mine, theirs = agent_token(data_dir, THIRD), agent_token(data_dir, OTHER)
+
+    def session(token: str) -> str:
+        r = rpc(url, token, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                          "clientInfo": {"name": "test", "version": "1"}})
+        sid = r.headers["mcp-session-id"]
+        headers = {**HEADERS, "Authorization": f"Bearer {token}", "Mcp-Session-Id": sid,
+                   "MCP-Protocol-Version": "2025-11-25"}
+        httpx2.post(url, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return sid
+
+    a, b = session(mine), session(theirs)
+    r = httpx2.post(url, headers={**HEADERS, "Authorization": f"Bearer {mine}", "Mcp-Session-Id": a,
+                                  "MCP-Protocol-Version": "2025-11-25"},
+                    json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"}, timeout=30)
+    events = [line[3:].strip() for line in r.text.splitlines() if line.startswith("id:")]
+    assert len(events) == 2 and len(set(events)) == 2  # a priming event, then the result, each with an id
+    # the client lost the stream after the priming event: it resumes and gets the result again
+    replayed = resume(url, mine, a, events[0], until='"id":7')
+    assert f"id: {events[1]}" in replayed and any('"id":7' in line and "intentgate__begin_task" in line
+                                                   for line in replayed)
+    # another agent's session, given that event id, replays nothing of it
+    assert not any("intentgate__begin_task" in line for line in resume(url, theirs, b, events[0], until='"id":7'))
