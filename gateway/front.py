@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
+import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.shared.exceptions import MCPDeprecationWarning
@@ -596,13 +597,21 @@ class Front:
             self.rt.metrics.upstream_error(upstream_name, exc.code)
             return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
                                   "explanation": exc.message}, structured=structured)
+        except anyio.get_cancelled_exc_class():  # the agent cancelled (notifications/cancelled), or went away
+            status, detail = "cancelled", "the call was cancelled before the upstream answered"
+            raise
         finally:
-            try:
-                if not await self.rt.store.record_outcome(
-                    verdict.decision_id, at=self.rt.clock.now(), status=status,
-                    latency_ms=(time.perf_counter() - started) * 1000, detail=detail, kept=kept,
-                ):
-                    log.warning("task %s keeps no more result values for bindings (cap reached)", request.task_id,
-                                extra={"decision_id": verdict.decision_id})
-            except GatewayError:
-                log.error("could not record the outcome of %s", verdict.decision_id)
+            with anyio.CancelScope(shield=True):  # the outcome is written even as the call is cancelled
+                await self._record_outcome(verdict, request, status, started, detail, kept)
+
+    async def _record_outcome(self, verdict: Verdict, request: CallRequest, status: str, started: float,
+                              detail: str | None, kept: KeptValues | None) -> None:
+        try:
+            if not await self.rt.store.record_outcome(
+                verdict.decision_id, at=self.rt.clock.now(), status=status,
+                latency_ms=(time.perf_counter() - started) * 1000, detail=detail, kept=kept,
+            ):
+                log.warning("task %s keeps no more result values for bindings (cap reached)", request.task_id,
+                            extra={"decision_id": verdict.decision_id})
+        except GatewayError:
+            log.error("could not record the outcome of %s", verdict.decision_id)

@@ -152,3 +152,24 @@ async def test_an_upstreams_tool_list_change_is_followed_and_passed_on(tmp_path:
         with anyio.fail_after(5):
             while not any(isinstance(n, types.ToolListChangedNotification) for n in inbox.notes):
                 await anyio.sleep(0.05)
+
+
+async def test_a_cancelled_call_is_recorded_as_cancelled_and_the_session_goes_on(tmp_path: Path) -> None:
+    from tests.test_front_stdio import FAULTS_INTENT
+
+    intents = tmp_path / "intents"
+    intents.mkdir()
+    (intents / "faults.yaml").write_text(FAULTS_INTENT)
+    async with Client(make_gateway(tmp_path, intents_dir=intents, upstream_timeout=30), mode="legacy") as client:
+        r = await client.call_tool("intentgate__begin_task", {"intent": "faults", "params": {}, "reason": "t"})
+        task = r.structured_content["task"]
+        with anyio.move_on_after(1.5):  # the client gives up: the SDK sends notifications/cancelled
+            await client.call_tool("tickets__hang", {}, meta={"intentgate/task": task, "intentgate/step": "hang"})
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                   meta={"intentgate/task": task, "intentgate/step": "read"})
+        assert not r.is_error
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    statuses = db.execute("SELECT d.tool, o.status FROM decisions d JOIN call_outcomes o ON o.decision_id = d.id "
+                          "ORDER BY d.seq").fetchall()
+    db.close()
+    assert statuses == [("tickets.hang", "cancelled"), ("tickets.get_ticket", "ok")]

@@ -104,7 +104,7 @@ class OutcomeRow(SQLModel, table=True):
 
     decision_id: str = Field(primary_key=True, max_length=40)
     at: float
-    status: str = Field(max_length=16)  # ok | tool_error | upstream_error | timeout | result_too_large | ask_refused
+    status: str = Field(max_length=16)  # ok | tool_error | upstream_error | timeout | result_too_large | ask_refused | cancelled
     latency_ms: float
     detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
