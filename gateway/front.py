@@ -41,6 +41,7 @@ from .connections import AgentConnection, Connections, level_allows
 from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
+from .names import RefusedName, normalise_prompt_name, normalise_uri
 from .reads import ReadRequest, decide_read, refuse_read
 from .runtime import Runtime
 from .store import KeptValues
@@ -200,6 +201,30 @@ def _log_sink(ctx: Any, conn: AgentConnection) -> Any:
     return relay
 
 
+H = TypeVar("H")
+
+
+def _boundary(handler: Callable[[Any, Any], Awaitable[H]]) -> Callable[[Any, Any], Awaitable[H]]:
+    """The one error boundary of every MCP handler: what reaches an agent is a JSON-RPC error
+    with a reason code (and the decision id when there is one), never internal text."""
+
+    @functools.wraps(handler)
+    async def guarded(ctx: Any, params: Any) -> H:
+        try:
+            return await handler(ctx, params)
+        except MCPError:
+            raise  # made here for the agent: a decision's payload or a short, secret-free message
+        except GatewayError as exc:
+            raise MCPError(types.INVALID_REQUEST, "refused", {"reasons": [exc.code.value],
+                                                              "decision_id": exc.decision_id}) from None
+        except Exception:  # noqa: BLE001 - never let internal error text reach an agent
+            log.exception("%s failed", getattr(handler, "__name__", "handler").lstrip("_"))
+            raise MCPError(types.INTERNAL_ERROR, "internal error",
+                           {"reasons": [ReasonCode.INTERNAL_ERROR.value]}) from None
+
+    return guarded
+
+
 class Front:
     """Serves one gateway (runtime + upstreams) to agents over MCP."""
 
@@ -217,17 +242,17 @@ class Front:
                     "with the task id and workflow step, in _meta (intentgate/task, intentgate/step) or in the "
                     "intent_task / intent_step arguments."
                 ),
-                on_list_tools=self._list_tools,
-                on_call_tool=self._call_tool,
-                on_list_resources=self._list_resources,
-                on_list_resource_templates=self._list_resource_templates,
-                on_read_resource=self._read_resource,
-                on_subscribe_resource=self._subscribe,
-                on_unsubscribe_resource=self._unsubscribe,
-                on_list_prompts=self._list_prompts,
-                on_get_prompt=self._get_prompt,
-                on_completion=self._complete,
-                on_set_logging_level=self._set_level,
+                on_list_tools=_boundary(self._list_tools),
+                on_call_tool=_boundary(self._call_tool),
+                on_list_resources=_boundary(self._list_resources),
+                on_list_resource_templates=_boundary(self._list_resource_templates),
+                on_read_resource=_boundary(self._read_resource),
+                on_subscribe_resource=_boundary(self._subscribe),
+                on_unsubscribe_resource=_boundary(self._unsubscribe),
+                on_list_prompts=_boundary(self._list_prompts),
+                on_get_prompt=_boundary(self._get_prompt),
+                on_completion=_boundary(self._complete),
+                on_set_logging_level=_boundary(self._set_level),
             )
         # agents are told when an upstream's tools, resources or prompts change (followed in upstreams)
         self.server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
@@ -302,10 +327,11 @@ class Front:
     async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         agent = await self._agent(ctx)
         upstream_name, sep, uri = params.uri.partition(URI_SEP)
-        read = ReadRequest(agent=agent, action="resources/read", upstream=upstream_name[:64] or "-",
-                           name=uri if sep else params.uri)
+        read = await self._normalised(ReadRequest(agent=agent, action="resources/read",
+                                                  upstream=upstream_name[:64] or "-", name=uri if sep else params.uri),
+                                      normalise_uri)
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
-        result = await self._forward_read(read, upstream.read_resource(uri))
+        result = await self._forward_read(read, upstream.read_resource(read.name))
         contents = [c.model_copy(update={"uri": f"{upstream.name}{URI_SEP}{c.uri}"}) for c in result.contents]
         # every read is decided anew: the upstream's cache hints are not passed on (ttl 0, private)
         return types.ReadResourceResult(contents=contents)
@@ -313,10 +339,23 @@ class Front:
     async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         agent = await self._agent(ctx)
         upstream_name, sep, name = params.name.partition(SEP)
-        read = ReadRequest(agent=agent, action="prompts/get", upstream=upstream_name[:64] or "-",
-                           name=name if sep else params.name, untrusted_arguments=dict(params.arguments or {}))
+        read = await self._normalised(ReadRequest(
+            agent=agent, action="prompts/get", upstream=upstream_name[:64] or "-", name=name if sep else params.name,
+            untrusted_arguments=dict(params.arguments or {})), normalise_prompt_name)
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT)
-        return _clean_result(await self._forward_read(read, upstream.get_prompt(name, params.arguments)))
+        return _clean_result(await self._forward_read(read, upstream.get_prompt(read.name, params.arguments)))
+
+    async def _normalised(self, read: ReadRequest, normalise: Callable[[str], str]) -> ReadRequest:
+        """The read with its URI or prompt name in normal form; a name refused is a recorded
+        ``malformed_request`` (``:uri`` or ``:prompt``)."""
+        try:
+            return read.model_copy(update={"name": normalise(read.name)})
+        except RefusedName as exc:
+            log.info("%s refused: %s", read.action, exc)
+            what = "prompt" if normalise is normalise_prompt_name else "uri"
+            verdict = await refuse_read(self.rt.decider, read.model_copy(update={"name": read.name[:256]}),
+                                        ReasonCode.MALFORMED_REQUEST, what)
+            raise MCPError(READ_DENIED, verdict.explanation, _verdict_payload(verdict)) from None
 
     async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
         """``logging/setLevel``: this connection's threshold for the upstream log lines it gets."""
@@ -334,9 +373,12 @@ class Front:
         else:
             upstream_name, sep, name = ref.uri.partition(URI_SEP)
             kind = "resource"
-        read = ReadRequest(agent=agent, action="completion/complete", upstream=upstream_name[:64] or "-",
-                           name=name if sep else (ref.name if kind == "prompt" else ref.uri), ref=kind,
-                           untrusted_arguments={params.argument.name: params.argument.value})
+        read = await self._normalised(ReadRequest(
+            agent=agent, action="completion/complete", upstream=upstream_name[:64] or "-",
+            name=name if sep else (ref.name if kind == "prompt" else ref.uri), ref=kind,
+            untrusted_arguments={params.argument.name: params.argument.value}),
+            normalise_prompt_name if kind == "prompt" else normalise_uri)
+        name = read.name
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT if kind == "prompt"
                                            else ReasonCode.UNKNOWN_RESOURCE)
         upstream_ref = (types.PromptReference(type="ref/prompt", name=name) if kind == "prompt"
@@ -351,8 +393,10 @@ class Front:
         passes ``notifications/resources/updated`` on to the connections that subscribed."""
         agent = await self._agent(ctx)
         upstream_name, sep, uri = params.uri.partition(URI_SEP)
-        read = ReadRequest(agent=agent, action="resources/subscribe", upstream=upstream_name[:64] or "-",
-                           name=uri if sep else params.uri)
+        read = await self._normalised(ReadRequest(agent=agent, action="resources/subscribe",
+                                                  upstream=upstream_name[:64] or "-", name=uri if sep else params.uri),
+                                      normalise_uri)
+        uri = read.name
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
         await upstream.ensure()
         if not upstream.can_subscribe():
@@ -366,6 +410,10 @@ class Front:
     async def _unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         agent = await self._agent(ctx)
         upstream_name, _, uri = params.uri.partition(URI_SEP)
+        try:
+            uri = normalise_uri(uri)
+        except RefusedName:
+            return types.EmptyResult()  # never subscribed: nothing to undo
         conn = self.connections.of(ctx, agent.id)
         conn.subscriptions.discard((upstream_name, uri))
         upstream = self.pool.get(upstream_name)
@@ -417,7 +465,7 @@ class Front:
 
     # ----- tools/list ----------------------------------------------------------------
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
-        agent = await self.identify(ctx)
+        agent = await self._agent(ctx)
         allowed = {tool for intent in self.rt.intents.for_agent(agent.id) for tool in intent.tools()}
         tools = list(_GATEWAY_TOOLS)
         for up in await self._visible(agent):

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .clock import Clock, SystemClock
 from .errors import ConfigError, GatewayError, ReasonCode
 from .keys import KeySet
+from .names import spiffe_id_problem
 
 __all__ = [
     "DEV_AUDIENCE",
@@ -203,6 +204,8 @@ class IdentityVerifier:
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub or len(sub) > 512:
             raise IdentityError("workload token has no usable subject")
+        if (cfg.kind == "spiffe" or sub.startswith("spiffe:")) and (problem := spiffe_id_problem(sub)):
+            raise IdentityError(f"subject {sub[:200]!r} is not a valid SPIFFE ID: {problem}")
         if cfg.kind == "spiffe":
             m = _SPIFFE_ID.match(sub)
             if not m or m["td"] != cfg.trust_domain:

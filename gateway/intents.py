@@ -8,7 +8,6 @@ decision pipeline and the Rego policy (as ``data.intentgate.intents``) see.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from .canonical import canonical_json, sha256_hex
 from .errors import IntentFileError
+from .names import glob_match, identity_glob_problem
 from .bindings import Binding, BindingError, parse_binding
 from .schemas import CompiledSchema, InvalidSchema, compile_schema
 
@@ -199,7 +199,8 @@ class Intent(BaseModel):
     name: str = Field(pattern=NAME_RE)
     version: str = Field(min_length=1, max_length=64)
     description: str = ""
-    agents: list[str] = Field(min_length=1, description="glob patterns over agent ids")
+    agents: list[str] = Field(min_length=1, description="glob patterns over agent ids (* within a /-segment, "
+                                                        "** as the whole last segment)")
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     mode: Literal["enforce", "shadow"] = "enforce"
@@ -223,8 +224,16 @@ class Intent(BaseModel):
     def _version_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
 
+    @field_validator("agents")
+    @classmethod
+    def _agent_globs(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            if (problem := identity_glob_problem(pattern)) is not None:
+                raise ValueError(f"agent pattern {pattern!r}: {problem}")
+        return v
+
     def permits_agent(self, agent_id: str) -> bool:
-        return any(fnmatch.fnmatchcase(agent_id, pattern) for pattern in self.agents)
+        return any(glob_match(pattern, agent_id) for pattern in self.agents)
 
     def begin_modes(self, default: Iterable[str] = ("issuer",)) -> list[str]:
         """Who may begin a task of this intent (``default`` when the file does not say)."""

@@ -32,7 +32,6 @@ for), ``rctx.req_wl`` its requesting workload.  Each failure has its own reason 
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import secrets
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .clock import Clock, SystemClock
 from .errors import ConfigError, ReasonCode, TaskError
 from .keys import KeySet
+from .names import glob_match, identity_glob_problem
 
 __all__ = [
     "GRANT_AUDIENCE",
@@ -88,7 +88,8 @@ class TaskIssuerConfig(BaseModel):
     jwks_file: Path | None = Field(default=None, description="public keys of its task grants")
     jwks: dict[str, Any] | None = Field(default=None, description="inline JWKS")
     intents: list[str] = Field(default_factory=lambda: ["*"], description="intent names (globs) it may begin")
-    agents: list[str] = Field(default_factory=lambda: ["*"], description="agent ids (globs) it may begin tasks for")
+    agents: list[str] = Field(default_factory=lambda: ["**"],
+                              description="agent ids (globs: * within a /-segment, ** across) it may begin tasks for")
     max_ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600,
                                         description="longest task it may begin (default: the intent's ttl)")
 
@@ -98,6 +99,9 @@ class TaskIssuerConfig(BaseModel):
             raise ValueError(f"task issuer name {LOCAL_ISSUER!r} is reserved for the gateway's own key")
         if not self.subjects and self.grant_issuer is None:
             raise ValueError(f"task issuer {self.name!r}: give subjects (REST) or grant_issuer (signed grants)")
+        for pattern in (*self.subjects, *self.agents):
+            if (problem := identity_glob_problem(pattern)) is not None:
+                raise ValueError(f"task issuer {self.name!r}, pattern {pattern!r}: {problem}")
         if self.grant_issuer is not None:
             if (self.jwks_file is None) == (self.jwks is None):
                 raise ValueError(f"task issuer {self.name!r}: a grant_issuer needs exactly one of jwks_file or jwks")
@@ -146,12 +150,12 @@ class TaskIssuer:
     principal: str  # the workload id, the grant's `iss`, or the CLI's user
     via: Literal["rest", "grant", "cli"]
     intents: tuple[str, ...] = ("*",)
-    agents: tuple[str, ...] = ("*",)
+    agents: tuple[str, ...] = ("**",)
     max_ttl_seconds: int | None = None
 
     def may_begin(self, intent: str, agent: str) -> bool:
-        return (any(fnmatch.fnmatchcase(intent, p) for p in self.intents)
-                and any(fnmatch.fnmatchcase(agent, p) for p in self.agents))
+        return (any(glob_match(p, intent) for p in self.intents)
+                and any(glob_match(p, agent) for p in self.agents))
 
     def document(self) -> dict[str, Any]:
         """What the policy input and the audit log show of the issuer."""
@@ -250,7 +254,7 @@ class TaskIssuers:
     def for_subject(self, subject: str) -> TaskIssuer | None:
         """The issuer a verified workload identity acts as on the REST API, if any."""
         for cfg in self.config.issuers:
-            if any(fnmatch.fnmatchcase(subject, p) for p in cfg.subjects):
+            if any(glob_match(p, subject) for p in cfg.subjects):
                 return TaskIssuer(cfg.name, subject, "rest", tuple(cfg.intents), tuple(cfg.agents),
                                   cfg.max_ttl_seconds)
         return None

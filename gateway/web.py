@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
@@ -43,6 +44,7 @@ from .redeem import Redeemed, redeem
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
+from .bodies import JsonBodyPolicy, validation_error
 from .sessions import SessionGuard, SessionManager, authenticated_user
 from .store import DecisionRecord
 from .tasks import TaskIssuer
@@ -315,7 +317,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
         version="0.1.0",
         description="MCP gateway: intent-scoped, policy-checked, single-use action tokens for AI agents.",
         lifespan=lifespan,
+        responses={400: {"description": "the JSON body holds what the log cannot store (NaN, Infinity, an integer "
+                                        "beyond 2**53): malformed_request"}},
     )
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_middleware(JsonBodyPolicy, max_bytes=config.front.max_request_bytes)
 
     @app.get("/healthz")
     async def healthz(request: Request) -> JSONResponse:

@@ -71,11 +71,13 @@ deny contains "agent_not_permitted" if {
 
 _agent_permitted if _may_declare(_intent)
 
-# The calling agent matches one of the intent's agent patterns.
+# The calling agent matches one of the intent's agent patterns, segment by segment: "*" stays within
+# one "/"-separated segment ("spiffe://example.org/agent/support-*" does not admit
+# ".../support-x/../../ops-1"), "**" crosses them.
 _may_declare(intent) if {
 	is_string(input.agent.id)
 	some pattern in intent.agents
-	glob.match(pattern, null, input.agent.id)
+	glob.match(pattern, ["/"], input.agent.id)
 }
 
 _tool := concat(".", [input.call.upstream, input.call.tool])

@@ -97,9 +97,15 @@ test_agent_id_must_be_a_string if {
 	d.reasons == ["agent_not_permitted"]
 }
 
-test_agent_glob_spans_path_segments if {
+test_agent_glob_stays_within_a_path_segment if {
 	d := data.intentgate.decision with input as object.union(base, {"agent": {"id": "spiffe://example.org/agent/support-eu/7"}}) with data.intentgate.intents as intents
-	d.allow == true
+	d.reasons == ["agent_not_permitted"]
+	escape := "spiffe://example.org/agent/support-x/../../ops-1/intentgate-admin"
+	e := data.intentgate.decision with input as object.union(base, {"agent": {"id": escape}}) with data.intentgate.intents as intents
+	e.reasons == ["agent_not_permitted"]
+	deep := {"refund-order": {"agents": ["spiffe://example.org/agent/**"]}}
+	f := data.intentgate.decision with input as object.union(base, {"agent": {"id": "spiffe://example.org/agent/support-eu/7"}}) with data.intentgate.intents as deep
+	f.allow == true
 }
 
 test_small_refund_allowed_with_short_ttl if {
