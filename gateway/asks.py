@@ -28,10 +28,10 @@ from pydantic import BaseModel, ConfigDict
 
 from .canonical import arguments_sha256
 from .clock import iso
-from .decide import Decider, Verdict, explain, new_id
-from .errors import GatewayError, ReasonCode
+from .decide import Decider, Verdict, new_id
+from .errors import ReasonCode
 from .identity import AgentIdentity
-from .reads import read_verdict
+from .reads import decide_by_policy
 from .store import DecisionRecord
 
 __all__ = ["ASK_DENIED", "AskRelay", "AskRequest", "decide_ask", "refuse_unattributed"]
@@ -88,24 +88,15 @@ def policy_input(decider: Decider, ask: AskRequest, intent: str | None, now: flo
 async def decide_ask(decider: Decider, ask: AskRequest) -> Verdict:
     """Decide on one ask.  Never raises: every failure is a recorded deny (shadow mode does not apply)."""
     record = _record(decider, ask, None)
-    try:
+    if decider.over_limit(ask.agent):
+        return await decider.record_failure(record, ReasonCode.RATE_LIMITED)
+
+    async def prepare() -> dict[str, Any]:
         task = await decider.store.get_task(ask.task_id) if ask.task_id else None
         record.intent = task.intent if task is not None and task.agent == ask.agent.id else None
-        pinput = policy_input(decider, ask, record.intent, record.at)
-        record.policy_input = pinput
-        await decider.policy.reload_if_changed()
-        result = await decider.evaluate_policy(pinput, record.id)
-        record.policy_revision = decider.policy.revision
-        record.policy_result = result.model_dump()
-        record.outcome, record.reasons = read_verdict(result)
-        await decider.store.commit_decision(record)
-    except Exception as exc:  # noqa: BLE001 - fail closed, whatever happened
-        code = exc.code if isinstance(exc, GatewayError) else ReasonCode.INTERNAL_ERROR
-        log.error("ask decision failed closed", extra={"decision_id": record.id, "code": code.value},
-                  exc_info=not isinstance(exc, GatewayError))
-        return await decider.record_failure(record, code)
-    return Verdict(decision_id=record.id, outcome=record.outcome, reasons=record.reasons,
-                   explanation=explain(record.reasons, []))
+        return policy_input(decider, ask, record.intent, record.at)
+
+    return await decide_by_policy(decider, record, prepare, "ask")
 
 
 async def refuse_ask(decider: Decider, ask: AskRequest, code: ReasonCode, detail: str | None = None) -> Verdict:

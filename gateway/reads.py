@@ -10,6 +10,7 @@ upstream is asked.  Any failure is a recorded deny, as for tool calls.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +23,7 @@ from .identity import AgentIdentity
 from .policy import PolicyResult
 from .store import DecisionRecord
 
-__all__ = ["ReadAction", "ReadRequest", "decide_read", "read_verdict", "refuse_read"]
+__all__ = ["ReadAction", "ReadRequest", "decide_by_policy", "decide_read", "read_verdict", "refuse_read"]
 
 log = logging.getLogger("intentgate.reads")
 
@@ -82,8 +83,19 @@ async def decide_read(decider: Decider, read: ReadRequest) -> Verdict:
     record = _record(decider, read)
     if decider.over_limit(read.agent):
         return await decider.record_failure(record, ReasonCode.RATE_LIMITED)
+
+    async def prepare() -> dict[str, Any]:
+        return policy_input(decider, read, record.at)
+
+    return await decide_by_policy(decider, record, prepare, "read")
+
+
+async def decide_by_policy(decider: Decider, record: DecisionRecord,
+                           prepare: Callable[[], Awaitable[dict[str, Any]]], what: str) -> Verdict:
+    """Judge ``record`` by the Rego policy alone (allow or deny, no hold) and commit it; the
+    policy input comes from ``prepare``.  Never raises: every failure is a recorded deny."""
     try:
-        pinput = policy_input(decider, read, record.at)
+        pinput = await prepare()
         record.policy_input = pinput
         await decider.policy.reload_if_changed()
         record.policy_revision = decider.policy.revision
@@ -94,7 +106,7 @@ async def decide_read(decider: Decider, read: ReadRequest) -> Verdict:
         await decider.store.commit_decision(record)
     except Exception as exc:  # noqa: BLE001 - fail closed, whatever happened
         code = exc.code if isinstance(exc, GatewayError) else ReasonCode.INTERNAL_ERROR
-        log.error("read decision failed closed", extra={"decision_id": record.id, "code": code.value},
+        log.error("%s decision failed closed", what, extra={"decision_id": record.id, "code": code.value},
                   exc_info=not isinstance(exc, GatewayError))
         return await decider.record_failure(record, code)
     return Verdict(decision_id=record.id, outcome=record.outcome, reasons=record.reasons,

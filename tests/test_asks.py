@@ -179,7 +179,7 @@ async def test_asks_of_concurrent_calls_go_to_their_own_call_or_to_none(tmp_path
     call's result, so each is put to the agent once, for its own claim; on earlier protocols
     nothing ties an ask to a call, so both are refused (ask_unattributed) and no one is asked."""
     agent = Agent()
-    async with agent.client(gateway(tmp_path, protocol, {"SLOW_ASK": "1"})) as client:
+    async with agent.client(gateway(tmp_path, protocol, {"ASK_WITH": "2"})) as client:
         tasks = {"C-1": await begin(client), "C-2": await begin(client)}
         results: dict[str, types.CallToolResult] = {}
 

@@ -11,8 +11,8 @@ Tools (upstream name ``claims`` in the tests):
 Every result says what came back: ``{"answer": ...}`` or ``{"refused": {"code", "message",
 "data"}}``.  On the 2026-07-28 protocol the question rides the call's result
 (``input_required``) and the answer comes with the retried call; on earlier protocols it is
-a request of its own, sent while the call runs.  ``SLOW_ASK=seconds`` sleeps before asking
-(to have several calls in flight).
+a request of its own, sent while the call runs.  ``ASK_WITH=N`` makes each call wait
+(up to 10 s) until N calls are in flight before it asks, so that asks meet concurrent calls.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from mcp import MCPError
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import ServerMessageMetadata
+
+IN_FLIGHT = 0
+ENOUGH = asyncio.Event()
 
 TOOLS = {
     "confirm": {"claim_id": {"type": "string"}},
@@ -69,6 +72,16 @@ async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
         types.Tool(name=n, input_schema={"type": "object", "properties": p}) for n, p in TOOLS.items()])
 
 
+async def together() -> None:
+    """Wait until ``ASK_WITH`` calls are in flight (each call counts itself in)."""
+    global IN_FLIGHT
+    IN_FLIGHT += 1
+    if IN_FLIGHT >= int(os.environ.get("ASK_WITH", "1")):
+        ENOUGH.set()
+    with anyio.move_on_after(10):
+        await ENOUGH.wait()
+
+
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
     args = params.arguments or {}
     asked = question(params.name, args)
@@ -79,10 +92,10 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
     elif params.input_responses and "q" in params.input_responses:  # 2026-07-28: the retried call
         outcome = _answer(params.input_responses["q"])
     elif not ctx.session.can_send_request:  # 2026-07-28: ask in the result
-        await asyncio.sleep(float(os.environ.get("SLOW_ASK", "0")))
+        await together()
         return types.InputRequiredResult(input_requests={"q": asked[0]})
     else:  # earlier protocols: a request of its own, while this call runs
-        await asyncio.sleep(float(os.environ.get("SLOW_ASK", "0")))
+        await together()
         try:
             outcome = _answer(await ctx.session.send_request(
                 asked[0], asked[1], metadata=ServerMessageMetadata(related_request_id=ctx.request_id)))
