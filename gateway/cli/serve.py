@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -16,16 +15,12 @@ from .common import ConfigOption, config_or_exit, err_console
 __all__ = ["serve", "stdio"]
 
 
-def _log_to_stderr() -> None:
-    """stdout carries the protocol: every log line goes to stderr (level: INTENTGATE_LOG_LEVEL)."""
-    level = os.environ.get("INTENTGATE_LOG_LEVEL", "WARNING").upper()
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter('{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+def _log_to_stderr(level: str | None = None) -> None:
+    """stdout carries the protocol: every log line goes to stderr, as JSON (see ``logs``); the level
+    is ``level``, else INTENTGATE_LOG_LEVEL, else warning."""
+    from ..logs import configure_logging
+
+    configure_logging(level or os.environ.get("INTENTGATE_LOG_LEVEL", "WARNING"))
 
 
 def stdio(
@@ -80,13 +75,16 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    log_level: Annotated[str | None, typer.Option(
+        help="log level of the gateway and uvicorn: debug, info, warning, error (default: $INTENTGATE_LOG_LEVEL, "
+             "else warning)", show_default=False)] = None,
 ) -> None:
     """Serve the gateway over HTTP: MCP at /mcp, /v1/decide, /.well-known/jwks.json, /healthz."""
     import uvicorn
 
     from ..web import create_app
 
-    _log_to_stderr()
+    _log_to_stderr(log_level)
     cfg = config_or_exit(config)
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level, lifespan="on")
+    level = logging.getLogger().getEffectiveLevel()
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level=level, log_config=None, lifespan="on")
