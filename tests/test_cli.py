@@ -32,6 +32,15 @@ def test_help_lists_commands() -> None:
         assert cmd in out.stdout
 
 
+def test_version_is_the_installed_distributions() -> None:
+    from importlib.metadata import version
+    from importlib.resources import files
+
+    out = intentgate("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"intentgate {version('intentgate')}"
+    assert files("gateway").joinpath("py.typed").is_file()  # tool servers type-check against gateway.verify
+
+
 def test_check_passes_on_project() -> None:
     out = intentgate("check")
     assert out.returncode == 0, out.stdout + out.stderr

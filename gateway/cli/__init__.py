@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
 import typer
 
 from .audit import audit_app
@@ -23,6 +26,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"intentgate {version('intentgate')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("intentgate (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="print the version and exit")] = False,
+) -> None:
+    """IntentGate: an MCP gateway giving AI agents zero standing privilege."""
+
+
 register_core(app)
 register_designer(app)
 app.add_typer(policy_app, name="policy", help="Test and evaluate the Rego policy.")
