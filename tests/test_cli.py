@@ -41,6 +41,14 @@ def test_version_is_the_installed_distributions() -> None:
     assert files("gateway").joinpath("py.typed").is_file()  # tool servers type-check against gateway.verify
 
 
+def test_reading_records_where_there_is_no_database_says_so(tmp_path: Path) -> None:
+    for args in (["decisions"], ["audit", "verify"], ["approvals"]):
+        out = intentgate(*args, cwd=tmp_path, env={"INTENTGATE_CONFIG": ""})
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "no database at" in out.stderr and "OperationalError" not in out.stdout + out.stderr
+    assert not (tmp_path / "var").exists()  # nothing was created on the way
+
+
 def test_check_passes_on_project() -> None:
     out = intentgate("check")
     assert out.returncode == 0, out.stdout + out.stderr

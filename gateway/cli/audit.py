@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import GatewayError
 from ..store import Store
-from .common import ConfigOption, config_or_exit, console, err_console
+from .common import ConfigOption, config_or_exit, console, database_or_exit, err_console
 
 __all__ = ["audit_app"]
 
@@ -18,6 +18,7 @@ audit_app = typer.Typer(no_args_is_help=True)
 def verify(config: ConfigOption = None) -> None:
     """Recompute the decision log's hash chain; exit 1 if any row was edited or deleted."""
     cfg = config_or_exit(config)
+    database_or_exit(cfg)
     try:
         store = Store.open(cfg.database_url, timeout=cfg.store.timeout_seconds, migrate=cfg.store.migrate)
     except GatewayError as exc:

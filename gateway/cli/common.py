@@ -32,6 +32,20 @@ def config_or_exit(path: Path | None, **overrides: Any) -> GatewayConfig:
         raise typer.Exit(2) from exc
 
 
+def database_or_exit(cfg: GatewayConfig) -> None:
+    """A command that reads the gateway's records needs its database: say where it looked, and
+    why it is not there, rather than the driver's "unable to open database file"."""
+    if cfg.store.url is not None:
+        return
+    path = cfg.data_dir / "intentgate.db"
+    if not path.is_file():
+        err_console.print(
+            f"[red]error:[/red] no database at {path}: run this where the gateway's intentgate.yaml is, or pass "
+            "--config (or set INTENTGATE_CONFIG); the gateway creates its database when it first serves",
+            highlight=False)
+        raise typer.Exit(2)
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; turn gateway errors into a clean message and exit code 1."""
     try:

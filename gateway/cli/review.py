@@ -29,7 +29,7 @@ from ..config import GatewayConfig
 from ..errors import GatewayError
 from ..intents import IntentRegistry, load_intents
 from ..review import DecisionDetail, DecisionQuery, DecisionSummary, ReviewService
-from .common import ConfigOption, config_or_exit, console, err_console, run
+from .common import ConfigOption, config_or_exit, console, database_or_exit, err_console, run
 
 __all__ = ["register_review"]
 
@@ -72,6 +72,7 @@ def _with_service(cfg: GatewayConfig, fn: Callable[[ReviewService], Coroutine[An
             err_console.print(f"[yellow]intents not loaded, no graph: {exc.message.splitlines()[0]}[/yellow]")
             return None
 
+    database_or_exit(cfg)
     try:
         service = ReviewService.open(cfg, intents, with_auth=False)
     except GatewayError as exc:
