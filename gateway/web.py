@@ -26,6 +26,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field
@@ -312,7 +313,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 review.close()
             await rt.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from packaged assets: they work with no network
         title="IntentGate",
         version="0.1.0",
         description="MCP gateway: intent-scoped, policy-checked, single-use action tokens for AI agents.",

@@ -290,3 +290,15 @@ async def test_task_grants_over_http(gateway) -> None:
         [(kind, outcome)] = db_rows(data_dir, "SELECT kind, outcome FROM decisions WHERE id = ?",
                                     refusal.structured_content["decision_id"])
         assert (kind, outcome) == ("task/begin", "deny")
+
+
+def test_api_docs_work_offline(gateway) -> None:
+    """/docs and /redoc load their scripts from the gateway itself, not from a CDN."""
+    base, _ = gateway
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = httpx2.get(base + page, timeout=30)
+        assert html.status_code == 200 and f"/static-offline-docs/{asset}" in html.text
+        assert "cdn.jsdelivr.net" not in html.text and "unpkg.com" not in html.text
+        script = httpx2.get(f"{base}/static-offline-docs/{asset}", timeout=30)
+        assert script.status_code == 200 and len(script.content) > 100_000
+    assert httpx2.get(base + "/openapi.json", timeout=30).json()["info"]["title"] == "IntentGate"
