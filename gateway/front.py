@@ -654,6 +654,7 @@ class Front:
 
     async def _record_outcome(self, verdict: Verdict, request: CallRequest, status: str, started: float,
                               detail: str | None, kept: KeptValues | None) -> None:
+        self.rt.metrics.upstream_call(request.upstream, status, time.perf_counter() - started)
         try:
             if not await self.rt.store.record_outcome(
                 verdict.decision_id, at=self.rt.clock.now(), status=status,

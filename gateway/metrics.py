@@ -4,12 +4,16 @@ The store reports every committed decision and token event to :class:`Metrics` (
 one place every decision passes through); the front reports upstream errors.  Each gateway
 has its own registry, so several gateways in one process (tests) do not share counters.
 Label values are bounded: reason codes without their detail, intent names from the
-registry, outcomes from a closed set.
+registry (``none`` for decisions of no intent), outcomes from a closed set, upstream names
+from the configuration.  ``intentgate_build_info`` says which version answers.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import ReasonCode
@@ -18,6 +22,8 @@ from .store import DecisionRecord
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 _CODES = {c.value for c in ReasonCode}
+NO_INTENT = "none"  # the intent label of decisions that belong to no intent (reads, sessions): never empty
+disable_created_metrics()  # no *_created series: a scraper sees the counters, not their birth times
 # decision latency buckets, in seconds: 100 µs .. 1 s
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -37,12 +43,20 @@ class Metrics:
         self.tokens = Counter("intentgate_tokens", "Action tokens by event", ["event"], registry=r)
         self.upstream_errors = Counter("intentgate_upstream_errors", "Failed forwards to upstreams",
                                        ["upstream", "reason"], registry=r)
+        self.upstream_calls = Histogram("intentgate_upstream_call_seconds", "Forwarded tool calls, from forward to "
+                                        "answer, by upstream and outcome", ["upstream", "status"], registry=r)
+        try:
+            release = version("intentgate")
+        except PackageNotFoundError:  # a checkout that was never installed
+            release = "unknown"
+        Info("intentgate_build", "The IntentGate release and Python that serve", registry=r).info(
+            {"version": release, "python": platform.python_version()})
         for event in ("minted", "consumed", "revoked"):
             self.tokens.labels(event)  # present (at 0) from the start
 
     # ----- store events ---------------------------------------------------------------
     def decision(self, record: DecisionRecord) -> None:
-        self.decisions.labels(record.kind, record.outcome, record.intent or "").inc()
+        self.decisions.labels(record.kind, record.outcome, record.intent or NO_INTENT).inc()
         for text in record.reasons:
             code = text.split(":", 1)[0]
             self.reasons.labels(record.outcome, code if code in _CODES else "other").inc()
@@ -61,6 +75,9 @@ class Metrics:
     # ----- front events -----------------------------------------------------------------
     def upstream_error(self, upstream: str, code: ReasonCode) -> None:
         self.upstream_errors.labels(upstream, code.value).inc()
+
+    def upstream_call(self, upstream: str, status: str, seconds: float) -> None:
+        self.upstream_calls.labels(upstream, status).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,12 +9,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
@@ -188,8 +190,22 @@ async def test_metrics_endpoint_counts_calls(gateway) -> None:
     async with mcp_client(base, agent_token(data_dir)) as client:  # from the task grant its host gave it
         r = await client.call_tool("intentgate__begin_task", grant_args(data_dir, SUPPORT, "refund-order", PARAMS))
         assert not r.is_error
+        task = r.structured_content["task"]
+        r = await client.call_tool("tickets__get_ticket", {"ticket_id": "TCK-1"},
+                                   meta={"intentgate/task": task, "intentgate/step": "read_ticket"})
+        assert not r.is_error
     assert begun() == before + 1
-    assert 'intentgate_tokens_total{event="minted"}' in httpx2.get(f"{base}/metrics", timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(httpx2.get(f"{base}/metrics", timeout=10).text)}
+    assert families["intentgate_tokens"].samples
+    calls = [s for s in families["intentgate_upstream_call_seconds"].samples if s.name.endswith("_count")
+             and s.labels == {"upstream": "tickets", "status": "ok"}]
+    assert calls and calls[0].value >= 1
+    build = families["intentgate_build_info"].samples[0]
+    assert build.labels["version"] == version("intentgate") and build.value == 1
+    for family in families.values():  # no *_created series, no empty label
+        for sample in family.samples:
+            assert not sample.name.endswith("_created"), sample.name
+            assert all(v != "" for v in sample.labels.values()), sample
 
 
 # ----- task origin over HTTP: POST /v1/tasks, and task grants presented over MCP ------------------
