@@ -136,6 +136,13 @@ def _clean_result(result: R) -> R:
     return result if len(kept) == len(meta) else result.model_copy(update={"meta": kept or None})
 
 
+def _listed_schema(tool: types.Tool) -> dict[str, Any]:
+    """An upstream tool's input schema as agents see it: with the task and step arguments."""
+    schema = dict(tool.input_schema or {"type": "object"})
+    schema["properties"] = {**schema.get("properties", {}), **_CONTEXT_PROPERTIES}
+    return schema
+
+
 def _ok_result(payload: dict[str, Any]) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=json.dumps(payload))], structured_content=payload
@@ -253,6 +260,7 @@ class Front:
                 on_get_prompt=_boundary(self._get_prompt),
                 on_completion=_boundary(self._complete),
                 on_set_logging_level=_boundary(self._set_level),
+                get_tool_input_schema=self._input_schema,
             )
         # agents are told when an upstream's tools, resources or prompts change (followed in upstreams)
         self.server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
@@ -476,10 +484,18 @@ class Front:
                 if len(name) > 64:
                     log.warning("tool %s skipped: exposed name longer than 64 characters", name)
                     continue
-                schema = dict(tool.input_schema or {"type": "object"})
-                schema["properties"] = {**schema.get("properties", {}), **_CONTEXT_PROPERTIES}
-                tools.append(tool.model_copy(update={"name": name, "input_schema": schema}))
+                tools.append(tool.model_copy(update={"name": name, "input_schema": _listed_schema(tool)}))
         return types.ListToolsResult(tools=tools)
+
+    def _input_schema(self, name: str) -> dict[str, Any] | None:
+        """The input schema ``tools/list`` shows for ``name`` (the SDK validates ``Mcp-Param-*``
+        headers against it); without it the SDK would run the whole listing on every call."""
+        upstream_name, _, tool_name = name.partition(SEP)
+        if upstream_name == GATEWAY:
+            return next((dict(t.input_schema) for t in _GATEWAY_TOOLS if t.name == name), None)
+        upstream = self.pool.get(upstream_name)
+        tool = next((t for t in upstream.tools if t.name == tool_name), None) if upstream is not None else None
+        return _listed_schema(tool) if tool is not None else None
 
     # ----- tools/call ----------------------------------------------------------------
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:

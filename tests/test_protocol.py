@@ -173,3 +173,41 @@ async def test_a_cancelled_call_is_recorded_as_cancelled_and_the_session_goes_on
                           "ORDER BY d.seq").fetchall()
     db.close()
     assert statuses == [("tickets.hang", "cancelled"), ("tickets.get_ticket", "ok")]
+
+
+async def test_the_schema_the_sdk_checks_headers_against_is_the_listed_one(tmp_path: Path) -> None:
+    """`get_tool_input_schema` answers from the upstreams' catalogue what `tools/list` shows,
+    so the SDK need not run the whole listing on every 2026-07-28 call."""
+    from gateway.config import load_config
+    from gateway.front import Front
+    from gateway.runtime import Runtime
+    from gateway.upstreams import UpstreamPool
+
+    gateway(tmp_path, {})
+    cfg = load_config(tmp_path / "intentgate.yaml")
+    rt = await Runtime.open(cfg)
+    pool = UpstreamPool(cfg.upstreams)
+    try:
+        assert await pool.start() == {}
+        identity = rt.identity_verifier().verify(_token(tmp_path))
+
+        async def identify(ctx: object) -> Any:
+            return identity
+
+        front = Front(rt, pool, identify)
+        async with Client(front.server) as client:
+            listed = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+        assert listed["conf__test_change_tools"] == front._input_schema("conf__test_change_tools")
+        assert listed["intentgate__begin_task"] == front._input_schema("intentgate__begin_task")
+        assert front._input_schema("conf__no_such_tool") is None and front._input_schema("nope__x") is None
+    finally:
+        await pool.aclose()
+        await rt.aclose()
+
+
+def _token(tmp_path: Path) -> str:
+    from gateway.identity import DevIssuer
+    from gateway.keys import KeySet
+    from tests.test_front_stdio import SUPPORT
+
+    return DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(SUPPORT)
