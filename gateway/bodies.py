@@ -1,13 +1,16 @@
-"""One JSON parsing policy for every HTTP body the gateway takes (MCP front, REST API, reviewer
-API and UI forms sent as JSON).
+"""One JSON parsing policy for the HTTP bodies of the REST and reviewer APIs.
 
 JSON parsers accept ``NaN``, ``Infinity`` and integers of any size, none of which the
 hash-chained log can store (canonical JSON, RFC 8785: finite IEEE-754 doubles, integers up
 to 2**53).  Such a body is refused here, before any handler: 400 with reason
-``malformed_request:non_finite`` or ``malformed_request:integer`` (a JSON-RPC error on
-``/mcp``), never a 5xx.  A body that is not JSON at all goes on to its handler, which refuses
-it in its own terms.  And FastAPI's validation errors are answered without echoing the
-input (which may be what could not be encoded).
+``malformed_request:non_finite`` or ``malformed_request:integer``, never a 5xx.  A body that
+is not JSON at all goes on to its handler, which refuses it in its own terms.  And FastAPI's
+validation errors are answered without echoing the input (which may be what could not be
+encoded).
+
+``/mcp`` is left to the MCP front, after the agent is authenticated: there such a value in
+a call is a recorded decision of that agent (``malformed_request:arguments``), with the tool
+it was for, which says more to a reviewer than an anonymous 400 would.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ class JsonBodyPolicy:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("method") not in _METHODS:
+        if (scope["type"] != "http" or scope.get("method") not in _METHODS
+                or scope.get("path", "").rstrip("/").endswith("/mcp")):
             await self.app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
@@ -104,12 +108,8 @@ class JsonBodyPolicy:
         log.info("request body refused: %s (%s %s)", code, scope.get("method"), scope.get("path", "")[:100])
         text = ("numbers that are not finite" if problem == "non_finite"
                 else f"integers beyond {MAX_INTEGER}") + " cannot be accepted"
-        if scope.get("path", "").rstrip("/").endswith("/mcp"):
-            payload: dict[str, Any] = {"jsonrpc": "2.0", "id": None, "error": {
-                "code": -32700, "message": text, "data": {"reasons": [code]}}}
-        else:
-            payload = {"error": "malformed_request", "reasons": [code], "detail": text}
-        await JSONResponse(payload, status_code=400)(scope, receive, send)
+        await JSONResponse({"error": "malformed_request", "reasons": [code], "detail": text},
+                           status_code=400)(scope, receive, send)
 
 
 def _replay(messages: list[dict[str, Any]], then: Any = None) -> Any:
