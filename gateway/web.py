@@ -223,6 +223,15 @@ class _McpEndpoint:
         await state.session_manager.handle_request(scope, receive, send)
 
 
+def _announce(base: str, live: int, upstreams: int, intents: int) -> None:
+    """The one line an operator waits for, whatever the log level: where everything is."""
+    serving = logging.getLogger("intentgate.serve")
+    serving.setLevel(logging.INFO)
+    serving.info("listening on %s: MCP at %s/mcp, reviewer UI at %s/ui, API docs at %s/docs; %d of %d upstreams "
+                 "up, %d intents", base, base, base, base, live, upstreams, intents,
+                 extra={"url": base, "upstreams_up": live, "upstreams": upstreams, "intents": intents})
+
+
 def _opens_session(headers: dict[str, str]) -> bool:
     """A request without a session id that the SDK would open a session for: the 2025
     handshake (no protocol-version header, or a handshake-era one), not the sessionless 2026 protocol."""
@@ -304,6 +313,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
             sweeper = asyncio.create_task(rt.sweep_forever(), name="task-expiry")
             try:
                 async with manager.run():
+                    if (where := getattr(app.state, "listen", None)) is not None:
+                        _announce(where, len(pool.upstreams) - len(failures), len(pool.upstreams),
+                                  len(rt.decider.intents))
                     yield
             finally:
                 sweeper.cancel()

@@ -61,3 +61,17 @@ def test_every_line_is_json_and_hostile_fields_stay_inside_their_strings(tmp_pat
     refusal = [r for r in records if "session_not_owned" in r["msg"]]
     assert refusal and refusal[0]["decision_id"].startswith("dec_")
     assert any(r["logger"].startswith("uvicorn") for r in records)  # uvicorn's lines too
+
+
+def test_serve_says_where_everything_is_once_ready_whatever_the_level(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    make_gateway(tmp_path)
+    monkeypatch.setenv("INTENTGATE_LOG_LEVEL", "error")
+    proc = serve(tmp_path / "intentgate.yaml", port := free_port(), tmp_path / "gateway.log")
+    stop(proc)
+    records = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines()]
+    (ready,) = [r for r in records if r["logger"] == "intentgate.serve"]
+    base = f"http://127.0.0.1:{port}"
+    assert ready["url"] == base and f"MCP at {base}/mcp" in ready["msg"] and f"{base}/ui" in ready["msg"]
+    assert ready["upstreams_up"] == ready["upstreams"] == 4 and ready["intents"] == 4
+    assert not [r for r in records if r["level"] == "INFO" and r["logger"] != "intentgate.serve"]

@@ -87,4 +87,6 @@ def serve(
     _log_to_stderr(log_level)
     cfg = config_or_exit(config)
     level = logging.getLogger().getEffectiveLevel()
-    uvicorn.run(create_app(cfg), host=host, port=port, log_level=level, log_config=None, lifespan="on")
+    app = create_app(cfg)
+    app.state.listen = f"http://{host if ':' not in host else f'[{host}]'}:{port}"  # announced once ready
+    uvicorn.run(app, host=host, port=port, log_level=level, log_config=None, lifespan="on")
