@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -386,7 +388,7 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
 
 
 @contextmanager
-def _start_with_progress(config_path: Path, console: Console) -> Iterator[DemoGateway]:
+def _start_with_progress(config_path: Path, console: Console, port: int | None = None) -> Iterator[DemoGateway]:
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -396,19 +398,30 @@ def _start_with_progress(config_path: Path, console: Console) -> Iterator[DemoGa
             what = "gateway listening" if tools is None else f"{name} tool server up ({tools} tools)"
             progress.update(task, advance=1, description=what)
 
-        with start_gateway(config_path, progress=started) as gw:
+        with start_gateway(config_path, port=port, progress=started) as gw:
             progress.update(task, completed=len(SERVERS) + 1, description=f"gateway at {gw.base_url}")
             progress.stop()
             yield gw
 
 
-def run_demo(data_dir: Path | None, *, serve: bool, console: Console) -> bool:
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the demo like Ctrl-C: the gateway and its tool servers are stopped, in order
+    (they run in a session of their own, so the signal does not reach them by itself)."""
+    if threading.current_thread() is threading.main_thread():
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_demo(data_dir: Path | None, *, serve: bool, console: Console, port: int | None = None) -> bool:
     """The whole demo; True when the audit chain verifies (a scenario that failed raises)."""
+    _stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="intentgate-demo-") as tmp:
         directory = data_dir or Path(tmp)
         config_path = write_config(directory)
         console.print(f"config: {config_path}", highlight=False)
-        with _start_with_progress(config_path, console) as gw:
+        with _start_with_progress(config_path, console, port) as gw:
 
             def say(line: str) -> None:
                 console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -94,3 +94,37 @@ def test_demo_refuses_to_run_outside_a_checkout(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="source checkout"):
         write_config(tmp_path / "data", root=tmp_path)
+
+
+def test_demo_on_a_chosen_port_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    """`demo --port P` serves on P; SIGTERM stops the demo and, with it, the gateway and its tool
+    servers (which run in a process session of their own)."""
+    import signal
+    import time
+
+    import httpx2
+
+    from tests.processes import free_port, startup_budget
+
+    port = free_port()
+    out = (tmp_path / "demo.out").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--data-dir", str(tmp_path / "d"),
+                             "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + startup_budget(240)
+        while "serving until Ctrl-C" not in (tmp_path / "demo.out").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "demo.out").read_text()[-3000:]
+            time.sleep(0.5)
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+    assert "stopping the gateway and its tool servers" in (tmp_path / "demo.out").read_text()
+    with pytest.raises(httpx2.HTTPError):
+        httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "d")], capture_output=True, text=True).stdout.split()
+    assert left == [], "processes of the demo are still running"

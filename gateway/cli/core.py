@@ -78,13 +78,15 @@ def demo(
         Path | None,
         typer.Option(help="where to keep the demo's config, database, keys and tool servers' data (default: a temp dir)"),
     ] = None,
-    serve: Annotated[bool, typer.Option(help="keep the gateway running after the summary, until Ctrl-C")] = True,
+    serve: Annotated[bool, typer.Option(help="keep the gateway running after the summary, until Ctrl-C or SIGTERM")] = True,
+    port: Annotated[int | None, typer.Option(help="the gateway's port on 127.0.0.1 (default: a free one)",
+                                             show_default=False)] = None,
 ) -> None:
     """Start the gateway with the example tool servers, run the example agents, show what it decided."""
     from ..demo import run_demo
 
     try:
-        ok = run_demo(data_dir, serve=serve, console=console)
+        ok = run_demo(data_dir, serve=serve, console=console, port=port)
     except (GatewayError, RuntimeError) as exc:
         err_console.print(f"[red]error:[/red] {getattr(exc, 'message', exc)}")
         raise typer.Exit(1) from exc
