@@ -4,6 +4,7 @@ database filled by the real pipeline, without a running gateway."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from gateway.clock import FrozenClock
@@ -70,6 +71,7 @@ def test_replay_from_the_cli(filled, tmp_path: Path) -> None:  # noqa: F811
     candidate = strict_refund_policy(tmp_path)
     changed = cli(config_path, "replay", "--policy", str(candidate), code=1)
     assert "would change" in changed.stdout and f["a_refund"] in changed.stdout
+    assert re.search(r"\b20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ\b", changed.stdout)  # when: RFC 3339, not epoch seconds
     report = json.loads(cli(config_path, "replay", f["a_refund"], "--policy", str(candidate), "--json", code=1).stdout)
     assert report["checked"] == 1 and report["transitions"] == {"allow->deny": 1}
     cli(config_path, "replay", "dec_nope", code=2)

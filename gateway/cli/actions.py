@@ -244,7 +244,7 @@ def _print_report(report) -> None:  # noqa: ANN001 - ReplayReport
     for col in ("decision", "when", "agent", "tool", "step", "before", "after", "now because"):
         table.add_column(col, overflow="fold")
     for c in report.changes:
-        table.add_row(c.decision_id, f"{c.at:.0f}", c.agent, c.tool or "", c.step or "", c.before, c.after,
+        table.add_row(c.decision_id, _when(c.at), c.agent, c.tool or "", c.step or "", c.before, c.after,
                       ", ".join(c.after_reasons))
     console.print(table)
 

@@ -83,8 +83,14 @@ def _with_service(cfg: GatewayConfig, fn: Callable[[ReviewService], Coroutine[An
         service.close()
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+def _when(value: datetime | float | None) -> str:
+    """A time as RFC 3339 in UTC, to the second (``2026-12-01T14:05:09Z``)."""
+    if value is None:
+        return ""
+    if isinstance(value, int | float):
+        value = datetime.fromtimestamp(value, tz=UTC)
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----- admin-token -------------------------------------------------------------------------
