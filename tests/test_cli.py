@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,25 @@ def test_reading_records_where_there_is_no_database_says_so(tmp_path: Path) -> N
         assert out.returncode == 2, out.stdout + out.stderr
         assert "no database at" in out.stderr and "OperationalError" not in out.stdout + out.stderr
     assert not (tmp_path / "var").exists()  # nothing was created on the way
+
+
+def test_every_config_key_is_in_the_readme() -> None:
+    """The README's configuration examples name every key the config model accepts."""
+    from pydantic import BaseModel
+
+    from gateway.config import GatewayConfig
+
+    readme = (ROOT / "README.md").read_text()
+
+    def keys(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+        for name, field in model.model_fields.items():
+            yield prefix + name
+            for t in (*getattr(field.annotation, "__args__", ()), field.annotation):
+                if isinstance(t, type) and issubclass(t, BaseModel) and t is not model:
+                    yield from keys(t, f"{prefix}{name}.")
+
+    undocumented = [k for k in keys(GatewayConfig) if not re.search(rf"\b{re.escape(k.rsplit('.', 1)[-1])}:", readme)]
+    assert undocumented == []
 
 
 def test_check_passes_on_project() -> None:
