@@ -26,12 +26,11 @@ import mcp_types as types
 from mcp.shared.message import ServerMessageMetadata
 from pydantic import BaseModel, ConfigDict
 
-from .canonical import arguments_sha256
 from .clock import iso
 from .decide import Decider, Verdict, new_id
 from .errors import ReasonCode
 from .identity import AgentIdentity
-from .reads import decide_by_policy
+from .reads import decide_by_policy, keep_arguments
 from .store import DecisionRecord
 
 __all__ = ["ASK_DENIED", "AskRelay", "AskRequest", "decide_ask", "refuse_unattributed"]
@@ -64,11 +63,7 @@ def _record(decider: Decider, ask: AskRequest, intent: str | None) -> DecisionRe
         task_id=ask.task_id, step=ask.step, upstream=ask.upstream[:64], tool=ask.tool[:256], outcome="deny",
         reasons=[], intents_revision=decider.intents.revision,
     )
-    try:
-        record.arguments_sha256 = arguments_sha256(ask.request)
-        record.arguments = ask.request if decider.audit_arguments else None
-    except Exception:  # noqa: BLE001 - not canonical JSON: keep it out of the log
-        record.masked = ["/arguments"]
+    keep_arguments(decider, record, ask.request)
     return record
 
 

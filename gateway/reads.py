@@ -23,7 +23,8 @@ from .identity import AgentIdentity
 from .policy import PolicyResult
 from .store import DecisionRecord
 
-__all__ = ["ReadAction", "ReadRequest", "decide_by_policy", "decide_read", "read_verdict", "refuse_read"]
+__all__ = ["ReadAction", "ReadRequest", "decide_by_policy", "decide_read", "keep_arguments", "read_verdict",
+           "refuse_read"]
 
 log = logging.getLogger("intentgate.reads")
 
@@ -50,12 +51,18 @@ def _record(decider: Decider, read: ReadRequest) -> DecisionRecord:
         intents_revision=decider.intents.revision,
     )
     if read.untrusted_arguments:
-        try:
-            record.arguments_sha256 = arguments_sha256(read.untrusted_arguments)
-            record.arguments = read.untrusted_arguments if decider.audit_arguments else None
-        except Exception:  # noqa: BLE001 - not canonical JSON: keep it out of the log
-            record.masked = ["/arguments"]
+        keep_arguments(decider, record, read.untrusted_arguments)
     return record
+
+
+def keep_arguments(decider: Decider, record: DecisionRecord, arguments: dict[str, Any]) -> None:
+    """Put ``arguments`` on a policy-only decision: their digest always, themselves when the
+    gateway audits arguments; masked when they are not canonical JSON."""
+    try:
+        record.arguments_sha256 = arguments_sha256(arguments)
+        record.arguments = arguments if decider.audit_arguments else None
+    except Exception:  # noqa: BLE001 - not canonical JSON: keep it out of the log
+        record.masked = ["/arguments"]
 
 
 def read_verdict(result: PolicyResult) -> tuple[Literal["allow", "deny"], list[str]]:
