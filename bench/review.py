@@ -5,8 +5,8 @@
    through the real pipeline (embedded Rego, SQLite) once.
 2. The store is filled with ``--rows`` decisions (default 1,000,000) cloned from those stories:
    one task per story copy, agents spread over 1,000 ids, times over 30 days, each row with a
-   new id and its place in the real hash chain (``chain_hash``).  ``intentgate audit verify``
-   would pass on the result.
+   new id and its own record hash (``entry_hash``, encoding v2), as the gateway writes them;
+   ``intentgate audit seal`` would seal them into the tree.
 3. Timed through the reviewer service (the code behind ``GET /v1/decisions`` and
    ``GET /v1/decisions/{id}``): the denials query with two filters (several pairs), and one
    decision page; p50/p95 over ``--samples`` queries each.  Target: p95 ≤ 100 ms.
@@ -50,7 +50,7 @@ from gateway.replay import Replayer  # noqa: E402
 from gateway.review import DecisionQuery, ReviewService  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.store import Store  # noqa: E402
-from gateway.store.records import GENESIS_HASH, chain_hash  # noqa: E402
+from gateway.store.records import HASH_VERSION, entry_hash  # noqa: E402
 from gateway.tasks import TaskIssuer  # noqa: E402
 
 console = Console()
@@ -117,7 +117,7 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
     insert = f"INSERT INTO decisions ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
     insert_task = f"INSERT INTO tasks ({','.join(task_columns)}) VALUES ({','.join('?' * len(task_columns))})"
     rng = random.Random(7)
-    seq, prev = 0, GENESIS_HASH
+    seq = 0
     start = MONDAY_10 - DAYS * 86400
     step_s = DAYS * 86400 / rows
     batch: list[tuple[Any, ...]] = []
@@ -161,8 +161,8 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
                         pinput["task"]["id"] = new_task
                     r["policy_input"] = pinput
                 r["token_jti"] = f"jti_b{seq}" if r["token_jti"] else None
-                r["prev_hash"] = prev
-                r["hash"] = prev = chain_hash(r)
+                r["prev_hash"], r["hash_v"] = "", HASH_VERSION
+                r["hash"] = entry_hash(r)
                 for key in ("reasons", "masked", "timings_us", "arguments", "policy_input", "policy_result"):
                     r[key] = json.dumps(r[key]) if r[key] is not None else None
                 batch.append(tuple(r[c] for c in columns))
@@ -174,7 +174,6 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
                 batch, task_batch = [], []
         db.executemany(insert, batch)
         db.executemany(insert_task, task_batch)
-        db.execute("INSERT OR REPLACE INTO chain_head (id, seq, hash) VALUES (1, ?, ?)", (seq, prev))
         db.commit()
         progress.advance(bar, len(batch))
     db.execute("ANALYZE")

@@ -1,6 +1,6 @@
 """Canonical JSON (RFC 8785, JCS) and the digests built on it.
 
-The arguments digest in an action token and the audit log's hash chain both hash the
+The arguments digest in an action token and the audit log's record hashes both hash the
 canonical form, so two parties that parse the same JSON always agree on the digest
 whatever key order or number spelling went over the wire.
 """

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 from .identity import IssuerConfig
+from .names import identity_glob_problem
 from .tasks import TasksConfig
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "GatewayConfig",
     "IdentityConfig",
     "PolicyConfig",
+    "RedeemConfig",
+    "RedeemerConfig",
     "ReviewConfig",
     "StoreConfig",
     "TasksConfig",
@@ -145,8 +148,74 @@ class FrontConfig(_Strict):
         description="SSE events each MCP session keeps so its client can resume a stream (Last-Event-ID); 0: none")
 
 
+class RedeemerConfig(_Strict):
+    """Tool servers (by workload identity) that may redeem the action tokens of some upstreams."""
+
+    subjects: list[str] = Field(
+        min_length=1, description="workload identities (globs: * within a /-segment, ** across) of the tool server")
+    audiences: list[str] = Field(
+        min_length=1, description="upstream names (globs) whose tokens they may redeem: the tokens' aud")
+
+    @model_validator(mode="after")
+    def _check(self) -> RedeemerConfig:
+        for pattern in self.subjects:
+            if (problem := identity_glob_problem(pattern)) is not None:
+                raise ValueError(f"redeem caller pattern {pattern!r}: {problem}")
+        return self
+
+
+class RedeemConfig(_Strict):
+    """Who may call ``POST /v1/tokens/redeem``, and how often (``gateway.redeem``).
+
+    Callers turned away here (no or a bad credential, not listed for the audience, over the
+    rate) are counted, not recorded one by one: the door must not let anyone grow the log.
+    """
+
+    require_caller: bool = Field(
+        default=False,
+        description="refuse callers without a workload token (401); false: the token presented is the credential")
+    callers: list[RedeemerConfig] = Field(
+        default_factory=list,
+        description="who may redeem which audiences; a caller that presents a workload token must be listed (403)")
+    rate_limit_per_second: float | None = Field(
+        default=100.0, gt=0, le=1_000_000,
+        description="redemptions per second per caller (its identity, else its address) and process; null: no limit")
+    rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000, description="redemptions a caller may make at once")
+    log_every_seconds: float = Field(
+        default=10.0, ge=0, le=3600, description="at most one log line this often about callers turned away")
+
+
+class CheckpointSinkConfig(_Strict):
+    """Where checkpoints are published outside the database: exactly one of ``file`` or ``url``."""
+
+    file: Path | None = Field(default=None, description="append each checkpoint as a JSON line to this file")
+    url: str | None = Field(default=None, pattern=r"^https?://", description="POST each checkpoint's note here")
+
+    @model_validator(mode="after")
+    def _one(self) -> CheckpointSinkConfig:
+        if (self.file is None) == (self.url is None):
+            raise ValueError("a checkpoint sink is exactly one of file or url")
+        return self
+
+
+class CheckpointsConfig(_Strict):
+    """Signed checkpoints of the decision log (``gateway.checkpoints``)."""
+
+    origin: str = Field(default="intentgate/audit", min_length=1, max_length=200, pattern=r"^[^\s+]+$",
+                        description="the log's name in its checkpoints (and the audit key's name)")
+    every_seconds: float = Field(default=5.0, gt=0, le=3600,
+                                 description="seal new decisions and sign a checkpoint this often")
+    every_decisions: int = Field(default=1000, ge=1, le=1_000_000,
+                                 description="... or as soon as this many decisions wait")
+    max_unsealed_seconds: float = Field(
+        default=300.0, gt=0, description="`audit verify` reports decisions left unsealed for longer than this")
+    sinks: list[CheckpointSinkConfig] = Field(
+        default_factory=list, description="where each checkpoint is published outside the database")
+
+
 class AuditConfig(_Strict):
     arguments: bool = Field(default=True, description="store tool arguments in the decision log")
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
 
 
 class ReviewConfig(_Strict):
@@ -197,6 +266,7 @@ class GatewayConfig(_Strict):
     front: FrontConfig = Field(default_factory=FrontConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
+    redeem: RedeemConfig = Field(default_factory=RedeemConfig)
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> GatewayConfig:
@@ -228,6 +298,10 @@ class GatewayConfig(_Strict):
     def task_issuer_keys_dir(self) -> Path:
         return self.data_dir / "keys" / "task-issuer"
 
+    @property
+    def audit_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "audit"
+
     def resolved(self, base: Path) -> GatewayConfig:
         """Copy with relative paths made relative to ``base``."""
 
@@ -237,12 +311,16 @@ class GatewayConfig(_Strict):
         upstreams = [
             u.model_copy(update={"cwd": fix(u.cwd) if u.cwd is not None else None}) for u in self.upstreams
         ]
+        cps = self.audit.checkpoints
+        sinks = [k.model_copy(update={"file": fix(k.file) if k.file is not None else None}) for k in cps.sinks]
+        audit = self.audit.model_copy(update={"checkpoints": cps.model_copy(update={"sinks": sinks})})
         return self.model_copy(
             update={
                 "intents_dir": fix(self.intents_dir),
                 "policy_dir": fix(self.policy_dir),
                 "data_dir": fix(self.data_dir),
                 "upstreams": upstreams,
+                "audit": audit,
             }
         )
 

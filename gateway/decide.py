@@ -337,7 +337,7 @@ class Decider:
         issuer: TaskIssuer | None, ttl_seconds: int | None,
     ) -> tuple[ReasonCode, str, str | None] | None:
         """The first reason the gateway itself refuses this task begin, or None."""
-        try:  # what cannot be canonical JSON cannot enter the hash-chained log either
+        try:  # what cannot be canonical JSON cannot enter the audit log either
             canonical_json({"params": params, "reason": task_reason})
         except Exception:  # noqa: BLE001 - NaN, Infinity, integers beyond 2^53, non-JSON types
             return ReasonCode.MALFORMED_REQUEST, "task parameters and reason must be plain JSON", "arguments"

@@ -121,6 +121,9 @@ def write_config(data_dir: Path, *, root: Path = REPO_ROOT) -> Path:
         "identity": {"dev_issuer": True},
         # what moves money, credentials or mail is begun by a task issuer, never by an agent
         "tasks": {"begin": ["issuer"], "issuers": TASK_ISSUERS},
+        # POST /v1/tokens/redeem only for tool servers with a workload token listed in redeem.callers;
+        # none of the demo's redeems (the front burns what it forwards, payments keeps its own ledger)
+        "redeem": {"require_caller": True, "callers": []},
         "upstreams": upstreams,
     }
     config_path.write_text("# written by `intentgate demo`\n" + yaml.safe_dump(document, sort_keys=False))
@@ -382,9 +385,9 @@ def print_summary(summary: DemoSummary, console: Console) -> None:
         reasons.add_row(code, str(count))
     console.print(Columns([figures, reasons], padding=(0, 4)))
     if summary.chain_ok:
-        console.print(f"audit log: {summary.chain_checked} decisions, hash chain [green]verified[/green]")
+        console.print(f"audit log: {summary.chain_checked} decisions, Merkle tree and checkpoints [green]verified[/green]")
     else:
-        console.print(f"audit log: hash chain [red]BROKEN[/red]: {escape('; '.join(summary.chain_problems))}")
+        console.print(f"audit log: [red]BROKEN[/red]: {escape('; '.join(summary.chain_problems))}")
 
 
 @contextmanager

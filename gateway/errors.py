@@ -99,6 +99,8 @@ class ReasonCode(StrEnum):
     TOKEN_ARGUMENTS = "token_arguments"
     TOKEN_REPLAYED = "token_replayed"
     TOKEN_REVOKED = "token_revoked"
+    # who may redeem action tokens at the gateway
+    REDEEMER_NOT_PERMITTED = "redeemer_not_permitted"
     # upstream tool servers
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_TIMEOUT = "upstream_timeout"

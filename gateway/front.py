@@ -528,7 +528,7 @@ class Front:
         request = CallRequest(agent=agent, upstream=GATEWAY, tool=name[:128] or "-", untrusted_arguments=args)
         if (refused := await self._refuse_if_too_large(request)) is not None:
             return refused
-        try:  # task parameters go into the hash-chained log: NaN or a huge integer cannot
+        try:  # task parameters go into the audit log: NaN or a huge integer cannot
             canonical_json(args)
         except Exception:  # noqa: BLE001 - whatever rfc8785 refuses
             verdict = await decider.refuse(request, ReasonCode.MALFORMED_REQUEST, "arguments", keep_arguments=False)

@@ -162,16 +162,18 @@ class KeySet:
     :meth:`reload` or a restart.
     """
 
-    def __init__(self, directory: Path | str, *, clock: Clock | None = None) -> None:
+    def __init__(self, directory: Path | str, *, clock: Clock | None = None, retire_public: bool = False) -> None:
         self.directory = Path(directory)
         self.clock = clock or SystemClock()
+        self.retire_public = retire_public  # keep retired keys' public halves (``retired.jwks.json``)
         self._keys: list[SigningKey] = []
         self.reload()
 
     @classmethod
-    def open_or_create(cls, directory: Path | str, *, clock: Clock | None = None) -> KeySet:
+    def open_or_create(cls, directory: Path | str, *, clock: Clock | None = None,
+                       retire_public: bool = False) -> KeySet:
         """Open the key directory, creating it and a first key if there is none."""
-        keyset = cls(directory, clock=clock)
+        keyset = cls(directory, clock=clock, retire_public=retire_public)
         if not keyset._keys:
             keyset.rotate()
         return keyset
@@ -229,12 +231,35 @@ class KeySet:
         )
         _write_private(path, pem)
         self.reload()
+        if self.retire_public and self._keys[:-KEEP]:
+            self._retire(self._keys[:-KEEP])
         _delete(k.path for k in self._keys[:-KEEP])
         self._keys = self._keys[-KEEP:]
         return self.current
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def _retired_file(self) -> Path:
+        return self.directory / "retired.jwks.json"
+
+    def retired(self) -> PublicKeySet:
+        """Public keys of keys rotated out (kept with ``retire_public``: old signatures stay checkable)."""
+        path = self._retired_file
+        return PublicKeySet.from_file(path) if path.exists() else PublicKeySet({})
+
+    def all_public(self) -> PublicKeySet:
+        """Every public key this directory knows: published and retired."""
+        keys = {kid: self.retired().get(kid) for kid in self.retired().kids()}
+        keys.update({k.kid: k.public for k in self._keys})
+        return PublicKeySet({kid: key for kid, key in keys.items() if key is not None})
+
+    def _retire(self, keys: list[SigningKey]) -> None:
+        known = self.retired().jwks()["keys"]
+        seen = {k["kid"] for k in known}
+        known += [public_jwk(k.public, k.kid) for k in keys if k.kid not in seen]
+        _write_private(self._retired_file, json.dumps({"keys": known}, indent=2).encode())
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -36,3 +36,10 @@ class RateLimiter:
         if len(self._buckets) > self.max_agents:
             self._buckets.popitem(last=False)
         return allowed
+
+    def wait(self, agent: str) -> float:
+        """Seconds until the agent's bucket holds a token again (0 when it does): a ``Retry-After``."""
+        now = self.clock.now()
+        tokens, last = self._buckets.get(agent, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        return max(0.0, (1.0 - tokens) / self.rate)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from .checkpoints import AuditSigner
 from .clock import Clock, SystemClock
 from .config import GatewayConfig
 from .decide import Decider
@@ -16,14 +17,21 @@ from .keys import KeySet
 from .metrics import Metrics
 from .policy import PolicyEngine, make_engine
 from .ratelimit import RateLimiter
+from .sealer import Sealer
 from .store import Store
 from .tasks import TaskGrantMinter, TaskIssuers
 from .tokens import ActionTokenIssuer
 from .verify import ActionTokenVerifier
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "sealing_horizon"]
 
 log = logging.getLogger("intentgate.runtime")
+
+
+def sealing_horizon(config: GatewayConfig) -> float:
+    """How long after its ``seq`` was taken a decision may still commit (see ``store.ledger``):
+    far beyond any transaction the store's timeouts let live."""
+    return max(120.0, 20 * config.store.timeout_seconds)
 
 
 @dataclass
@@ -41,6 +49,7 @@ class Runtime:
     decider: Decider
     metrics: Metrics
     task_issuers: TaskIssuers
+    sealer: Sealer
 
     @classmethod
     async def open(cls, config: GatewayConfig, *, clock: Clock | None = None) -> Runtime:
@@ -88,6 +97,7 @@ class Runtime:
                 if config.front.rate_limit_per_second else None,
             )
             task_issuers = TaskIssuers(config.tasks, local_keys=cls._task_issuer_keys(config, clock), clock=clock)
+            signer = AuditSigner.open(config.audit_keys_dir, config.audit.checkpoints.origin)
         except BaseException:
             if store is not None:
                 store.close()
@@ -95,7 +105,10 @@ class Runtime:
             raise
         metrics = Metrics()
         store.events = metrics
-        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider, metrics, task_issuers)
+        sealer = Sealer(store, signer, config.audit.checkpoints, clock, horizon=sealing_horizon(config),
+                        events=metrics)
+        return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider, metrics, task_issuers,
+                   sealer)
 
     @staticmethod
     def _task_issuer_keys(config: GatewayConfig, clock: Clock) -> KeySet | None:
@@ -116,6 +129,10 @@ class Runtime:
     def dev_issuer(self) -> DevIssuer:
         return DevIssuer(KeySet.open_or_create(self.config.agent_issuer_keys_dir, clock=self.clock), clock=self.clock)
 
+    async def run_background(self) -> None:
+        """What a serving gateway runs beside its front: the task sweep and the sealer."""
+        await asyncio.gather(self.sweep_forever(), self.sealer.run_forever())
+
     async def sweep_forever(self, interval: float = 30.0) -> None:
         """Expire overdue tasks (revoking their tokens) every ``interval`` seconds; run as a task."""
         while True:
@@ -132,5 +149,9 @@ class Runtime:
                 log.warning("task expiry sweep failed: %s", exc.message)
 
     async def aclose(self) -> None:
+        try:  # what was decided since the last round is sealed and published before we go
+            await self.sealer.seal_now()
+        except GatewayError as exc:
+            log.error("sealing the decision log at shutdown failed: %s", exc.message)
         await self.policy.aclose()
         self.store.close()

@@ -7,8 +7,10 @@
 - ``POST /v1/tasks``, ``POST /v1/tasks/{id}/end``: task issuers begin tasks for agents (and end
   them), with their own workload token (``gateway.tasks``);
 - ``POST /v1/tokens/redeem``: tool servers burn an action token in the gateway's database
-  (``gateway.redeem``): honoured once across every replica;
+  (``gateway.redeem``): honoured once across every replica; the caller's own workload token
+  as configured in ``redeem``, each caller rate limited;
 - ``/.well-known/jwks.json``: the public keys that verify action tokens;
+- ``/.well-known/intentgate-audit-keys``: the public keys that verify audit checkpoints;
 - ``/healthz``: liveness plus a database round trip;
 - ``/v1/decisions``, ``/v1/decisions/{id}``, ``/v1/audit/export``: the reviewer API
   (``gateway.review``), behind a reviewer credential;
@@ -41,7 +43,7 @@ from .front import Front
 from .identity import AgentIdentity, IdentityError
 from .intents import IntentRegistry
 from .metrics import CONTENT_TYPE_LATEST
-from .redeem import Redeemed, redeem
+from .redeem import RedeemDoor, Redeemed, TurnedAway, redeem
 from .review import ReviewService
 from .review.api import router as review_router
 from .runtime import Runtime
@@ -155,9 +157,12 @@ class RedeemResponse(BaseModel):
 
 
 class RedeemRefusal(BaseModel):
-    error: str = Field(description="token_replayed, token_revoked, token_expired, ... or store_error")
+    error: str = Field(description="token_replayed, token_revoked, token_expired, ... or store_error; "
+                                   "unauthenticated, redeemer_not_permitted or rate_limited for a caller turned away")
     message: str
-    decision_id: str = Field(description="the refusal as recorded in the decision log")
+    decision_id: str | None = Field(
+        default=None, description="the refusal as recorded in the decision log (none for a caller turned away: "
+                                  "those are counted, not recorded)")
 
 
 def _bearer(headers: Any) -> str | None:
@@ -309,8 +314,9 @@ def create_app(config: GatewayConfig) -> FastAPI:
                 live=(lambda sid: sid in live) if isinstance(live, dict) else None,
             )
             app.state.runtime, app.state.front = rt, front
+            app.state.redeem_door = RedeemDoor(config.redeem, verifier.verify, clock=rt.clock, metrics=rt.metrics)
             app.state.verify, app.state.session_manager = verifier.verify, manager
-            sweeper = asyncio.create_task(rt.sweep_forever(), name="task-expiry")
+            sweeper = asyncio.create_task(rt.run_background(), name="task-expiry")
             try:
                 async with manager.run():
                     if (where := getattr(app.state, "listen", None)) is not None:
@@ -355,6 +361,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def jwks(request: Request) -> dict[str, Any]:
         return request.app.state.runtime.keys.jwks()
 
+    @app.get("/.well-known/intentgate-audit-keys")
+    async def audit_keys(request: Request) -> dict[str, Any]:
+        """The audit log's origin and the public keys that verify its checkpoints (signed-note
+        verifier keys and the same as a JWKS), retired ones included."""
+        return request.app.state.runtime.sealer.signer.published()
+
     @app.post("/v1/decide", response_model=DecideResponse,
               responses={400: _NOT_JSON, 401: {"description": "no valid workload token"}})
     async def decide(body: DecideRequest, request: Request) -> Any:
@@ -377,13 +389,25 @@ def create_app(config: GatewayConfig) -> FastAPI:
     @app.post(
         "/v1/tokens/redeem", response_model=RedeemResponse,
         responses={400: _NOT_JSON,
-                   403: {"model": RedeemRefusal, "description": "not a valid token for this call"},
+                   401: {"model": RedeemRefusal, "description": "no valid workload token of the caller"},
+                   403: {"model": RedeemRefusal, "description": "not a valid token for this call, or the caller may "
+                                                                "not redeem this audience's tokens"},
                    409: {"model": RedeemRefusal, "description": "already used or revoked"},
+                   429: {"model": RedeemRefusal, "description": "the caller redeems too often (Retry-After)"},
                    503: {"model": RedeemRefusal, "description": "the database is unavailable: not honoured"}},
     )
     async def redeem_token(body: RedeemRequest, request: Request) -> Any:
-        """Verify an action token for the call a tool server received and burn it, once."""
+        """Verify an action token for the call a tool server received and burn it, once.  The tool
+        server authenticates with its own workload token as ``redeem`` in the config says."""
         rt: Runtime = request.app.state.runtime
+        door: RedeemDoor = request.app.state.redeem_door
+        address = request.client.host if request.client is not None else "unknown"
+        admitted = door.admit(_bearer(request.headers), address, body.audience)
+        if isinstance(admitted, TurnedAway):
+            headers = ({"WWW-Authenticate": "Bearer"} if admitted.status == 401
+                       else {"Retry-After": str(admitted.retry_after)} if admitted.retry_after is not None else None)
+            turned = RedeemRefusal(error=admitted.code.value, message=admitted.message)
+            return JSONResponse(turned.model_dump(), status_code=admitted.status, headers=headers)
         result = await redeem(verifier=rt.verifier, store=rt.store, decider=rt.decider, token=body.token,
                               audience=body.audience, tool=body.tool, arguments=body.arguments)
         if isinstance(result, Redeemed):

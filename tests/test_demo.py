@@ -78,14 +78,14 @@ def test_demo_runs_end_to_end_and_its_audit_chain_verifies(tmp_path: Path) -> No
     assert re.search(rf"denied\s*│\s*{expected['deny']}\s*│", text)
     assert re.search(rf"action tokens consumed\s*│\s*{allowed}\s*│", text)
     assert re.search(r"binding_mismatch\s*│\s*1\s*│", text)
-    assert f"audit log: {summary.chain_checked} decisions, hash chain verified" in text
+    assert f"audit log: {summary.chain_checked} decisions, Merkle tree and checkpoints verified" in text
     assert "approved:apr_" in text and "break_glass:grt_" in text
     assert "starting the gateway" in text or "gateway at http://127.0.0.1:" in text
 
     # the audit log the demo left behind verifies from the CLI too
     verify = intentgate("audit", "verify", "--config", str(tmp_path / "intentgate.yaml"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "audit chain OK" in verify.stdout
+    assert "audit log OK" in verify.stdout
 
 
 def test_demo_refuses_to_run_outside_a_checkout(tmp_path: Path) -> None:

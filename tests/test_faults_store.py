@@ -107,19 +107,19 @@ class PgFaults:
             return c.execute(text("SELECT count(*) FROM pg_stat_activity WHERE usename = :r"),
                              {"r": self.role}).scalar_one()
 
-    def lock_chain(self) -> None:
+    def lock_log(self) -> None:
         self._locker = self.engine.connect().execution_options(isolation_level="READ COMMITTED")
         self._locker.begin()
-        self._locker.execute(text(f'LOCK TABLE "{self.schema}".chain_head IN ACCESS EXCLUSIVE MODE'))
+        self._locker.execute(text(f'LOCK TABLE "{self.schema}".decisions IN ACCESS EXCLUSIVE MODE'))
 
-    def unlock_chain(self) -> None:
+    def unlock_log(self) -> None:
         if self._locker is not None:
             self._locker.rollback()
             self._locker.close()
             self._locker = None
 
     def dispose(self) -> None:
-        self.unlock_chain()
+        self.unlock_log()
         self.engine.dispose()
 
 
@@ -163,7 +163,7 @@ async def test_postgres_sessions_terminated_cost_no_call(pg_rt: Runtime, pg: tup
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("fault", ["unavailable", "read_only", "chain_locked"])
+@pytest.mark.parametrize("fault", ["unavailable", "read_only", "log_locked"])
 async def test_postgres_fault_denies_then_recovers(pg_rt: Runtime, pg: tuple[str, PgFaults], fault: str) -> None:
     rt, faults = pg_rt, pg[1]
     role = faults.role
@@ -175,8 +175,8 @@ async def test_postgres_fault_denies_then_recovers(pg_rt: Runtime, pg: tuple[str
     elif fault == "read_only":  # e.g. a primary demoted to a standby
         faults.sql(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
         faults.terminate()
-    else:  # another session holds the chain head beyond lock_timeout
-        faults.lock_chain()
+    else:  # another session holds the decision log's table beyond lock_timeout
+        faults.lock_log()
     v = await rt.decider.decide(call(task_id, *LOOKUP))
     if fault == "unavailable":
         faults.sql(f'ALTER ROLE "{role}" LOGIN')
@@ -184,7 +184,7 @@ async def test_postgres_fault_denies_then_recovers(pg_rt: Runtime, pg: tuple[str
         faults.sql(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
         faults.terminate()
     else:
-        faults.unlock_chain()
+        faults.unlock_log()
     await assert_store_denied(rt, v, task_id, steps_taken=1)
     await assert_allowed(rt, await rt.decider.decide(call(task_id, *LOOKUP)))
     assert rt.store.verify_chain().ok

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, Table, create_engine, insert, inspect, text
 from typer.testing import CliRunner
 
 from gateway.cli import app
+from gateway.checkpoints import AuditSigner
 from gateway.errors import StoreError
 from gateway.store import Database, Store
 from gateway.store.migrate import BASELINE, ensure_schema, head_revision, schema_status
+from gateway.store.records import chain_hash
 from gateway.store.tables import metadata
 
 from .test_store import a_decision
@@ -61,11 +63,25 @@ def _pre_migration_schema(url: str) -> None:
     eng.dispose()
 
 
-async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_url: str) -> None:
+def _as_the_old_gateway_wrote_it(url: str, n: int) -> None:
+    """Append decision ``n`` as a gateway from before checkpoints did: every column of the
+    baseline, hash-chained to the previous row under the chain head."""
+    eng = create_engine(url)
+    with eng.begin() as conn:
+        seq, prev = conn.execute(text("SELECT seq, hash FROM chain_head WHERE id = 1")).one()
+        row = a_decision(n).model_dump(exclude={"hash_v", "hash"})
+        row.update(seq=seq + 1, prev_hash=prev)
+        row["hash"] = chain_hash(row)
+        old_table = Table("decisions", MetaData(), autoload_with=conn)  # the baseline's columns
+        conn.execute(insert(old_table).values(**row))
+        conn.execute(text("UPDATE chain_head SET seq = :s, hash = :h WHERE id = 1"), {"s": row["seq"], "h": row["hash"]})
+    eng.dispose()
+
+
+async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_url: str, tmp_path: Path) -> None:
     _pre_migration_schema(db_url)
-    old = Store(Database(db_url, timeout=10.0, pool_size=1, inline=False))  # as the old gateway wrote it
-    await old.commit_decision(a_decision(1))
-    old.close()
+    _as_the_old_gateway_wrote_it(db_url, 1)
+    _as_the_old_gateway_wrote_it(db_url, 2)
     db = Database(db_url, timeout=10.0, pool_size=1, inline=False)
     try:
         status = schema_status(db)
@@ -73,14 +89,22 @@ async def test_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_
     finally:
         db.close()
 
-    store = Store.open(db_url, timeout=10.0, pool_size=2)
+    store = Store.open(db_url, timeout=10.0, pool_size=2)  # migrations add hash_v (and the tree's tables)
     try:
         assert _revision(db_url) == head_revision()
         report = store.verify_chain()
-        assert report.ok and report.checked == 1
+        assert report.ok and report.checked == 2
         assert (await store.decision_detail("dec_1")) is not None
-        await store.commit_decision(a_decision(2))
-        assert store.verify_chain().checked == 2
+        await store.commit_decision(a_decision(3))  # a v2 row beside the v1 ones
+        signer = AuditSigner.open(tmp_path / "audit", "intentgate/test")
+        sealed = await store.seal(now=2_000_000_000.0, sign=signer.sign, origin=signer.origin)
+        assert sealed is not None and sealed.checkpoint.size == 3
+        # a column added later is not in either encoding's pinned field list: old and new rows still verify
+        store.db.run_sync(lambda c: c.execute(text("ALTER TABLE decisions ADD COLUMN added_later TEXT DEFAULT 'x'")))
+        report = store.verify_log(keys=signer.public_keys(), origin=signer.origin, now=2_000_000_001.0)
+        assert report.ok and report.checked == 3 and report.sealed == 3, report.problems
+        store.db.run_sync(lambda c: c.execute(text("UPDATE decisions SET outcome = 'deny' WHERE seq = 1")))
+        assert any("seq 1" in p and "edited" in p for p in store.verify_chain().problems)  # v1 still checked
     finally:
         store.close()
 

@@ -32,6 +32,18 @@ def test_bucket_allows_a_burst_then_the_rate() -> None:
         RateLimiter(0, 1, clock)
 
 
+def test_wait_says_when_the_next_call_is_allowed() -> None:
+    clock = FrozenClock(MONDAY_10)
+    limiter = RateLimiter(0.5, 1, clock)
+    assert limiter.wait("a") == 0.0  # a fresh bucket is full
+    assert limiter.allow("a") and not limiter.allow("a")
+    assert limiter.wait("a") == pytest.approx(2.0)
+    clock.advance(1.5)
+    assert limiter.wait("a") == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert limiter.wait("a") == 0.0 and limiter.allow("a")
+
+
 def test_bucket_memory_is_bounded() -> None:
     limiter = RateLimiter(1.0, 1, FrozenClock(MONDAY_10), max_agents=10)
     for i in range(50):

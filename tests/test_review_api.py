@@ -365,7 +365,7 @@ def test_unknown_decision_is_404(env: Env) -> None:
 EXPORT_FIELDS = [
     "seq", "id", "at", "kind", "outcome", "reasons", "agent", "intent", "intent_version", "task_id", "step",
     "upstream", "tool", "arguments_sha256", "token_jti", "policy_revision", "intents_revision", "arguments",
-    "policy_input", "policy_result", "masked", "timings_us", "token_expires_at", "prev_hash", "hash",
+    "policy_input", "policy_result", "masked", "timings_us", "token_expires_at", "prev_hash", "hash", "hash_v",
 ]
 
 
@@ -382,8 +382,9 @@ def test_export_every_decision_once_in_seq_order(env: Env) -> None:
     assert sorted(d["id"] for d in lines) == sorted(env.filled.ids.values())
     assert [d["seq"] for d in lines] == list(range(1, len(lines) + 1))
     assert all(list(d) == EXPORT_FIELDS for d in lines)
-    # the chain is in the export: each line names the previous line's hash
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(lines, lines[1:], strict=False))
+    # each line carries its Merkle leaf hash (v2 records: no chain link), every one distinct
+    assert all(d["hash_v"] == 2 and d["prev_hash"] == "" and len(d["hash"]) == 64 for d in lines)
+    assert len({d["hash"] for d in lines}) == len(lines)
     assert [d["seq"] for d in export(env, after_seq=10)] == list(range(11, len(lines) + 1))
 
 

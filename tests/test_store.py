@@ -11,6 +11,7 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
+from gateway.checkpoints import AuditSigner
 from gateway.errors import StoreError
 from gateway.store import ApprovalRecord, DecisionRecord, Store, TaskAdvance, TokenRecord
 from gateway.store.db import Database
@@ -56,11 +57,15 @@ async def test_task_round_trip(store: Store) -> None:
     assert await store.get_task("tsk_nope") is None
 
 
-async def test_chain_verifies_and_detects_edits(store: Store) -> None:
+def a_signer(tmp_path) -> AuditSigner:
+    return AuditSigner.open(tmp_path / "audit-keys", "intentgate/test")
+
+
+async def test_log_verifies_and_detects_edits(store: Store, tmp_path) -> None:
     for n in range(1, 6):
         await store.commit_decision(a_decision(n))
     report = store.verify_chain()
-    assert report.ok and report.checked == 5 and report.head_seq == 5
+    assert report.ok and report.checked == 5 and report.head_seq == 5 and report.unsealed == 5
 
     store.db.run_sync(lambda c: c.execute(text("UPDATE decisions SET outcome='deny' WHERE seq=3")))
     report = store.verify_chain()
@@ -68,28 +73,44 @@ async def test_chain_verifies_and_detects_edits(store: Store) -> None:
     assert any("seq 3" in p and "edited" in p for p in report.problems)
 
 
-async def test_chain_detects_deleted_rows(store: Store) -> None:
+async def test_sealed_log_detects_deleted_rows(store: Store, tmp_path) -> None:
     for n in range(1, 6):
         await store.commit_decision(a_decision(n))
+    signer = a_signer(tmp_path)
+    sealed = await store.seal(now=NOW + 10, sign=signer.sign, origin=signer.origin)
+    assert sealed is not None and sealed.checkpoint.size == 5 and sealed.added == 5
+    assert await store.seal(now=NOW + 11, sign=signer.sign, origin=signer.origin) is None  # nothing new
+    report = store.verify_log(keys=signer.public_keys(), origin=signer.origin, now=NOW + 12)
+    assert report.ok and report.sealed == 5 and report.unsealed == 0 and report.checkpoints == 1
     store.db.run_sync(lambda c: c.execute(text("DELETE FROM decisions WHERE seq=2")))
     report = store.verify_chain()
-    assert any("missing" in p for p in report.problems)
+    assert any("leaf 1" in p and "deleted" in p for p in report.problems)
 
 
-async def test_chain_detects_truncated_tail(store: Store) -> None:
+async def test_sealed_log_detects_truncated_tail(store: Store, tmp_path) -> None:
     for n in range(1, 4):
         await store.commit_decision(a_decision(n))
+    signer = a_signer(tmp_path)
+    await store.seal(now=NOW + 10, sign=signer.sign, origin=signer.origin)
+    store.db.run_sync(lambda c: c.execute(text("DELETE FROM audit_leaves WHERE idx = 2")))
     store.db.run_sync(lambda c: c.execute(text("DELETE FROM decisions WHERE seq=3")))
     report = store.verify_chain()
     assert not report.ok
-    assert any("chain head" in p for p in report.problems)
+    assert any("truncated" in p for p in report.problems)
+
+
+async def test_unsealed_rows_are_reported_once_too_old(store: Store) -> None:
+    await store.commit_decision(a_decision(1))
+    assert store.verify_log(now=NOW + 60, max_unsealed=300).ok
+    report = store.verify_log(now=NOW + 1000, max_unsealed=300)
+    assert not report.ok and any("not sealed" in p for p in report.problems)
 
 
 async def test_float_and_nested_json_survive_round_trip(store: Store) -> None:
     await store.commit_decision(a_decision(1))
     got = await store.get_decision("dec_1")
     assert got.arguments == {"order_id": "ORD-7", "amount": 12.5, "nested": {"b": [1, 2.25]}}
-    assert got.seq == 1 and got.hash and got.prev_hash == "0" * 64
+    assert got.seq == 1 and got.hash and got.prev_hash == "" and got.hash_v == 2
     assert store.verify_chain().ok
 
 

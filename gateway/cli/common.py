@@ -53,3 +53,29 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     except GatewayError as exc:
         err_console.print(f"[red]error ({exc.code.value}):[/red] {exc.message}")
         raise typer.Exit(1) from exc
+
+
+def record_action(cfg: GatewayConfig, kind: str, *, actor: str, subject: dict[str, Any]) -> None:
+    """Append an operator action to the decision log, or exit 1: an action the log does not
+    hold must not take effect unseen."""
+    import getpass
+    import time
+
+    from ..store import Store
+    from ..store.ledger import append_decision, review_record
+
+    try:
+        who = actor or getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    try:
+        store = Store.open(cfg.database_url, timeout=cfg.store.timeout_seconds, migrate=cfg.store.migrate)
+        try:
+            record = review_record(kind, actor=who, at=time.time(), subject=subject)
+            store.db.run_sync(lambda conn: append_decision(conn, record))  # blocking: no event loop needed
+        finally:
+            store.close()
+    except GatewayError as exc:
+        err_console.print(f"[red]error:[/red] could not record {kind} in the decision log: {exc.message}",
+                          highlight=False)
+        raise typer.Exit(1) from exc

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import GatewayError
 from ..keys import KeySet
-from .common import ConfigOption, config_or_exit, console, err_console
+from .common import ConfigOption, config_or_exit, console, err_console, record_action
 
 __all__ = ["keys_app"]
 
@@ -36,11 +36,30 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+AuditOption = Annotated[bool, typer.Option(
+    "--audit", help="rotate the audit key that signs checkpoints (<data_dir>/keys/audit) instead; retired audit "
+                    "keys' public halves are kept, so older checkpoints still verify")]
+
+
 @keys_app.command("rotate")
-def rotate(config: ConfigOption = None, directory: KeyDir = None) -> None:
-    """Create a new signing key; the previous one stays published for verification."""
-    keyset = _keyset(config, directory)
+def rotate(config: ConfigOption = None, directory: KeyDir = None, audit: AuditOption = False) -> None:
+    """Create a new signing key; the previous one stays published for verification.
+
+    The rotation is recorded in the decision log (kind keys/rotate) when a config is used."""
+    cfg = None if directory is not None else config_or_exit(config)
+    if audit:
+        if cfg is None:
+            _fail("--audit rotates the key of the configured gateway: use --config, not --dir")
+        try:
+            keyset = KeySet(cfg.audit_keys_dir, retire_public=True)
+        except GatewayError as exc:
+            _fail(exc.message)
+    else:
+        keyset = _keyset(config, directory)
     previous = keyset.current.kid if len(keyset) else None
+    if cfg is not None:  # recorded first: a key that signs must never be missing from the log
+        record_action(cfg, "keys/rotate", actor="", subject={
+            "keys": "audit" if audit else "action", "previous": previous, "directory": str(keyset.directory)})
     try:
         new = keyset.rotate()
     except OSError as exc:

@@ -29,7 +29,7 @@ from ..config import GatewayConfig
 from ..errors import GatewayError
 from ..intents import IntentRegistry, load_intents
 from ..review import DecisionDetail, DecisionQuery, DecisionSummary, ReviewService
-from .common import ConfigOption, config_or_exit, console, database_or_exit, err_console, run
+from .common import ConfigOption, config_or_exit, console, database_or_exit, err_console, record_action, run
 
 __all__ = ["register_review"]
 
@@ -116,6 +116,11 @@ def admin_token(
         token = AdminTokenIssuer(KeySet.open_or_create(cfg.admin_keys_dir)).mint(reviewer, seconds)
     except (GatewayError, ValueError) as exc:
         raise _fail(getattr(exc, "message", f"bad ttl {ttl!r}")) from exc
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})  # our own token: what to record of it
+    record_action(cfg, "admin/token", actor="", subject={
+        "sub": claims.get("sub"), "jti": claims.get("jti"), "exp": claims.get("exp"), "iat": claims.get("iat")})
     print(token)
 
 

@@ -54,7 +54,7 @@ def stdio(
                 return identity
 
             pool = UpstreamPool(cfg.upstreams)
-            sweeper = asyncio.create_task(rt.sweep_forever(), name="task-expiry")
+            sweeper = asyncio.create_task(rt.run_background(), name="task-expiry")
             try:
                 front = Front(rt, pool, identify)
                 async with stdio_server() as (read, write):

@@ -70,11 +70,12 @@ class _Public(BaseModel):
 class DecisionSummary(_Public):
     """One decision in a list: who, what, verdict and why."""
 
-    seq: int = Field(description="position in the hash-chained log (the paging key)")
+    seq: int = Field(description="the record's number in the log (the paging key)")
     id: str
     at: datetime
-    kind: str = Field(description="tools/call, task/begin, task/end, task/expire, resources/read, prompts/get "
-                      "or token/redeem")
+    kind: str = Field(description="tools/call, task/begin, task/end, task/expire, resources/read, prompts/get, "
+                      "token/redeem, or a reviewer action: review/approve, review/reject, grant/create, "
+                      "grant/revoke, grant/signoff, admin/token, keys/rotate")
     outcome: Outcome
     reasons: list[str] = Field(description="reason codes, `code` or `code:detail`")
     agent: str
@@ -99,8 +100,9 @@ class DecisionPublic(DecisionSummary):
     masked: list[str] = Field(description="JSON pointers of values kept out of the record")
     timings_us: dict[str, Any] = Field(description="per-stage timings in microseconds")
     token_expires_at: datetime | None
-    prev_hash: str = Field(description="hash of the previous decision (the chain)")
-    hash: str
+    prev_hash: str = Field(description="rows of record encoding v1 only: the previous row's hash (the old chain)")
+    hash: str = Field(description="v2: the record's Merkle leaf hash (what `audit prove` proves); v1: its chain hash")
+    hash_v: int = Field(description="version of the record encoding the hash covers")
 
 
 def summary(record: DecisionRecord) -> DecisionSummary:

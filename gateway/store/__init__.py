@@ -1,14 +1,14 @@
-"""Durable state: tasks, the hash-chained decision log, tokens, approvals."""
+"""Durable state: tasks, the decision log (a Merkle tree under signed checkpoints), tokens, approvals."""
 
 from .db import Database
 from .grants import GrantConflict, GrantStore
-from .records import ApprovalRecord, ChainReport, DecisionRecord, GrantRecord, Outcome, TokenRecord
+from .ledger import LogReport
+from .records import ApprovalRecord, DecisionRecord, GrantRecord, Outcome, TokenRecord
 from .store import ApprovalConflict, CommitResult, GrantUse, KeptValues, Store, StoreEvents, TaskAdvance
 
 __all__ = [
     "ApprovalConflict",
     "ApprovalRecord",
-    "ChainReport",
     "CommitResult",
     "Database",
     "DecisionRecord",
@@ -17,6 +17,7 @@ __all__ = [
     "GrantStore",
     "GrantUse",
     "KeptValues",
+    "LogReport",
     "Outcome",
     "Store",
     "StoreEvents",

@@ -18,6 +18,7 @@ import time
 from sqlalchemy import Connection, or_, select, update
 
 from .db import Database
+from .ledger import append_decision, review_record
 from .records import GrantRecord
 from .tables import GrantRow
 
@@ -43,6 +44,14 @@ def use_grant(conn: Connection, grant_id: str, decision_id: str, now: float) -> 
         .values(uses=t.uses + 1, last_used_decision=decision_id)
     )
     return res.rowcount == 1
+
+
+# what a grant/create record holds of the grant (what `audit verify` holds the grants table to)
+GRANTED_FIELDS = ("agent", "tool", "intent", "reason", "created_by", "created_at", "expires_at", "overrides_approval")
+
+
+def _granted(grant: GrantRecord) -> dict[str, object]:
+    return {k: getattr(grant, k) for k in GRANTED_FIELDS}
 
 
 def _record(row: object) -> GrantRecord:
@@ -84,6 +93,9 @@ class GrantStore:
     async def create(self, grant: GrantRecord) -> GrantRecord:
         def op(conn: Connection) -> None:
             conn.execute(grants_t.insert(), grant.model_dump())
+            append_decision(conn, review_record("grant/create", actor=grant.created_by, at=grant.created_at,
+                                                subject={"grant": grant.id, **_granted(grant)}, tool=grant.tool,
+                                                reason=None))
 
         await self.db.run(op)
         self.changed()
@@ -139,6 +151,8 @@ class GrantStore:
                 raise GrantConflict("unknown")
             if res.rowcount != 1:
                 raise GrantConflict("already signed off")
+            append_decision(conn, review_record("grant/signoff", actor=reviewer, at=now,
+                                                subject={"grant": grant_id, "note": note}))
             return _record(row)
 
         return await self.db.run(op)
@@ -157,6 +171,7 @@ class GrantStore:
                 raise GrantConflict("unknown")
             if res.rowcount != 1:
                 raise GrantConflict("already revoked")
+            append_decision(conn, review_record("grant/revoke", actor=reviewer, at=now, subject={"grant": grant_id}))
             return _record(row)
 
         revoked = await self.db.run(op)

@@ -8,16 +8,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..canonical import sha256_hex
+from ..merkle import leaf_hash
 
 __all__ = [
     "GENESIS_HASH",
     "ApprovalRecord",
-    "ChainReport",
     "DecisionRecord",
     "GrantRecord",
     "Outcome",
     "TokenRecord",
+    "HASH_VERSION",
     "chain_hash",
+    "entry_hash",
+    "leaf_of",
 ]
 
 Outcome = Literal["allow", "deny", "hold", "would_deny"]
@@ -56,6 +59,7 @@ class DecisionRecord(BaseModel):
     seq: int | None = None
     prev_hash: str | None = None
     hash: str | None = None
+    hash_v: int = 2
 
 
 class TokenRecord(BaseModel):
@@ -119,25 +123,48 @@ class GrantRecord(BaseModel):
     overrides_approval: bool = False
 
 
-class ChainReport(BaseModel):
-    """Result of ``audit verify``."""
+# What each version of the record encoding hashes: a pinned list, so a column added later
+# never changes what an earlier row hashed to.  v1 (the hash chain, before checkpoints):
+# every column the baseline had, the chain link included.  v2: the decision itself, no
+# ``seq`` (the Merkle tree orders the log) and no link (the tree covers every entry).
+_V2_FIELDS = (
+    "id", "at", "kind", "agent", "intent", "intent_version", "task_id", "step", "upstream", "tool",
+    "arguments_sha256", "arguments", "outcome", "reasons", "policy_input", "policy_result", "policy_revision",
+    "intents_revision", "token_jti", "token_expires_at", "masked", "timings_us",
+)
+_V1_FIELDS = (*_V2_FIELDS, "seq", "prev_hash")
+HASH_VERSION = 2
 
-    ok: bool
-    checked: int
-    head_seq: int
-    problems: list[str]
 
-
-def chain_hash(row: dict[str, Any]) -> str:
-    """Hash of a decision row: SHA-256 over a canonical JSON of every column but ``hash``.
-
-    Sorted keys, no whitespace, UTF-8, floats as shortest round-trip repr.  (The stdlib
-    encoder, not RFC 8785: it is ten times faster on the hot path and, unlike JCS, takes
-    any integer an agent may send, so every request can be recorded.)
-    """
-    payload = {k: v for k, v in row.items() if k != "hash"}
+def _canonical(row: dict[str, Any], fields: tuple[str, ...], extra: dict[str, Any]) -> bytes:
+    payload = {k: row.get(k) for k in fields}
+    payload.update(extra)
     for key in _REAL_COLUMNS:  # REAL columns come back as float whatever went in
         if payload.get(key) is not None:
             payload[key] = float(payload[key])
+    # Sorted keys, no whitespace, UTF-8, floats as shortest round-trip repr: the stdlib
+    # encoder, not RFC 8785, ten times faster on the hot path and, unlike JCS, it takes any
+    # integer an agent may send, so every request can be recorded.
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return sha256_hex(text.encode("utf-8"))
+    return text.encode("utf-8")
+
+
+def chain_hash(row: dict[str, Any]) -> str:
+    """v1: SHA-256 over the canonical JSON of the v1 fields (the old hash chain's link)."""
+    return sha256_hex(_canonical(row, _V1_FIELDS, {}))
+
+
+def entry_hash(row: dict[str, Any]) -> str:
+    """The hash a row must carry for its ``hash_v``: v2 is its Merkle leaf hash,
+    SHA-256(0x00 || canonical JSON of the v2 fields and ``"v": 2``)."""
+    version = row.get("hash_v") or 1
+    if version == 1:
+        return chain_hash(row)
+    if version == 2:
+        return leaf_hash(_canonical(row, _V2_FIELDS, {"v": 2})).hex()
+    raise ValueError(f"unknown record encoding version {version}")
+
+
+def leaf_of(hash_hex: str, version: int) -> bytes:
+    """The Merkle leaf hash of a row: v2 rows carry it; a v1 row's entry is its chain hash."""
+    return bytes.fromhex(hash_hex) if version >= 2 else leaf_hash(bytes.fromhex(hash_hex))

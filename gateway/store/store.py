@@ -1,14 +1,17 @@
-"""The store: tasks, the hash-chained decision log, tokens and approvals.
+"""The store: tasks, the decision log, tokens and approvals.
 
 Every state change that must be atomic is one conditional UPDATE (burning a jti, a task
 moving one step, approving once), so it holds across gateway replicas sharing PostgreSQL.
-Decision rows are appended under the ``chain_head`` row lock, which serialises the chain.
+Decision rows are appended without any shared lock: each carries its own hash (its Merkle
+leaf hash, ``records.entry_hash``) and gets its ``seq`` from the database.  The sealer
+(``ledger.py``) later puts them into the Merkle tree and signs a checkpoint over it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
 from sqlalchemy import JSON, Connection, and_, bindparam, func, insert, select, update
@@ -17,23 +20,16 @@ from ..bindings import MAX_CALLS_KEPT
 from ..errors import StoreError
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
-from . import queries
+from . import ledger, queries
+from .ledger import append_decision as _append_decision
 from .budgets import BudgetSpend, budget_used, purge_usage, spend_budgets
 from .compiled import OnSqliteCursor as _OnSqliteCursor
 from .db import Database
 from .grants import GrantStore, use_grant
 from .migrate import ensure_schema
-from .records import (
-    GENESIS_HASH,
-    ApprovalRecord,
-    ChainReport,
-    DecisionRecord,
-    TokenRecord,
-    chain_hash,
-)
+from .records import ApprovalRecord, DecisionRecord, TokenRecord
 from .tables import (
     ApprovalRow,
-    ChainHeadRow,
     DecisionRow,
     OutcomeRow,
     TaskGrantRow,
@@ -46,7 +42,6 @@ __all__ = ["ApprovalConflict", "CommitResult", "GrantUse", "KeptValues", "Store"
 
 tasks_t = TaskRow.__table__
 decisions_t = DecisionRow.__table__
-chain_t = ChainHeadRow.__table__
 tokens_t = TokenRow.__table__
 approvals_t = ApprovalRow.__table__
 outcomes_t = OutcomeRow.__table__
@@ -56,12 +51,6 @@ task_results_t = TaskResultRow.__table__
 # Statements built once with bind parameters: SQLAlchemy compiles each once and caches it,
 # so the hot path costs a cache lookup instead of building and coercing literal values.
 _GET_TASK = select(tasks_t).where(tasks_t.c.id == bindparam("task_id"))
-_CHAIN_HEAD = select(chain_t.c.seq, chain_t.c.hash).where(chain_t.c.id == 1)
-_CHAIN_HEAD_LOCKED = _CHAIN_HEAD.with_for_update()
-_CHAIN_MOVE = (
-    update(chain_t).where(chain_t.c.id == 1).values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
-)
-_INSERT_DECISION = insert(decisions_t)
 _INSERT_TOKEN = insert(tokens_t)
 _INSERT_APPROVAL = insert(approvals_t)
 _ADVANCE_TASK = (
@@ -100,9 +89,6 @@ def _json_col(value: Any) -> Any:
 
 
 _get_task = _OnSqliteCursor(_GET_TASK)
-_chain_head = _OnSqliteCursor(_CHAIN_HEAD)
-_chain_move = _OnSqliteCursor(_CHAIN_MOVE)
-_insert_decision = _OnSqliteCursor(_INSERT_DECISION)
 _insert_token = _OnSqliteCursor(_INSERT_TOKEN)
 _advance_task = _OnSqliteCursor(_ADVANCE_TASK)
 _consume_token = _OnSqliteCursor(_CONSUME_TOKEN)
@@ -216,26 +202,6 @@ def _results_of(conn: Connection, task_id: str) -> dict[str, dict[str, list[Any]
     return out
 
 
-def _append_decision(conn: Connection, record: DecisionRecord) -> int:
-    """Append one decision to the chain; caller holds the transaction."""
-    # SQLite: BEGIN IMMEDIATE already holds the write lock; elsewhere lock the head row
-    if conn.dialect.name == "sqlite":
-        head = _chain_head(conn).fetchone()
-    else:
-        head = conn.execute(_CHAIN_HEAD_LOCKED).first()
-    if head is None:  # the migrations seed it: a missing head row means a damaged database
-        raise StoreError("the decision log's chain head row is missing; run `intentgate audit verify`")
-    prev_seq, prev_hash = head
-    row = record.model_dump()
-    row["seq"] = prev_seq + 1
-    row["prev_hash"] = prev_hash
-    row["hash"] = chain_hash(row)
-    _insert_decision(conn, row)
-    _chain_move(conn, {"new_seq": row["seq"], "new_hash": row["hash"]})
-    record.seq, record.prev_hash, record.hash = row["seq"], prev_hash, row["hash"]
-    return row["seq"]
-
-
 def _revoke_task_tokens(conn: Connection, task_id: str, now: float, keep: str | None = None) -> int:
     cond = and_(tokens_t.c.task_id == task_id, tokens_t.c.status == "issued")
     if keep is not None:
@@ -251,8 +217,10 @@ class Store:
         self.db = database
         self.grants = GrantStore(database)
         self.events: StoreEvents | None = None
+        self.committed = 0  # decisions this process has committed (the sealer's trigger)
 
     def _committed(self, records: list[DecisionRecord], revoked: int = 0) -> None:
+        self.committed += len(records)
         if self.events is not None:
             for record in records:
                 self.events.decision(record)
@@ -723,52 +691,66 @@ class Store:
             if res.rowcount != 1:
                 raise ApprovalConflict("expired" if current.status == "pending" else f"already {current.status}",
                                        current)
+            _append_decision(conn, ledger.review_record(
+                "review/approve" if approve else "review/reject", actor=reviewer, at=now, task_id=current.task_id,
+                tool=current.tool, subject={"approval": current.id, "decision_id": current.decision_id,
+                                            "status": current.status, "note": note}))
             return current
 
         return await self.db.run(op)
 
-    # ----- audit chain ---------------------------------------------------------------
-    def iter_decisions(self, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
-        """Every decision row in ``seq`` order, in batches (blocking; CLI and audit use)."""
-        last = 0
-        while True:
+    # ----- the audit log's tree (ledger.py) ---------------------------------------------
+    async def seal(self, *, now: float, sign: ledger.Signer, origin: str, horizon: float = 120.0,
+                   batch: int = 20_000, signed: tuple[int, str] | None = None) -> ledger.Sealed | None:
+        """Seal unsealed decisions into the Merkle tree and store the signed checkpoint (one
+        transaction); None when nothing was waiting or another replica is sealing."""
+        return await self.db.run(lambda conn: ledger.seal(conn, now=now, horizon=horizon, origin=origin, sign=sign,
+                                                          batch=batch, signed=signed))
 
-            def op(conn: Connection, after: int = last) -> list[dict[str, Any]]:
-                q = select(decisions_t).where(decisions_t.c.seq > after).order_by(decisions_t.c.seq).limit(batch)
-                return [dict(r._mapping) for r in conn.execute(q)]
+    def verify_log(
+        self, *, keys: Iterable[tuple[str, Any]] | None = None, origin: str = "", published: Iterable[str] = (),
+        now: float | None = None, max_unsealed: float = float("inf"), progress: Callable[[int], None] | None = None,
+    ) -> ledger.LogReport:
+        """Check every row, leaf and checkpoint (blocking; CLI and tests).  Without ``keys`` the
+        stored checkpoints' signatures are not checked, only their roots."""
+        return ledger.verify_log(self.db.run_sync, keys=keys, origin=origin, published=published,
+                                 now=time.time() if now is None else now, max_unsealed=max_unsealed,
+                                 progress=progress)
 
-            rows = self.db.run_sync(op)
-            if not rows:
-                return
-            yield rows
-            last = rows[-1]["seq"]
+    def verify_chain(self, progress: Callable[[int], None] | None = None) -> ledger.LogReport:
+        """``verify_log`` with no keys and no published checkpoints (the database alone)."""
+        return self.verify_log(progress=progress)
 
-    def verify_chain(self, progress: Callable[[int], None] | None = None) -> ChainReport:
-        """Recompute the hash chain; report edited, inserted, reordered or deleted rows."""
-        problems: list[str] = []
-        expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
-        for rows in self.iter_decisions():
-            for row in rows:
-                seq = row["seq"]
-                if seq != expected_seq:
-                    problems.append(f"seq {expected_seq}..{seq - 1}: rows missing (deleted?)")
-                if row["prev_hash"] != prev_hash:
-                    problems.append(f"seq {seq} ({row['id']}): prev_hash does not match the previous row")
-                if chain_hash(row) != row["hash"]:
-                    problems.append(f"seq {seq} ({row['id']}): content does not match its hash (edited?)")
-                prev_hash, expected_seq = row["hash"], seq + 1
-                checked += 1
-            if progress:
-                progress(len(rows))
-            if len(problems) > 100:
-                problems.append("too many problems; stopped")
-                break
+    async def leaf_hashes(self, upto: int) -> list[bytes]:
+        """The first ``upto`` leaf hashes of the tree, in leaf order (proofs)."""
 
-        head = self.db.run_sync(lambda conn: conn.execute(select(chain_t.c.seq, chain_t.c.hash)).first())
-        head_seq = head[0] if head else 0
-        if head is not None and (head[0] != expected_seq - 1 or head[1] != prev_hash):
-            problems.append(
-                f"chain head says seq {head[0]} but the log ends at seq {expected_seq - 1} "
-                "(rows deleted from the end, or the head was edited)"
-            )
-        return ChainReport(ok=not problems, checked=checked, head_seq=head_seq, problems=problems)
+        def op(conn: Connection) -> list[bytes]:
+            rows = conn.execute(select(ledger.leaves_t.c.hash).where(ledger.leaves_t.c.idx < upto)
+                                .order_by(ledger.leaves_t.c.idx))
+            return [bytes.fromhex(h) for (h,) in rows]
+
+        return await self.db.run(op, read_only=True)
+
+    async def leaf_of_decision(self, decision_id: str) -> tuple[int, str, DecisionRecord] | None:
+        """(leaf index, leaf hash, decision) of a sealed decision; None if unknown or not sealed yet."""
+
+        def op(conn: Connection) -> tuple[int, str, DecisionRecord] | None:
+            row = conn.execute(select(decisions_t).where(decisions_t.c.id == decision_id)).first()
+            if row is None:
+                return None
+            leaf = conn.execute(select(ledger.leaves_t.c.idx, ledger.leaves_t.c.hash)
+                                .where(ledger.leaves_t.c.seq == row.seq)).first()
+            return None if leaf is None else (leaf[0], leaf[1], DecisionRecord.model_validate(dict(row._mapping)))
+
+        return await self.db.run(op, read_only=True)
+
+    async def checkpoints(self, *, size: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Stored checkpoints, newest first (or the one of ``size``)."""
+
+        def op(conn: Connection) -> list[dict[str, Any]]:
+            t = ledger.checkpoints_t
+            q = select(t.c.size, t.c.root, t.c.at, t.c.max_seq, t.c.key_id, t.c.note)
+            q = q.where(t.c.size == size) if size is not None else q
+            return [dict(r._mapping) for r in conn.execute(q.order_by(t.c.size.desc()).limit(limit))]
+
+        return await self.db.run(op, read_only=True)

@@ -1,7 +1,7 @@
-"""SQLModel tables: tasks, decisions (append-only, hash-chained), tokens, approvals.
+"""SQLModel tables: tasks, decisions (append-only, sealed into a Merkle tree), tokens, approvals.
 
 Times are epoch seconds (float): exact round trip in SQLite REAL and PostgreSQL double
-precision, cheap range queries, and the hash chain hashes exactly what is stored.
+precision, cheap range queries, and a record's hash covers exactly what is stored.
 JSON columns use the plain ``JSON`` type (text kept verbatim on PostgreSQL too).
 """
 
@@ -14,6 +14,8 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "ApprovalRow",
+    "AuditLeafRow",
+    "CheckpointRow",
     "BudgetUsageRow",
     "GrantRow",
     "ChainHeadRow",
@@ -83,8 +85,35 @@ class DecisionRow(SQLModel, table=True):
     token_expires_at: float | None = None
     masked: list[str] = Field(sa_column=Column(JSON, nullable=False))
     timings_us: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    prev_hash: str = Field(max_length=64)
-    hash: str = Field(max_length=64)
+    prev_hash: str = Field(max_length=64, description="v1 rows: the previous row's hash; v2: empty")
+    hash: str = Field(max_length=64, description="v2: the row's Merkle leaf hash; v1: its chain hash")
+    hash_v: int = Field(default=2, sa_column_kwargs={"server_default": "1"},
+                        description="version of the record encoding the hash covers (records.entry_hash)")
+
+
+class AuditLeafRow(SQLModel, table=True):
+    """One decision sealed into the Merkle tree: leaf ``idx`` (0-based, contiguous) is decision
+    ``seq``.  Appended by the sealer only, in the order it sealed them."""
+
+    __tablename__ = "audit_leaves"
+
+    idx: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(unique=True)
+    hash: str = Field(max_length=64, description="the leaf hash (hex)")
+
+
+class CheckpointRow(SQLModel, table=True):
+    """A signed tree head over the first ``size`` leaves (see ``gateway.checkpoints``)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    size: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    root: str = Field(max_length=64)
+    at: float
+    max_seq: int = Field(description="the highest decision seq sealed so far")
+    key_id: str = Field(max_length=64)
+    note: str = Field(sa_column=Column(Text, nullable=False))
+    frontier: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
 class ChainHeadRow(SQLModel, table=True):

@@ -73,6 +73,7 @@ REASON_TEXT: dict[ReasonCode, str] = {
     ReasonCode.TOKEN_ARGUMENTS: "The arguments differ from the ones the action token was minted for.",
     ReasonCode.TOKEN_REPLAYED: "The action token had already been used.",
     ReasonCode.TOKEN_REVOKED: "The action token had been revoked.",
+    ReasonCode.REDEEMER_NOT_PERMITTED: "The tool server may not redeem action tokens for this upstream.",
     ReasonCode.UPSTREAM_ERROR: "The upstream tool server failed.",
     ReasonCode.UPSTREAM_TIMEOUT: "The upstream tool server did not answer in time.",
     ReasonCode.UPSTREAM_RESULT_TOO_LARGE: "The upstream's result was larger than the gateway passes on; it was not forwarded.",
