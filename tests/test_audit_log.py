@@ -316,3 +316,89 @@ async def test_every_tampering_under_a_published_checkpoint_is_found(n: int, how
         finally:
             store.close()
         assert not report.ok, (how, n, pick)
+
+
+class _Witness:
+    """A stand-in for a witness outside the project (none runs here): an HTTP server on
+    127.0.0.1 that keeps every note POSTed to it, and can be told to fail."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        witness = self
+        self.notes: list[str] = []
+        self.failing = True
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers["content-length"])).decode()
+                if witness.failing:
+                    self.send_response(503)
+                else:
+                    witness.notes.append(body)
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/add-checkpoint"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_checkpoints_reach_an_http_witness_and_a_failed_one_is_retried(tmp_path: Path) -> None:
+    from gateway.checkpoints import HttpSink, verify_checkpoint
+    from gateway.metrics import Metrics
+
+    witness = _Witness()
+    try:
+        store = Store.open(f"sqlite:///{tmp_path / 'g.db'}")
+        signer = AuditSigner.open(tmp_path / "keys", "intentgate/test")
+        metrics = Metrics()
+        cfg = load_config(project(tmp_path)).audit.checkpoints
+        sealer = Sealer(store, signer, cfg, SystemClock(), horizon=120, sinks=[HttpSink(witness.url)], events=metrics)
+        await store.commit_decision(decision(1))
+        assert (await sealer.seal_now()).size == 1
+        assert witness.notes == []  # the witness refused: counted, kept for the next round
+        failures = metrics.registry.get_sample_value("intentgate_checkpoint_publish_failures_total",
+                                                     {"sink": f"url:{witness.url}"})
+        assert failures == 1
+        witness.failing = False
+        await store.commit_decision(decision(2))
+        await store.commit_decision(decision(3))
+        assert (await sealer.seal_now()).size == 3
+        [note] = witness.notes  # the newest head, which covers the one that was missed
+        assert verify_checkpoint(note, signer.public_keys()).size == 3
+        assert metrics.registry.get_sample_value("intentgate_audit_tree_size") == 3
+        store.close()
+    finally:
+        witness.close()
+
+
+def test_the_audit_keys_are_published_beside_the_jwks_and_a_served_gateway_seals(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.checkpoints import verify_checkpoint
+    from gateway.web import create_app
+    from tests.conftest import INTENTS_DIR, POLICY_DIR
+
+    cfg_path = project(tmp_path)
+    cfg_path.write_text(cfg_path.read_text() + f"intents_dir: {INTENTS_DIR}\npolicy_dir: {POLICY_DIR}\n")
+    config = load_config(cfg_path)
+    with TestClient(create_app(config)) as client:
+        published = client.get("/.well-known/intentgate-audit-keys").json()
+        assert published["origin"] == "intentgate/audit"
+        assert client.get("/.well-known/jwks.json").json()["keys"][0]["kid"] not in {
+            k["kid"] for k in published["jwks"]["keys"]}  # not the action-token keys
+        rt = client.app.state.runtime  # type: ignore[attr-defined]
+        client.portal.call(rt.store.commit_decision, decision(1))  # type: ignore[union-attr]
+    # shutting down sealed it and published the checkpoint to the config's file sink
+    [note] = read_published(tmp_path / "witness" / "checkpoints.jsonl")
+    keys = [parse_verifier_key(k) for k in published["verifier_keys"]]
+    assert verify_checkpoint(note, keys).size == 1

@@ -135,7 +135,7 @@ def pg(pg_schema_url: str) -> Iterator[tuple[str, PgFaults]]:
     try:
         yield url, faults
     finally:
-        faults.unlock_chain()
+        faults.unlock_log()
         faults.sql(f'ALTER ROLE "{role}" LOGIN')
         faults.terminate()
         faults.sql(f'DROP OWNED BY "{role}"')

@@ -15,6 +15,7 @@ from gateway.checkpoints import AuditSigner
 from gateway.errors import StoreError
 from gateway.store import ApprovalRecord, DecisionRecord, Store, TaskAdvance, TokenRecord
 from gateway.store.db import Database
+from gateway.store.tables import DecisionRow
 from gateway.verify import ConsumeOutcome
 from gateway.workflow import HistoryEntry, Task
 
@@ -272,3 +273,37 @@ async def test_time_filters_keep_every_match_when_times_are_slightly_out_of_log_
         assert {d.id for d in found} == expected, (since - base, until - base)
         checked += len(expected)
     assert checked > 500
+
+
+@pytest.mark.postgres
+async def test_a_decision_committing_after_a_newer_one_was_sealed_is_still_sealed(pg_schema_url: str,
+                                                                                  tmp_path) -> None:
+    """On PostgreSQL a transaction can take seq 1 and commit after seq 2 was sealed: the sealer
+    looks behind the newest seq it sealed (the horizon), so the late row is sealed too, after."""
+    store = Store.open(pg_schema_url, timeout=10.0, pool_size=2)
+    signer = a_signer(tmp_path)
+    try:
+        late = a_decision(1)
+        # the late transaction takes its number first (as nextval does inside it) and stays open
+        reserved = store.db.run_sync(lambda c: c.execute(text(
+            "SELECT nextval(pg_get_serial_sequence('decisions', 'seq'))")).scalar_one())
+        await store.commit_decision(a_decision(2))
+        first = await store.seal(now=NOW, sign=signer.sign, origin=signer.origin, horizon=120)
+        assert first.checkpoint.size == 1
+        from gateway.store.records import HASH_VERSION, entry_hash
+
+        def commit_late(conn) -> None:  # what append_decision writes, under the number taken before
+            row = late.model_dump(exclude={"seq"})
+            row.update(hash_v=HASH_VERSION, prev_hash="")
+            row["hash"] = entry_hash(row)
+            conn.execute(DecisionRow.__table__.insert().values(seq=reserved, **row))
+
+        store.db.run_sync(commit_late)
+        second = await store.seal(now=NOW + 5, sign=signer.sign, origin=signer.origin, horizon=120)
+        assert second is not None and second.added == 1 and second.checkpoint.size == 2
+        report = store.verify_log(keys=signer.public_keys(), origin=signer.origin, now=NOW + 6, max_unsealed=60)
+        assert report.ok and report.sealed == 2 and report.unsealed == 0, report.problems
+        leaves = store.db.run_sync(lambda c: c.execute(text("SELECT seq FROM audit_leaves ORDER BY idx")).all())
+        assert [s for (s,) in leaves] == [reserved + 1, reserved]  # the tree's order: when each was sealed
+    finally:
+        store.close()

@@ -40,7 +40,7 @@ def csrf_of(html: str) -> str:
 
 
 def decision_ids(html: str) -> list[str]:
-    return re.findall(r'<td><a href="/ui/decisions/(dec_[A-Za-z0-9_-]+)">', html)
+    return re.findall(r'<td><a href="/ui/decisions/((?:dec|act)_[A-Za-z0-9_-]+)">', html)
 
 
 def node_classes(html: str) -> dict[str, set[str]]:
@@ -266,6 +266,12 @@ def test_approve_by_form_needs_the_csrf_token(env: Env) -> None:
 
     verdict = as_agent(env, lambda rt: rt.decider.decide(_call(env.filled.task_b, "refund", "payments.refund", HELD)))
     assert verdict.outcome == "allow" and verdict.reasons == [f"approved:{approval}"]
+
+    # the approval is a record of the log, listed by its kind and explained on its page
+    actions = env.client.get("/ui/decisions", params={"kind": "review/approve", "outcome": "any"}).text
+    [record] = decision_ids(actions)
+    page = env.client.get(f"/ui/decisions/{record}").text
+    assert f"approved {approval}" in page and "called the customer" in page
 
 
 def test_reject_by_form(env: Env) -> None:

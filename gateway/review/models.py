@@ -404,13 +404,34 @@ def intent_graph(intent: Intent) -> IntentGraph:
     return _intent_graph(intent, [], None, intent.expand(intent.start), None)
 
 
+# reviewer and operator actions (store.ledger.REVIEW_KINDS): what the record says was done
+_ACTION_TEXT = {
+    "review/approve": "{who} approved {approval} (held decision {decision_id})",
+    "review/reject": "{who} rejected {approval} (held decision {decision_id})",
+    "grant/create": "{who} granted break-glass {grant} to {agent} until {expires}",
+    "grant/revoke": "{who} revoked grant {grant}",
+    "grant/signoff": "{who} signed off grant {grant}",
+    "admin/token": "{who} minted a reviewer admin token for {sub}",
+    "keys/rotate": "{who} rotated the {keys} signing key",
+}
+
+
+def _subject(arguments: dict[str, Any] | None) -> dict[str, Any]:
+    a = arguments or {}
+    expires = a.get("expires_at")
+    fields = {k: a.get(k, "?") for k in ("approval", "decision_id", "grant", "agent", "sub", "keys")}
+    fields["expires"] = _dt(expires).isoformat() if isinstance(expires, int | float) else "?"
+    return fields
+
+
 def build_detail(rows: DecisionDetailRows, intent: Intent | None) -> DecisionDetail:
     """A decision page; ``intent`` is the decision's intent as loaded now (None: no graph)."""
     d, task = rows.decision, rows.task
     graph = _graph(intent, d, task, rows.seq_of) if intent is not None else None
     return DecisionDetail(
         decision=public(d),
-        explanation=explain(d.reasons, graph.allowed_next if graph and d.outcome != "allow" else []),
+        explanation=_ACTION_TEXT[d.kind].format(who=d.agent, **_subject(d.arguments)) if d.kind in _ACTION_TEXT
+        else explain(d.reasons, graph.allowed_next if graph and d.outcome != "allow" else []),
         call_outcome=CallOutcomePublic(
             at=_dt(rows.outcome.at), status=rows.outcome.status, latency_ms=rows.outcome.latency_ms,
             detail=rows.outcome.detail, kept=rows.kept,

@@ -9,7 +9,8 @@ that does not get it leaves the round to the one that did).
 On PostgreSQL a decision can commit after one with a higher ``seq`` (sequence numbers are
 taken before commit), so the sealer does not stop at the highest seq it sealed: it looks at
 every unsealed row above the ``max_seq`` of the newest checkpoint at least ``horizon``
-seconds old, that is, far longer than any decision transaction can stay open.
+seconds old, that is, far longer than any decision transaction can stay open.  (SQLite has
+one writer, so rows commit in seq order and it starts after the newest checkpoint's.)
 
 Verification reads only the database and the keys and notes it is given: every row against
 its hash, every leaf against its row, the tree recomputed leaf by leaf and compared with each
@@ -118,8 +119,11 @@ def seal(conn: Connection, *, now: float, horizon: float, origin: str, sign: Sig
     if (-1 if top is None else top) + 1 != frontier.size:
         raise StoreError(f"the newest checkpoint covers {frontier.size} leaves but the tree holds "
                          f"{0 if top is None else top + 1}: the audit tables were edited; run `intentgate audit verify`")
-    floor = conn.execute(select(checkpoints_t.c.max_seq).where(checkpoints_t.c.at <= now - horizon)
-                         .order_by(checkpoints_t.c.size.desc()).limit(1)).scalar() or 0
+    if conn.dialect.name == "sqlite":  # one writer: rows commit in seq order, none can appear behind
+        floor = last.max_seq if last is not None else 0
+    else:
+        floor = conn.execute(select(checkpoints_t.c.max_seq).where(checkpoints_t.c.at <= now - horizon)
+                             .order_by(checkpoints_t.c.size.desc()).limit(1)).scalar() or 0
     d = decisions_t.c
     rows = conn.execute(
         select(d.seq, d.hash, d.hash_v)

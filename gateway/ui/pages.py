@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ..errors import GatewayError, ReasonCode
 from ..review import DecisionQuery, ReviewerDenied
+from ..store.ledger import REVIEW_KINDS
 from .graph import layout
 from .render import STATIC_DIR, csrf_refused, render, service_of, unavailable
 from .session import SessionDep, csrf_ok, safe_next, sign_in, sign_out, verify
@@ -22,7 +23,9 @@ log = logging.getLogger("intentgate.ui")
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-FILTERS = ("outcome", "agent", "intent", "tool", "reason", "since", "until", "q")
+KINDS = ("tools/call", "task/begin", "task/end", "task/expire", "resources/read", "prompts/get", "token/redeem",
+         *REVIEW_KINDS)
+FILTERS = ("outcome", "agent", "intent", "tool", "reason", "kind", "since", "until", "q")
 OUTCOMES = [("deny", "denied"), ("hold", "held"), ("would_deny", "would deny (shadow)"), ("allow", "allowed"),
             ("any", "any outcome")]
 _REFUSED = {
@@ -104,6 +107,7 @@ async def inbox(request: Request, session: SessionDep,
         request, "inbox.html", session, status_code=422 if errors else 200, title="Decisions", filters=raw,
         outcomes=OUTCOMES, page=page, errors=errors, older=older, newest=newest,
         reason_codes=[c.value for c in ReasonCode], intents=registry.names() if registry else [],
+        kinds=KINDS,
     )
 
 
