@@ -15,6 +15,8 @@ decided (the ``usage`` recorded in its input).
 Decisions taken before the policy (unknown task, missing context, oversized or malformed
 calls, task ends) are counted as skipped, as are calls whose arguments were kept out of the
 audit log (``audit.arguments: false``): without them the workflow cannot be re-run.
+Reviewer and operator actions (approvals, grants, ...) are records of the log but not
+decisions: they are passed over, not counted.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .intents import IntentRegistry
 from .policy import PolicyEngine, PolicyResult
 from .reads import read_verdict
 from .store import DecisionRecord, Store
+from .store.ledger import REVIEW_KINDS
 from .usage import BudgetUse, call_budget_uses, usage_document
 from .workflow import Task, check_call
 
@@ -237,8 +240,8 @@ class Replayer:
         started = time.perf_counter()
 
         async def one(record: DecisionRecord) -> None:
-            if until is not None and record.at > until:
-                return
+            if until is not None and record.at > until or record.kind in REVIEW_KINDS:
+                return  # reviewer and operator actions are records of the log, not decisions
             before = _recorded_verdict(record)
             after = await self.replay_one(record)
             report.checked += 1
