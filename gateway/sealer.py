@@ -108,3 +108,5 @@ class Sealer:
                 log.critical("%s", exc.message)
             except GatewayError as exc:
                 log.error("sealing the decision log failed: %s", exc.message)
+            except Exception:  # never let the loop die: the next round tries again
+                log.exception("sealing the decision log failed")

@@ -73,11 +73,7 @@ def rewrite_as_a_dba(db: Path, *, edit_seq: int, drop_newest: int) -> None:
     con.execute("UPDATE decisions SET outcome = 'allow', reasons = '[]' WHERE seq = ?", (edit_seq,))
     newest = con.execute("SELECT max(seq) FROM decisions").fetchone()[0]
     con.execute("DELETE FROM decisions WHERE seq > ?", (newest - drop_newest,))
-    for row in con.execute("SELECT * FROM decisions").fetchall():
-        r = dict(row)
-        for key in ("arguments", "reasons", "policy_input", "policy_result", "masked", "timings_us"):
-            r[key] = json.loads(r[key]) if r[key] is not None else None
-        con.execute("UPDATE decisions SET hash = ? WHERE seq = ?", (entry_hash(r), r["seq"]))
+    _rehash_rows(con)
     con.execute("DELETE FROM audit_leaves")
     con.execute("DELETE FROM audit_checkpoints")
     con.commit()
@@ -277,12 +273,17 @@ def _tamper(db: Path, how: str, pick: int) -> None:
     con.close()
 
 
-def _recompute_everything(con: sqlite3.Connection) -> None:
+def _rehash_rows(con: sqlite3.Connection) -> None:
+    """Give every row the hash of what it now holds, with the gateway's own function."""
     for row in con.execute("SELECT * FROM decisions").fetchall():
         r = dict(row)
         for key in ("arguments", "reasons", "policy_input", "policy_result", "masked", "timings_us"):
             r[key] = json.loads(r[key]) if r[key] is not None else None
         con.execute("UPDATE decisions SET hash = ? WHERE seq = ?", (entry_hash(r), r["seq"]))
+
+
+def _recompute_everything(con: sqlite3.Connection) -> None:
+    _rehash_rows(con)
     order = [s for (s,) in con.execute("SELECT seq FROM audit_leaves ORDER BY idx")]
     present = {s for (s,) in con.execute("SELECT seq FROM decisions")}
     con.execute("DELETE FROM audit_leaves")
