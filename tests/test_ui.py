@@ -272,6 +272,7 @@ def test_approve_by_form_needs_the_csrf_token(env: Env) -> None:
     [record] = decision_ids(actions)
     page = env.client.get(f"/ui/decisions/{record}").text
     assert f"approved {approval}" in page and "called the customer" in page
+    assert "Replay this decision" not in page  # an action, not a decision: nothing to replay
 
 
 def test_reject_by_form(env: Env) -> None:
