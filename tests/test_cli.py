@@ -27,6 +27,40 @@ def intentgate(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subproc
     )
 
 
+def imported_by(*args: str, cwd: Path = ROOT) -> set[str]:
+    """The modules ``intentgate ARGS`` imports, from ``python -X importtime`` (one stderr line per
+    module: ``import time: self | cumulative | <indented name>``)."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=300, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    return names - {"imported package"}  # the header line
+
+
+def loaded(modules: set[str], *packages: str) -> list[str]:
+    """Those of ``packages`` that ``modules`` holds, as themselves or through a submodule."""
+    return sorted(p for p in packages if any(m == p or m.startswith(p + ".") for m in modules))
+
+
+#: The serving stack: database, web and MCP servers, OPA client, and the gateway modules on top of them.
+SERVING_STACK = ("sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn", "mcp", "aiohttp", "requests",
+                 "opa_client", "gateway.store", "gateway.review", "gateway.decide", "gateway.runtime",
+                 "gateway.front", "gateway.web", "gateway.upstreams")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check", "--help"], ["decisions", "--help"], ["show", "--help"],
+                                  ["audit", "verify", "--help"], ["db", "--help"]], ids=" ".join)
+def test_help_loads_only_the_command_table(args: list[str]) -> None:
+    """``--help`` builds the command table from typer, rich and the option declarations: every
+    command imports what it runs on only when it runs (see ``gateway.cli``)."""
+    modules = imported_by(*args)
+    assert "gateway.cli" in modules  # the measurement saw the CLI load
+    assert loaded(modules, *SERVING_STACK, "regorus", "gateway.policy", "gateway.config", "gateway.intents",
+                  "gateway.keys", "gateway.identity") == []
+
+
 def test_help_lists_commands() -> None:
     out = intentgate("--help")
     assert out.returncode == 0
@@ -120,6 +154,21 @@ def test_audit_verify_detects_tampering(tmp_path: Path) -> None:
     out = intentgate("audit", "verify", "--config", str(cfg))
     assert out.returncode == 1
     assert "BROKEN" in out.stdout and "edited" in out.stdout
+
+
+def test_read_commands_load_only_what_they_use(tmp_path: Path) -> None:
+    """``check`` compiles the policy (regorus) but opens no database; ``decisions`` and ``audit
+    verify`` read the database but start no server, front or OPA client."""
+    cfg = write_config(tmp_path)
+    intentgate("db", "upgrade", "--config", str(cfg)).check_returncode()  # an empty database to read
+    check = imported_by("check", "--offline", "--config", str(cfg))
+    assert "regorus" in check and loaded(check, *SERVING_STACK) == []
+    servers = ("fastapi", "starlette", "uvicorn", "mcp", "aiohttp", "requests", "opa_client", "gateway.runtime",
+               "gateway.front", "gateway.web", "gateway.upstreams")
+    decisions = imported_by("decisions", "--config", str(cfg))
+    assert "gateway.review" in decisions and loaded(decisions, *servers) == []
+    verify = imported_by("audit", "verify", "--config", str(cfg))
+    assert "gateway.store" in verify and loaded(verify, *servers, "gateway.review", "gateway.decide") == []
 
 
 def test_keys_rotate_and_jwks(tmp_path: Path) -> None:

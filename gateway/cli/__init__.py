@@ -1,8 +1,17 @@
-"""The ``intentgate`` command line."""
+"""The ``intentgate`` command line.
+
+Building the command table must stay cheap (``intentgate --help`` is the first thing anyone
+runs, and a read-only command should not pay for the serving stack): at module level the
+command modules import only typer, rich and ``gateway.errors``.  Everything heavier (config,
+intents, store, review, policy, keys, the front) is imported inside the command that uses it,
+and names used only in annotations are imported under ``TYPE_CHECKING``.  The one exception:
+typer resolves the annotations of command functions' parameters when the table is built, so
+those must name only builtins, ``Path`` and the option aliases.  ``tests/test_cli.py`` checks
+which modules ``--help`` loads.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
@@ -30,6 +39,8 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
             typer.echo(f"intentgate {version('intentgate')}")
         except PackageNotFoundError:  # run from a checkout that was never installed

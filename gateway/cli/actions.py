@@ -12,19 +12,19 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..errors import ConfigError
-from ..review import ReviewService, Reviewer
-from ..review.models import ApprovalPublic, GrantCreate, GrantPublic, ReplayRequest
-from ..store import ApprovalConflict, GrantConflict
 from .common import ConfigOption, config_or_exit, console, err_console
 from .review import JsonOption, SinceOption, _fail, _when, _with_service, parse_time
+
+if TYPE_CHECKING:
+    from ..replay import ReplayReport
+    from ..review import ReviewService, Reviewer
+    from ..review.models import ApprovalPublic, GrantPublic
 
 __all__ = ["register_actions"]
 
@@ -35,6 +35,8 @@ NoteOption = Annotated[str | None, typer.Option(help="a note kept with the decis
 
 
 def _reviewer(name: str | None) -> Reviewer:
+    from ..review import Reviewer
+
     return Reviewer(id=name or f"cli:{getpass.getuser()}", issuer="intentgate-cli", via="cli")
 
 
@@ -69,6 +71,8 @@ def approvals(
 
 def _decide(approval_id: str, approve: bool, reviewer: str | None, note: str | None, as_json: bool,
             config: Path | None) -> None:
+    from ..store import ApprovalConflict
+
     cfg = config_or_exit(config)
     who = _reviewer(reviewer)
     try:
@@ -119,6 +123,10 @@ def grant(
     flagged; the grant needs a sign-off afterwards.  A step that needs approval stays held unless
     --overrides-approval.
     """
+    from pydantic import ValidationError
+
+    from ..review.models import GrantCreate
+
     cfg = config_or_exit(config)
     try:
         request = GrantCreate(agent=agent, tool=tool, intent=intent, reason=reason, duration_seconds=minutes * 60,
@@ -162,6 +170,8 @@ def sign_off(
     note: NoteOption = None, reviewer: ReviewerOption = None, config: ConfigOption = None,
 ) -> None:
     """Sign a grant off after reviewing its uses (removes it from the needs-review list)."""
+    from ..store import GrantConflict
+
     cfg = config_or_exit(config)
     try:
         done = _with_service(cfg, lambda s: s.sign_off_grant(grant_id, reviewer=_reviewer(reviewer), note=note))
@@ -175,6 +185,8 @@ def revoke_grant(
     reviewer: ReviewerOption = None, config: ConfigOption = None,
 ) -> None:
     """End a grant now; it can no longer be used."""
+    from ..store import GrantConflict
+
     cfg = config_or_exit(config)
     try:
         done = _with_service(cfg, lambda s: s.revoke_grant(grant_id, reviewer=_reviewer(reviewer)))
@@ -201,6 +213,10 @@ def replay(
     Re-decides recorded decisions (nothing is written) and lists those whose outcome would
     change.  Exit status 1 when any would.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..review.models import ReplayRequest
+
     cfg = config_or_exit(config)
     request = ReplayRequest(
         decision_id=decision_id, policy_dir=str(policy) if policy else None, intents_dir=str(intents) if intents else None,
@@ -229,7 +245,7 @@ def replay(
         raise typer.Exit(1)
 
 
-def _print_report(report) -> None:  # noqa: ANN001 - ReplayReport
+def _print_report(report: ReplayReport) -> None:
     console.print(f"replayed {report.checked} decision(s) in {report.seconds:.2f}s "
                   f"({report.decisions_per_second:,.0f}/s): {report.unchanged} unchanged, "
                   f"{sum(report.skipped.values())} not replayable", highlight=False)

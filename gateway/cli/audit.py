@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import GatewayConfig
 from ..errors import GatewayError
 from .common import ConfigOption, config_or_exit, console, database_or_exit, err_console, run
+
+if TYPE_CHECKING:
+    from ..config import GatewayConfig
 
 __all__ = ["audit_app"]
 
@@ -74,6 +75,8 @@ def verify(config: ConfigOption = None, checkpoints: CheckpointsOption = None, k
     inserted, removed or reordered entry, or a truncated log, under a checkpoint published
     before the change is found even if every hash in the database was recomputed.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from ..checkpoints import CheckpointError, read_published
 
     cfg = config_or_exit(config)

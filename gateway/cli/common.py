@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from ..config import GatewayConfig, load_config
 from ..errors import GatewayError
+
+if TYPE_CHECKING:  # imported by the commands that use it (see gateway.cli)
+    from ..config import GatewayConfig
 
 T = TypeVar("T")
 
@@ -25,6 +26,8 @@ ConfigOption = Annotated[
 
 
 def config_or_exit(path: Path | None, **overrides: Any) -> GatewayConfig:
+    from ..config import load_config
+
     try:
         return load_config(path, **overrides)
     except GatewayError as exc:
@@ -48,6 +51,8 @@ def database_or_exit(cfg: GatewayConfig) -> None:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; turn gateway errors into a clean message and exit code 1."""
+    import asyncio
+
     try:
         return asyncio.run(coro)
     except GatewayError as exc:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError
-from ..intents import Severity, check_intents
 from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["register_core"]
@@ -24,6 +23,7 @@ def check(
     """Validate and lint the intents, hold every step against its upstream's tools (each
     configured upstream is started and asked for tools/list; --offline skips it), and compile
     the policy.  Every problem names file, line, intent, step and field.  Exit 1 on any error."""
+    from ..intents import Severity, check_intents
     from ..policy import EmbeddedEngine
 
     cfg = config_or_exit(config, intents_dir=intents, policy_dir=policy)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from ..errors import GatewayError
-from ..store import Database
-from ..store.migrate import ensure_schema, schema_status
 from .common import ConfigOption, config_or_exit, console, err_console
+
+if TYPE_CHECKING:
+    from ..store import Database
 
 __all__ = ["db_app"]
 
@@ -15,6 +18,8 @@ db_app = typer.Typer(no_args_is_help=True)
 
 
 def _open(config: ConfigOption) -> Database:
+    from ..store import Database
+
     cfg = config_or_exit(config)
     if cfg.store.url is None:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -28,6 +33,8 @@ def _open(config: ConfigOption) -> Database:
 @db_app.command("status")
 def status(config: ConfigOption = None) -> None:
     """Show the schema revision of the database and the one this gateway needs; exit 1 if behind."""
+    from ..store.migrate import schema_status
+
     db = _open(config)
     try:
         st = schema_status(db)
@@ -47,6 +54,8 @@ def status(config: ConfigOption = None) -> None:
 @db_app.command("upgrade")
 def upgrade(config: ConfigOption = None) -> None:
     """Apply pending migrations (safe to run while other replicas start: they wait on a lock)."""
+    from ..store.migrate import ensure_schema, schema_status
+
     db = _open(config)
     try:
         before = schema_status(db)

@@ -4,16 +4,13 @@ intent's graph, its fixtures run offline, and the JSON Schema of the YAML."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from ..errors import GatewayError
-from ..intents import NAME_RE, Severity, check_intents, intent_json_schema
 from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["intent_app", "register_designer"]
@@ -38,6 +35,8 @@ def _emit(text: str, output: Path | None) -> None:
 
 
 def _catalogue(cfg: Any, only: list[str] | None) -> Any:
+    import asyncio
+
     from ..catalogue import fetch_catalogue
 
     known = {u.name for u in cfg.upstreams}
@@ -86,6 +85,8 @@ def upstreams(
 
 
 def _registry(cfg: Any) -> Any:
+    from ..intents import Severity, check_intents
+
     try:
         registry, problems = check_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
     except GatewayError as exc:
@@ -131,6 +132,7 @@ def schema(
     """Print the JSON Schema (2020-12) of an intent file, for editor completion and CI
     (e.g. yaml-language-server's `# yaml-language-server: $schema=intent.schema.json`)."""
     from ..fixtures import FixtureFile
+    from ..intents import intent_json_schema
 
     document = ({"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "IntentGate intent fixtures",
                  **FixtureFile.model_json_schema()} if fixture else intent_json_schema())
@@ -161,6 +163,10 @@ def new(
     constrained by the tool's own input schema (required ones required).  Edit it: bind what
     the task fixes, narrow the rest; then `intentgate check`."""
     import re
+
+    import yaml
+
+    from ..intents import NAME_RE
 
     if not re.match(NAME_RE, name):
         err_console.print(f"[red]error:[/red] {name!r} is no intent name (lowercase letters, digits, - and _)")
@@ -217,6 +223,8 @@ def test(
     """Run the intents' fixtures (*.test.yaml: call sequences with the outcome and reasons
     each call must get) through the workflow and the Rego policy, offline, like `opa test`.
     Exit 1 if a case fails or none is found, 2 if a fixture cannot be run."""
+    import asyncio
+
     from ..fixtures import FixtureError, find_fixtures, run_fixtures
 
     cfg = config_or_exit(config, intents_dir=intents, policy_dir=policy)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.table import Table
 
 from ..errors import GatewayError
-from ..keys import KeySet
 from .common import ConfigOption, config_or_exit, console, err_console, record_action
+
+if TYPE_CHECKING:
+    from ..keys import KeySet
 
 __all__ = ["keys_app"]
 
@@ -24,6 +26,8 @@ KeyDir = Annotated[
 
 
 def _keyset(config: Path | None, directory: Path | None) -> KeySet:
+    from ..keys import KeySet
+
     path = directory or config_or_exit(config).action_keys_dir
     try:
         return KeySet(path)
@@ -50,6 +54,8 @@ def rotate(config: ConfigOption = None, directory: KeyDir = None, audit: AuditOp
     if audit:
         if cfg is None:
             _fail("--audit rotates the key of the configured gateway: use --config, not --dir")
+        from ..keys import KeySet
+
         try:
             keyset = KeySet(cfg.audit_keys_dir, retire_public=True)
         except GatewayError as exc:

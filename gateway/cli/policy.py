@@ -9,10 +9,6 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError
-from ..intents import load_intents
-from ..policy import EmbeddedEngine, load_policy_dir, run_rego_tests
-from ..policy._embedded import check_compiles
-from ..policy._opa_bundle import build_opa_bundle
 from .common import ConfigOption, config_or_exit, console, err_console
 
 __all__ = ["policy_app"]
@@ -39,6 +35,9 @@ def test(
 
     Exit 1 if a test fails or none is found, 2 if the policy or intents do not load.
     """
+    from ..intents import load_intents
+    from ..policy import run_rego_tests
+
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
         registry = load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
@@ -80,6 +79,11 @@ def bundle(
     For an OPA sidecar that pulls its policy from a bundle server (set policy.push_policy:
     false on the gateway).  Exit 2 if the policy or intents do not load.
     """
+    from ..intents import load_intents
+    from ..policy import load_policy_dir
+    from ..policy._embedded import check_compiles
+    from ..policy._opa_bundle import build_opa_bundle
+
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
         registry = load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
@@ -107,6 +111,9 @@ def evaluate(
 
     Exit 1 if the policy fails or answers off-contract, 2 if a file does not load.
     """
+    from ..intents import load_intents
+    from ..policy import EmbeddedEngine
+
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
     try:
         document = json.loads(input_file.read_text(encoding="utf-8"))

@@ -14,22 +14,21 @@ import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Group
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from ..config import GatewayConfig
 from ..errors import GatewayError
-from ..intents import IntentRegistry, load_intents
-from ..review import DecisionDetail, DecisionQuery, DecisionSummary, ReviewService
 from .common import ConfigOption, config_or_exit, console, database_or_exit, err_console, record_action, run
+
+if TYPE_CHECKING:
+    from ..config import GatewayConfig
+    from ..intents import IntentRegistry
+    from ..review import DecisionDetail, DecisionSummary, ReviewService
 
 __all__ = ["register_review"]
 
@@ -65,6 +64,9 @@ def parse_time(text: str, *, now: float | None = None) -> datetime:
 
 
 def _with_service(cfg: GatewayConfig, fn: Callable[[ReviewService], Coroutine[Any, Any, T]]) -> T:
+    from ..intents import load_intents
+    from ..review import ReviewService
+
     def intents() -> IntentRegistry | None:
         try:
             return load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
@@ -144,6 +146,10 @@ def decisions(
     config: ConfigOption = None,
 ) -> None:
     """List decisions, newest first, filtered (every filter narrows the list)."""
+    from pydantic import ValidationError
+
+    from ..review import DecisionQuery
+
     cfg = config_or_exit(config)
     try:
         query = DecisionQuery(
@@ -193,6 +199,8 @@ def show(
 
 
 def _detail_panels(detail: DecisionDetail) -> list[Panel]:
+    from rich.syntax import Syntax  # pygments: only for a decision's policy input
+
     d = detail.decision
     style = _OUTCOME_STYLE.get(d.outcome, "")
     facts = Table.grid(padding=(0, 2))
@@ -262,6 +270,8 @@ def export(
     config: ConfigOption = None,
 ) -> None:
     """Export decisions as JSON lines (one object per decision, stable field names), in seq order."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     cfg = config_or_exit(config)
     start = parse_time(since) if since else None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Annotated, Any
@@ -31,6 +30,8 @@ def stdio(
     ] = None,
 ) -> None:
     """Serve the gateway over stdio to one agent, identified by its workload token."""
+    import asyncio
+
     from mcp.server.stdio import stdio_server
 
     from ..front import Front

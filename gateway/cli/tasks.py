@@ -16,7 +16,6 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import GatewayError, TaskError
-from ..identity import AgentIdentity
 from .common import ConfigOption, config_or_exit, console, err_console, run
 
 __all__ = ["task_app"]
@@ -67,6 +66,7 @@ def begin(
     config: ConfigOption = None,
 ) -> None:
     """Begin a task of INTENT for AGENT as the local task issuer; prints the task id."""
+    from ..identity import AgentIdentity
     from ..runtime import Runtime
     from ..tasks import LOCAL_ISSUER, TaskIssuer
 

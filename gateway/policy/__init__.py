@@ -19,12 +19,18 @@ Modules::
     _regotest   run_rego_tests
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from ._bundle import PolicyBundle, load_policy_dir
 from ._embedded import EmbeddedEngine
 from ._factory import make_engine
-from ._opa import OpaServerEngine
 from ._regotest import RegoTestResult, run_rego_tests
 from ._result import DECISION_PATH, PolicyEngine, PolicyResult, parse_result
+
+if TYPE_CHECKING:
+    from ._opa import OpaServerEngine
 
 __all__ = [
     "DECISION_PATH",
@@ -39,3 +45,13 @@ __all__ = [
     "parse_result",
     "run_rego_tests",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``OpaServerEngine`` is imported on first use: its client pulls in aiohttp and requests,
+    which the embedded engine and the CLI never need."""
+    if name == "OpaServerEngine":
+        from ._opa import OpaServerEngine
+
+        return OpaServerEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

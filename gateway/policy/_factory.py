@@ -7,7 +7,6 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ._embedded import EmbeddedEngine
-from ._opa import OpaServerEngine
 from ._result import PolicyEngine
 
 __all__ = ["make_engine"]
@@ -30,6 +29,8 @@ def make_engine(
     if kind == "opa":
         if not url:
             raise ConfigError("policy.engine is 'opa' but policy.url is not set")
+        from ._opa import OpaServerEngine  # only here: the OPA client pulls in aiohttp and requests
+
         return OpaServerEngine(
             url, policy_dir, intents_doc, push_policy=push_policy, timeout=timeout, reload_interval=reload_interval
         )

@@ -26,7 +26,6 @@ from .budgets import BudgetSpend, budget_used, purge_usage, spend_budgets
 from .compiled import OnSqliteCursor as _OnSqliteCursor
 from .db import Database
 from .grants import GrantStore, use_grant
-from .migrate import ensure_schema
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
 from .tables import (
     ApprovalRow,
@@ -234,6 +233,8 @@ class Store:
         """
         store = cls(Database(url, **kwargs))
         try:
+            from .migrate import ensure_schema  # alembic: loaded only by whoever opens a store
+
             ensure_schema(store.db, migrate=migrate)
         except BaseException:
             store.close()
