@@ -196,8 +196,8 @@ class AuditSigner:
         """What ``/.well-known/intentgate-audit-keys`` serves: the origin, the signed-note
         verifier keys and the same keys as a JWKS, current first."""
         public = self.keys.all_public()
-        kids = [k.kid for k in reversed(self.keys.published())] + [k for k in public.kids()
-                                                                   if k not in {p.kid for p in self.keys.published()}]
+        current_first = [k.kid for k in reversed(self.keys.published())]
+        kids = current_first + [kid for kid in public.kids() if kid not in current_first]
         keys = [(kid, key) for kid in kids if (key := public.get(kid)) is not None]
         return {"origin": self.origin,
                 "verifier_keys": [verifier_key(self.origin, key) for _, key in keys],

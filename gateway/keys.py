@@ -251,9 +251,10 @@ class KeySet:
 
     def all_public(self) -> PublicKeySet:
         """Every public key this directory knows: published and retired."""
-        keys = {kid: self.retired().get(kid) for kid in self.retired().kids()}
+        retired = self.retired()  # one read of retired.jwks.json
+        keys = {kid: key for kid in retired.kids() if (key := retired.get(kid)) is not None}
         keys.update({k.kid: k.public for k in self._keys})
-        return PublicKeySet({kid: key for kid, key in keys.items() if key is not None})
+        return PublicKeySet(keys)
 
     def _retire(self, keys: list[SigningKey]) -> None:
         known = self.retired().jwks()["keys"]
