@@ -54,10 +54,11 @@ class App:
         return r.json()
 
     def redeem(self, token: str, arguments: dict[str, Any] | None = None, audience: str = "tickets",
-               tool: str = "tickets.get_ticket") -> Any:
-        return self.client.post("/v1/tokens/redeem", json={
-            "token": token, "audience": audience, "tool": tool,
-            "arguments": TICKET if arguments is None else arguments})
+               tool: str = "tickets.get_ticket", caller: str | None = None) -> Any:
+        """Redeem as a tool server would; ``caller``: its own workload token (Authorization)."""
+        return self.client.post("/v1/tokens/redeem", headers={"Authorization": f"Bearer {caller}"} if caller else {},
+                                json={"token": token, "audience": audience, "tool": tool,
+                                      "arguments": TICKET if arguments is None else arguments})
 
     def redeem_refusals(self) -> list[tuple[str, list[str], str | None]]:
         def q(conn: Any) -> list[Any]:

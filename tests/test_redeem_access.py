@@ -8,49 +8,39 @@ counted, never recorded row by row; a caller let in has its refusals recorded as
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from httpx2 import Response
 from sqlalchemy import text
 
 from gateway.clock import FrozenClock
-from gateway.config import GatewayConfig, RedeemConfig, load_config
+from gateway.config import RedeemConfig, load_config
 from gateway.errors import ConfigError, ReasonCode
 from gateway.identity import AgentIdentity, DevIssuer, IdentityVerifier
 from gateway.keys import KeySet
 from gateway.metrics import Metrics
 from gateway.redeem import RedeemDoor, TurnedAway
-from gateway.runtime import Runtime
 from gateway.web import create_app
 from tests.conftest import INTENTS_DIR, NOW, POLICY_DIR
-from tests.tasks import ISSUER
+from tests.test_redeem import App as RedeemApp
 
 SUPPORT = "spiffe://example.org/agent/support-1"
 TICKETS_SERVER = "spiffe://example.org/tool/tickets"
 PAYMENTS_SERVER = "spiffe://example.org/tool/payments"
-TICKET = {"ticket_id": "TCK-1"}
 CALLERS = [{"subjects": [TICKETS_SERVER], "audiences": ["tickets"]},
            {"subjects": ["spiffe://example.org/tool/*"], "audiences": ["payments"]}]
 
 
-@dataclass
-class App:
-    client: TestClient
-    config: GatewayConfig
-
-    @property
-    def rt(self) -> Runtime:
-        return self.client.app.state.runtime  # type: ignore[attr-defined]
+class App(RedeemApp):
+    """``test_redeem``'s app (a task begun by the orchestrator, /v1/decide, redeem), plus the
+    tool servers' own credentials and the door's counters."""
 
     def token_of(self, subject: str) -> str:
         """A workload token from the gateway's development issuer (what `intentgate agent-token` mints)."""
@@ -58,19 +48,9 @@ class App:
 
     def action_token(self) -> str:
         """An action token for tickets.get_ticket, from a real allow on a task the orchestrator began."""
-        started = self.client.portal.call(  # type: ignore[union-attr]
-            functools.partial(self.rt.decider.begin_task, issuer=ISSUER),
-            AgentIdentity(id=SUPPORT), "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-7"}, "test",
-        )
-        r = self.client.post("/v1/decide", headers=_bearer(self.token_of(SUPPORT)), json={
-            "task": started.task_id, "step": "read_ticket", "upstream": "tickets", "tool": "get_ticket",
-            "arguments": TICKET})
-        assert r.status_code == 200 and r.json()["outcome"] == "allow", r.text
-        return str(r.json()["token"])
-
-    def redeem(self, token: str, caller: str | None = None, audience: str = "tickets") -> Response:
-        return self.client.post("/v1/tokens/redeem", headers=_bearer(caller), json={
-            "token": token, "audience": audience, "tool": f"{audience}.get_ticket", "arguments": TICKET})
+        allowed = self.decide(self.begin())
+        assert allowed["outcome"] == "allow", allowed
+        return str(allowed["token"])
 
     def decisions(self) -> int:
         """Rows in the decision log, counted in the store."""
@@ -78,19 +58,13 @@ class App:
 
     def redeem_reasons(self) -> list[list[str]]:
         """The reasons of each recorded redemption refusal, oldest first."""
-        rows = self.rt.store.db.run_sync(lambda conn: conn.execute(text(
-            "SELECT reasons FROM decisions WHERE kind = 'token/redeem' ORDER BY seq")).all())
-        return [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in rows]
+        return [reasons for _, reasons, _ in self.redeem_refusals()]
 
     def turned_away(self) -> dict[str, float]:
         """``intentgate_redeem_turned_away_total`` by reason, as /metrics serves it."""
         metrics = self.client.get("/metrics").text
         return {m[1]: float(m[2]) for m in re.finditer(
             r'^intentgate_redeem_turned_away_total\{reason="([a-z_]+)"\} (\S+)$', metrics, re.M)}
-
-
-def _bearer(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @pytest.fixture
@@ -191,7 +165,7 @@ def test_an_authenticated_caller_over_its_rate_gets_429_unrecorded(make_app: Cal
     assert app.decisions() == before + 1  # the replay, not the two 429s
     assert app.turned_away()["rate_limited"] == 2
     # another caller has a bucket of its own: it reaches the token check (a payments server, a tickets token)
-    other = app.redeem(token, caller=app.token_of(PAYMENTS_SERVER), audience="payments")
+    other = app.redeem(token, caller=app.token_of(PAYMENTS_SERVER), audience="payments", tool="payments.get_ticket")
     assert other.status_code == 403 and other.json()["error"] == "token_audience", other.text
 
 
