@@ -29,8 +29,7 @@ class RateLimiter:
     def allow(self, agent: str) -> bool:
         """Take one token from the agent's bucket; False when it is empty."""
         now = self.clock.now()
-        tokens, last = self._buckets.pop(agent, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        tokens = self._refilled(self._buckets.pop(agent, None), now)
         allowed = tokens >= 1.0
         self._buckets[agent] = (tokens - 1.0 if allowed else tokens, now)
         if len(self._buckets) > self.max_agents:
@@ -39,7 +38,12 @@ class RateLimiter:
 
     def wait(self, agent: str) -> float:
         """Seconds until the agent's bucket holds a token again (0 when it does): a ``Retry-After``."""
-        now = self.clock.now()
-        tokens, last = self._buckets.get(agent, (self.burst, now))
-        tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+        tokens = self._refilled(self._buckets.get(agent), self.clock.now())
         return max(0.0, (1.0 - tokens) / self.rate)
+
+    def _refilled(self, bucket: tuple[float, float] | None, now: float) -> float:
+        """The tokens a bucket ``(tokens, last)`` holds at ``now`` (a new one: full)."""
+        if bucket is None:
+            return self.burst
+        tokens, last = bucket
+        return min(self.burst, tokens + max(0.0, now - last) * self.rate)

@@ -14,8 +14,8 @@ all: its own workload token (``Authorization: Bearer``, verified as agents' are;
 each caller (its identity, else its address) is held to ``redeem.rate_limit_per_second``.
 Callers turned away there are counted (``intentgate_redeem_turned_away_total{reason}``) and
 summed up in at most one log line per ``redeem.log_every_seconds``, never recorded one by one:
-the decision log is chained and kept forever, and anyone who can reach the port must not be
-able to grow it at will.
+the decision log is sealed into its Merkle tree and kept forever, and anyone who can reach
+the port must not be able to grow it at will.
 
 Every refusal of a caller let in is recorded in the decision log (kind ``token/redeem``,
 outcome ``deny``, the specific reason code); a successful redemption shows as the token's

@@ -316,7 +316,7 @@ def create_app(config: GatewayConfig) -> FastAPI:
             app.state.runtime, app.state.front = rt, front
             app.state.redeem_door = RedeemDoor(config.redeem, verifier.verify, clock=rt.clock, metrics=rt.metrics)
             app.state.verify, app.state.session_manager = verifier.verify, manager
-            sweeper = asyncio.create_task(rt.run_background(), name="task-expiry")
+            sweeper = asyncio.create_task(rt.run_background(), name="background")
             try:
                 async with manager.run():
                     if (where := getattr(app.state, "listen", None)) is not None:

@@ -55,7 +55,7 @@ def stdio(
                 return identity
 
             pool = UpstreamPool(cfg.upstreams)
-            sweeper = asyncio.create_task(rt.run_background(), name="task-expiry")
+            sweeper = asyncio.create_task(rt.run_background(), name="background")
             try:
                 front = Front(rt, pool, identify)
                 async with stdio_server() as (read, write):
