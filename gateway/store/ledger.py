@@ -246,11 +246,10 @@ def _check_reviews(run: Callable[[Callable[[Connection], Any]], Any], report: Lo
         elif rec["agent"] != a.decided_by or rec["arguments"].get("note") != a.note:
             report.problem(f"approval {a.id}: the table says {a.status} by {a.decided_by!r}, the log says by "
                            f"{rec['agent']!r} (rewritten?)")
-    for kind in ("review/approve", "review/reject"):
-        for (k, subject) in actions:
-            if k == kind and subject not in seen_approvals:
-                report.problem(f"approval {subject}: decided in the log ({kind}) but not in the approvals table "
-                               "(deleted or reset?)")
+    for kind, subject in actions:
+        if kind in ("review/approve", "review/reject") and subject not in seen_approvals:
+            report.problem(f"approval {subject}: decided in the log ({kind}) but not in the approvals table "
+                           "(deleted or reset?)")
     grants = {g.id: g for g in run(lambda conn: conn.execute(select(grants_t)).all())}
     for (kind, subject), recs in actions.items():
         if kind == "grant/create" and subject not in grants:
