@@ -20,6 +20,11 @@ Every failure (connection refused, timeout, HTTP error, undefined or off-contrac
 raises ``PolicyError``: the caller denies.  Requests are not retried: a failing OPA must
 deny fast rather than retry into the timeout.  After a connection failure the policy is
 pushed again before the next query, since an OPA that restarted has forgotten it.
+
+A decision waits at most ``timeout`` for everything it needs, an upload included.  The
+upload itself is not bound to that deadline: it runs in its own task, each request allowed
+``PUSH_TIMEOUT`` (compiling the policy on a busy OPA can take longer than a query may), so a
+decision that gave up is denied while the upload finishes for the decisions after it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ log = logging.getLogger("intentgate.policy")
 POLICY_ID_PREFIX = "intentgate"
 DECISION_ID_HEADER = "X-IntentGate-Decision-Id"
 _QUERY_PATH = "/v1/data/intentgate/decision"
+PUSH_TIMEOUT = 10.0  # seconds per upload request; queries are bound by the engine's timeout
 
 
 class _Client(AsyncOpaClient):
@@ -99,7 +105,7 @@ class OpaServerEngine:
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 80),
             ssl=parts.scheme == "https",
-            timeout=timeout,
+            timeout=max(timeout, PUSH_TIMEOUT),  # a query's own deadline is asyncio.timeout below
             retries=0,
         )
         self._session_open = False
@@ -137,8 +143,8 @@ class OpaServerEngine:
         if self._check_pushed and self.push_policy:
             # an OPA restarted behind a kept-alive address (no refused connection was seen) has
             # forgotten what was pushed: look, and push again if our modules are gone
-            self._check_pushed = False
             on_server = set(await self._client.get_policies_list())
+            self._check_pushed = False
             if not {f"{POLICY_ID_PREFIX}/{m}" for m, _ in merge_by_package(self.bundle.modules)} <= on_server:
                 log.warning("the policy is gone from OPA at %s (restarted?); pushing it again", self.url)
                 self._pushed_revision = None
@@ -183,12 +189,15 @@ class OpaServerEngine:
 
     async def evaluate(self, input: dict[str, Any], *, decision_id: str | None = None) -> PolicyResult:
         try:
-            await self._ensure_ready()
             async with asyncio.timeout(self.timeout):
+                await self._ensure_ready()
                 response = await self._client.query_decision(input, decision_id, provenance=not self.push_policy)
         except PolicyError:
             raise
         except TimeoutError as exc:
+            if self._push_task is not None and not self._push_task.done():
+                raise PolicyError(f"the policy upload to OPA at {self.url} did not finish within {self.timeout}s "
+                                  "(it goes on for the next decision)") from exc
             raise PolicyError(f"OPA at {self.url} did not answer within {self.timeout}s") from exc
         except Exception as exc:  # noqa: BLE001 - unreachable or failing server: deny
             if isinstance(exc, OSError | aiohttp.ClientConnectionError):
