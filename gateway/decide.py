@@ -651,7 +651,7 @@ class Decider:
                 record.outcome, record.reasons = budget_verdict("allow", [], [lost])
                 return await self._commit_refusal(call, record, task, digest, nexts, clocked)
             return await self._deny_early(record, ReasonCode.CONCURRENT_STEP)
-        after = task.model_copy(update={"history": [*task.history, entry]})
+        after = task.model_copy(update={"state": advance.state})
         return Verdict(
             decision_id=record.id, outcome=outcome, reasons=reasons,
             explanation=explain(reasons, nexts), allowed_next=[] if complete else allowed_next(intent, after),
@@ -712,7 +712,11 @@ def policy_input(
             "issuer": task.issuer,
             "results": {step: {path: found[:POLICY_VALUES] for path, found in paths.items()}
                         for step, paths in task.results.items()},
-            "history": [{"step": h.step, "tool": h.tool, "decision": h.decision} for h in task.history],
+            # a bounded summary, never the whole history (its size must not grow with the task)
+            "last_step": task.state.last_step,
+            "steps_taken": task.state.calls,
+            "counts": task.state.counts,
+            "history": [r.model_dump() for r in task.state.recent],
         },
         "call": {
             "upstream": call.upstream,

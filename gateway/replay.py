@@ -172,11 +172,14 @@ class Replayer:
         if task is None:
             return "task not found"
         pinput = record.policy_input
-        taken = len((pinput.get("task") or {}).get("history") or [])
+        recorded_task = pinput.get("task") or {}
+        # steps the task had taken then: counted in the input since the history became a bounded
+        # summary; before that the input listed the whole history
+        taken = recorded_task.get("steps_taken", len(recorded_task.get("history") or []))
         status = "active"
         if any(r.startswith("task_ended") for r in record.reasons):
             status = task.status
-        then = task.model_copy(update={"history": task.history[:taken], "status": status, "ended_at": None})
+        then = task.with_history((task.history or [])[:taken]).model_copy(update={"status": status, "ended_at": None})
         intent = self.intents.get(task.intent)
         if intent is None:
             return "deny", ["unknown_intent"]

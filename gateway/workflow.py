@@ -18,15 +18,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .bindings import Binding, judge
 from .errors import ReasonCode, reason
 from .intents import Intent
 
 __all__ = [
+    "RECENT_STEPS",
     "HistoryEntry",
+    "RecentStep",
     "Task",
+    "TaskState",
     "TaskStatus",
     "WorkflowResult",
     "allowed_next",
@@ -50,8 +53,69 @@ class HistoryEntry(BaseModel):
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
+RECENT_STEPS = 20  # latest steps a task's state (and so the policy input) lists
+
+
+class RecentStep(BaseModel):
+    """One of a task's latest steps, as the policy input lists it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: str
+    tool: str
+    decision: Literal["allow", "would_deny"]
+
+
+class TaskState(BaseModel):
+    """What the workflow check needs from a task's past, kept compact: its size depends on the
+    intent's steps, never on how many calls the task has made.
+
+    The decision path reads and writes only this (one row, updated in place); the full history
+    is appended one row per step beside it (``task_steps``), for reviewers and replay.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calls: int = Field(default=0, description="steps taken so far")
+    counts: dict[str, int] = Field(default_factory=dict, description="calls per step")
+    last_at: dict[str, int] = Field(default_factory=dict, description="step -> number (1-based) of its latest call")
+    last_arguments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="step -> the arguments of its latest call (for bindings)")
+    recent: list[RecentStep] = Field(default_factory=list, description=f"the latest {RECENT_STEPS} steps, oldest first")
+
+    def after(self, entry: HistoryEntry) -> TaskState:
+        """The state once ``entry`` is taken."""
+        n = self.calls + 1
+        recent = [*self.recent[-(RECENT_STEPS - 1):], RecentStep(step=entry.step, tool=entry.tool,
+                                                                 decision=entry.decision)]
+        return TaskState(
+            calls=n,
+            counts={**self.counts, entry.step: self.counts.get(entry.step, 0) + 1},
+            last_at={**self.last_at, entry.step: n},
+            last_arguments={**self.last_arguments, entry.step: entry.arguments},
+            recent=recent,
+        )
+
+    @classmethod
+    def of(cls, history: list[HistoryEntry]) -> TaskState:
+        """The state a task has after ``history`` (a replay, a migration, a test)."""
+        state = cls()
+        for entry in history:
+            state = state.after(entry)
+        return state
+
+    @property
+    def last_step(self) -> str | None:
+        return max(self.last_at, key=self.last_at.__getitem__) if self.last_at else None
+
+
 class Task(BaseModel):
-    """A running instance of an intent, owned by one agent."""
+    """A running instance of an intent, owned by one agent.
+
+    ``state`` is what the workflow check reads; ``history`` is every step taken, loaded for
+    reviewers and replay and ``None`` on the decision path (where it is not read).  A task
+    built with a history and no state gets the state that history gives.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,32 +129,40 @@ class Task(BaseModel):
     created_at: float
     expires_at: float
     ended_at: float | None = None
-    history: list[HistoryEntry] = Field(default_factory=list)
+    history: list[HistoryEntry] | None = Field(default_factory=list)
+    state: TaskState = Field(default_factory=TaskState)
     version: int = 0
     issuer: str | None = Field(default=None, description="the task issuer that began it; None: the agent itself")
     results: dict[str, dict[str, list[Any]]] = Field(
         default_factory=dict, description="values kept from steps' results for bindings: step -> path -> values")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _state_from_history(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("history") and data.get("state") is None:
+            history = [h if isinstance(h, HistoryEntry) else HistoryEntry.model_validate(h) for h in data["history"]]
+            data = {**data, "history": history, "state": TaskState.of(history)}
+        return data
+
+    def with_history(self, history: list[HistoryEntry]) -> Task:
+        """This task as it was after ``history`` (a prefix of its own: the decision page, replay)."""
+        return self.model_copy(update={"history": history, "state": TaskState.of(history)})
+
     @property
     def last_step(self) -> str | None:
-        return self.history[-1].step if self.history else None
+        return self.state.last_step
 
     def last_ordered_step(self, free: set[str]) -> str | None:
         """The latest step taken that is not a free one (free steps do not move the workflow)."""
-        for entry in reversed(self.history):
-            if entry.step not in free:
-                return entry.step
-        return None
+        ordered = {s: n for s, n in self.state.last_at.items() if s not in free}
+        return max(ordered, key=ordered.__getitem__) if ordered else None
 
     def taken(self) -> dict[str, int]:
         """Calls per step so far."""
-        counts: dict[str, int] = {}
-        for entry in self.history:
-            counts[entry.step] = counts.get(entry.step, 0) + 1
-        return counts
+        return dict(self.state.counts)
 
     def calls_of(self, step: str) -> int:
-        return sum(1 for h in self.history if h.step == step)
+        return self.state.counts.get(step, 0)
 
     def is_expired(self, now: float) -> bool:
         return now >= self.expires_at
@@ -113,10 +185,9 @@ def candidates(binding: Binding, task: Task) -> list[Any]:
         return [task.params[binding.name]] if binding.name in task.params else []
     if binding.source == "result":
         return list(task.results.get(binding.name, {}).get(binding.path, []))
-    taken = [h for h in task.history if h.step == binding.name]
-    if not taken:
+    value: Any = task.state.last_arguments.get(binding.name)
+    if value is None:
         return []
-    value: Any = taken[-1].arguments
     for part in binding.keys:
         if not isinstance(value, dict) or part not in value:
             return []

@@ -210,3 +210,63 @@ async def test_a_gateway_with_migrate_off_refuses_to_start_on_an_empty_database(
     Store.open(config.database_url).close()  # what `intentgate db upgrade` does
     rt = await Runtime.open(config)  # now current: it starts
     await rt.aclose()
+
+
+async def test_task_histories_become_step_rows_and_running_tasks_go_on(db_url: str, tmp_path: Path) -> None:
+    """Revision 0005 turns each task's history column into ``task_steps`` rows and a compact
+    state: a task begun before the upgrade keeps its history for reviewers, and its next step
+    is judged on what it did before (the refund's order id is bound to the lookup's)."""
+    from alembic import command
+
+    from gateway.clock import FrozenClock
+    from gateway.config import load_config
+    from gateway.runtime import Runtime
+    from gateway.store.migrate import alembic_config
+    from tests.conftest import INTENTS_DIR, POLICY_DIR
+    from tests.test_decide import MONDAY_10, REFUND_PARAMS, call
+
+    eng = create_engine(db_url)
+    cfg = alembic_config()
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        try:
+            command.upgrade(cfg, "0004")
+        finally:
+            cfg.attributes.pop("connection", None)
+        history = [
+            {"step": "read_ticket", "tool": "tickets.get_ticket", "decision": "allow", "decision_id": "dec_a",
+             "at": MONDAY_10 + 1, "arguments": {"ticket_id": "TCK-1"}},
+            {"step": "lookup", "tool": "orders.get_order", "decision": "allow", "decision_id": "dec_b",
+             "at": MONDAY_10 + 2, "arguments": {"order_id": "ORD-7"}},
+        ]
+        tasks = Table("tasks", MetaData(), autoload_with=conn)  # the 0004 columns, history among them
+        for task_id, steps in (("tsk_old", history), ("tsk_fresh", [])):
+            conn.execute(insert(tasks).values(
+                id=task_id, intent="refund-order", intent_version="4", agent="spiffe://example.org/agent/support-1",
+                params=REFUND_PARAMS, reason="before the upgrade", status="active", created_at=MONDAY_10,
+                expires_at=MONDAY_10 + 3600, ended_at=None, history=steps, version=len(steps), issuer="orchestrator"))
+    eng.dispose()
+
+    config = load_config(None, data_dir=tmp_path / "var", intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR,
+                         store={"url": db_url})
+    rt = await Runtime.open(config, clock=FrozenClock(MONDAY_10 + 10))  # migrates to head
+    try:
+        assert _revision(db_url) == head_revision()
+        old = await rt.store.get_task("tsk_old")
+        assert [h.model_dump() for h in old.history] == history
+        assert old.state.calls == 2 and old.state.counts == {"read_ticket": 1, "lookup": 1}
+        assert old.last_step == "lookup" and old.state.last_arguments["lookup"] == {"order_id": "ORD-7"}
+        fresh = await rt.store.get_task("tsk_fresh")
+        assert fresh.history == [] and fresh.state.calls == 0 and fresh.last_step is None
+
+        refund = {"order_id": "ORD-8", "amount": 30, "currency": "EUR"}
+        v = await rt.decider.decide(call("tsk_old", "refund", "payments.refund", refund))
+        assert v.outcome == "deny" and "binding_mismatch:order_id" in v.reasons, v
+        v = await rt.decider.decide(call("tsk_old", "refund", "payments.refund", {**refund, "order_id": "ORD-7"}))
+        assert v.outcome == "allow", v
+        done = await rt.store.get_task("tsk_old")
+        assert [h.step for h in done.history] == ["read_ticket", "lookup", "refund"] and done.state.calls == 3
+        v = await rt.decider.decide(call("tsk_fresh", "lookup", "orders.get_order", {"order_id": "ORD-7"}))
+        assert v.outcome == "deny" and any(r.startswith("step_out_of_order") for r in v.reasons), v
+    finally:
+        await rt.aclose()

@@ -361,7 +361,7 @@ def _graph(intent: Intent, record: DecisionRecord, task: Task | None, seq_of: di
     my_seq = record.seq or 0
     path: list[PathEntry] = []
     before = []
-    for i, h in enumerate(task.history if task else [], start=1):
+    for i, h in enumerate((task.history or []) if task else [], start=1):
         if h.decision_id == record.id:
             relation: Literal["before", "this", "after"] = "this"
         elif seq_of.get(h.decision_id, my_seq + 1) < my_seq:
@@ -372,7 +372,7 @@ def _graph(intent: Intent, record: DecisionRecord, task: Task | None, seq_of: di
         path.append(PathEntry(position=i, step=h.step, tool=h.tool, decision_id=h.decision_id, decision=h.decision,
                               at=_dt(h.at), relation=relation))
     attempted = record.step if record.kind == "tools/call" else None
-    nexts = allowed_next(intent, task.model_copy(update={"history": before})) if task else list(intent.start)
+    nexts = allowed_next(intent, task.with_history(before)) if task else list(intent.start)
     return _intent_graph(intent, path, attempted, nexts, record.intent_version)
 
 

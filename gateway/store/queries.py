@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Text, and_, bindparam, cast, func, or_, selec
 
 from ..workflow import Task
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
+from .taskrows import histories_of, task_from_row
 from .tables import ApprovalRow, DecisionRow, OutcomeRow, TaskResultRow, TaskRow, TokenRow
 
 __all__ = [
@@ -197,7 +198,7 @@ def decision_detail(conn: Connection, decision_id: str) -> DecisionDetailRows | 
         rows.token = TokenRecord.model_validate(dict(found._mapping)) if found else None
     if d.task_id:
         found = conn.execute(select(tasks_t).where(tasks_t.c.id == d.task_id)).first()
-        rows.task = Task.model_validate(dict(found._mapping)) if found else None
+        rows.task = task_from_row(found, histories_of(conn, [d.task_id]).get(d.task_id, [])) if found else None
     rows.approvals = [
         ApprovalRecord.model_validate(dict(r._mapping))
         for r in conn.execute(

@@ -27,6 +27,7 @@ from .compiled import OnSqliteCursor as _OnSqliteCursor
 from .db import Database
 from .grants import GrantStore, use_grant
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
+from .taskrows import histories_of, insert_step, task_from_row, task_row_values
 from .tables import (
     ApprovalRow,
     DecisionRow,
@@ -62,7 +63,7 @@ _ADVANCE_TASK = (
         )
     )
     .values(
-        history=bindparam("new_history"),
+        state=bindparam("new_state"),
         version=bindparam("new_version"),
         status=bindparam("new_status"),
         ended_at=bindparam("new_ended_at"),
@@ -100,18 +101,20 @@ _task_results = _OnSqliteCursor(
     .limit(bindparam("cap"))
 )
 _open_tasks = _OnSqliteCursor(_OPEN_TASKS)
-_TASK_COLUMNS = [c.name for c in tasks_t.columns]
 
 
 class TaskAdvance:
-    """Move a task one step: append ``entry`` if the task is still at ``expected_version``."""
+    """Move a task one step: append ``entry`` if the task is still at ``expected_version``.
 
-    __slots__ = ("complete", "entry", "expected_version", "history", "task_id")
+    What is written costs the same at every step: the task's compact state, replaced on its
+    row, and one ``task_steps`` row for the step."""
+
+    __slots__ = ("complete", "entry", "expected_version", "state", "task_id")
 
     def __init__(self, task: Task, entry: HistoryEntry, *, complete: bool) -> None:
         self.task_id = task.id
         self.expected_version = task.version
-        self.history = [h.model_dump() for h in task.history] + [entry.model_dump()]
+        self.state = task.state.after(entry)
         self.entry = entry
         self.complete = complete
 
@@ -163,25 +166,6 @@ class ApprovalConflict(Exception):
         super().__init__(why)
         self.why = why
         self.approval = approval
-
-
-def _task_from_row(row: Any) -> Task:
-    m = row._mapping if hasattr(row, "_mapping") else dict(zip(_TASK_COLUMNS, row, strict=True))
-    return Task(
-        id=m["id"],
-        intent=m["intent"],
-        intent_version=m["intent_version"],
-        agent=m["agent"],
-        params=_json_col(m["params"]),
-        reason=m["reason"],
-        status=m["status"],
-        created_at=m["created_at"],
-        expires_at=m["expires_at"],
-        ended_at=m["ended_at"],
-        history=[HistoryEntry.model_validate(h) for h in _json_col(m["history"])],
-        version=m["version"],
-        issuer=m["issuer"],
-    )
 
 
 class KeptValues:
@@ -246,9 +230,12 @@ class Store:
 
     # ----- tasks ---------------------------------------------------------------------
     async def get_task(self, task_id: str) -> Task | None:
+        """A task with its whole history (reviewers, the CLI); the decision path reads the
+        compact state only (``get_task_and_usage``)."""
+
         def op(conn: Connection) -> Task | None:
             row = _get_task(conn, {"task_id": task_id}).fetchone()
-            return _task_from_row(row) if row else None
+            return task_from_row(row, histories_of(conn, [task_id]).get(task_id, [])) if row else None
 
         return await self.db.run(op, read_only=True)
 
@@ -264,7 +251,7 @@ class Store:
             row = _get_task(conn, {"task_id": task_id}).fetchone()
             if row is None:
                 return None, []
-            task = _task_from_row(row)
+            task = task_from_row(row)
             if with_results(task):
                 task = task.model_copy(update={"results": _results_of(conn, task.id)})
             return task, [budget_used(conn, b, sc, now=now, window_seconds=w) for b, sc, w in budgets(task)]
@@ -272,11 +259,13 @@ class Store:
         return await self.db.run(op, read_only=True)
 
     async def get_tasks(self, task_ids: list[str]) -> dict[str, Task]:
-        """Several tasks in one query (replay, reviewer pages); missing ids are left out."""
+        """Several tasks with their histories, in two queries (replay, reviewer pages); missing
+        ids are left out."""
 
         def op(conn: Connection) -> dict[str, Task]:
             rows = conn.execute(select(tasks_t).where(tasks_t.c.id.in_(task_ids))).all()
-            return {t.id: t for t in map(_task_from_row, rows)}
+            histories = histories_of(conn, [r.id for r in rows])
+            return {r.id: task_from_row(r, histories.get(r.id, [])) for r in rows}
 
         return await self.db.run(op, read_only=True) if task_ids else {}
 
@@ -297,7 +286,7 @@ class Store:
                 conn.execute(insert(task_grants_t).values(jti=grant.jti, issuer=grant.issuer, agent=grant.agent,
                                                           task_id=task.id, used_at=record.at,
                                                           expires_at=grant.expires_at))
-            _insert_task(conn, {**task.model_dump(exclude={"history"}), "history": []})
+            _insert_task(conn, task_row_values(task))
             return CommitResult(True, _append_decision(conn, record))
 
         try:
@@ -369,7 +358,7 @@ class Store:
             ).all()
             records, revoked = [], 0
             for row in rows:
-                task = _task_from_row(row)
+                task = task_from_row(row)
                 conn.execute(
                     update(tasks_t)
                     .where(and_(tasks_t.c.id == task.id, tasks_t.c.status == "active"))
@@ -424,7 +413,7 @@ class Store:
                     {
                         "task_id": advance.task_id,
                         "expected_version": advance.expected_version,
-                        "new_history": advance.history,
+                        "new_state": advance.state.model_dump(),
                         "new_version": advance.expected_version + 1,
                         "new_status": "completed" if advance.complete else "active",
                         "new_ended_at": record.at if advance.complete else None,
@@ -432,6 +421,7 @@ class Store:
                 )
                 if res.rowcount != 1:
                     raise _Lost("step")  # roll back the approval use above, if any
+                insert_step(conn, advance.task_id, advance.state.calls, advance.entry)
                 if advance.complete:
                     revoked = _revoke_task_tokens(conn, advance.task_id, record.at)
             if spends and (over := spend_budgets(conn, spends, now=record.at)):

@@ -24,6 +24,7 @@ __all__ = [
     "TaskGrantRow",
     "TaskResultRow",
     "TaskRow",
+    "TaskStepRow",
     "TokenRow",
     "metadata",
 ]
@@ -46,9 +47,26 @@ class TaskRow(SQLModel, table=True):
     created_at: float
     expires_at: float = Field(index=True)
     ended_at: float | None = None
-    history: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    state: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False),
+                                  description="workflow.TaskState: what the decision path reads and writes")
     version: int = 0
     issuer: str | None = Field(default=None, max_length=512, description="who began it; null: the agent itself")
+
+
+class TaskStepRow(SQLModel, table=True):
+    """One step a task took (its ``n``-th, 1-based).  Appended with the decision that allowed
+    it, never updated; read by reviewers and replay, not by the decision path."""
+
+    __tablename__ = "task_steps"
+
+    task_id: str = Field(primary_key=True, max_length=64)
+    n: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    step: str = Field(max_length=64)
+    tool: str = Field(max_length=256)
+    decision: str = Field(max_length=16)
+    decision_id: str = Field(max_length=40)
+    at: float
+    arguments: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
 class DecisionRow(SQLModel, table=True):
