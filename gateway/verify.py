@@ -178,8 +178,26 @@ class ActionTokenVerifier:
             raise _invalid(f"{type(exc).__name__}: {exc}") from exc
         if decoded["header"] != header:  # the same bytes, so never; but only the signed one counts
             raise _invalid("header differs from the signed header")
+        return self._check_claims(decoded["payload"], tool=tool, arguments=arguments)
+
+    def check_minted(self, claims: dict[str, Any], *, tool: str, arguments: dict[str, Any],
+                     audience: str) -> ActionClaims:
+        """Check a token this process has just minted (its ``MintedToken.claims``) for exactly
+        this call, without verifying its signature again: the same claim checks as ``verify``
+        (audience, lifetime, tool, and the digest of the arguments about to be sent), so that
+        what goes upstream is what the token binds.  Raises ``TokenError`` otherwise."""
         try:
-            claims = ActionClaims.model_validate(decoded["payload"])
+            if claims.get("aud") != audience:
+                raise TokenError(f"token is not for {audience!r}", code=ReasonCode.TOKEN_AUDIENCE)
+            return self._check_claims(claims, tool=tool, arguments=arguments)
+        except TokenError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fail closed on anything not foreseen
+            raise _invalid(f"unexpected {type(exc).__name__} while checking") from exc
+
+    def _check_claims(self, payload: Any, *, tool: str, arguments: dict[str, Any]) -> ActionClaims:
+        try:
+            claims = ActionClaims.model_validate(payload)
         except ValidationError as exc:
             fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors(include_input=False)})
             raise _invalid(f"claims do not have the action-token shape: {', '.join(fields)}") from exc

@@ -479,3 +479,30 @@ def test_mutated_header_and_claims_are_always_token_errors(issuer, verifier, key
     # signed by the real key, some changes are harmless (an extra claim, another task name) and
     # pass; what matters is that nothing else ever escapes
     assert only_token_errors(verifier, resigned_samples) < len(resigned_samples)
+
+
+# ----- the gateway's own check before it forwards (no second signature check) ---------------
+
+
+def test_check_minted_gives_what_verify_gives_and_refuses_what_it_refuses(issuer, verifier, clock) -> None:
+    """``check_minted`` reads the claims the gateway has just signed instead of verifying the
+    signature again, and applies every other check ``verify`` applies to the call about to go
+    upstream: audience, tool, the arguments' digest, the lifetime."""
+    minted = mint(issuer)
+    call = {"tool": TOOL, "arguments": ARGS, "audience": "payments"}
+    assert verifier.check_minted(minted.claims, **call) == verifier.verify(minted.token, **call)
+
+    def refused(claims: dict[str, Any], **kw: Any) -> ReasonCode:
+        with pytest.raises(TokenError) as exc:
+            verifier.check_minted(claims, **{**call, **kw})
+        return exc.value.code
+
+    assert refused(minted.claims, arguments={**ARGS, "amount": 3000}) is ReasonCode.TOKEN_ARGUMENTS
+    assert refused(minted.claims, arguments={"amount": float("nan")}) is ReasonCode.TOKEN_ARGUMENTS
+    assert refused(minted.claims, tool="payments.payout") is ReasonCode.TOKEN_TOOL
+    assert refused(minted.claims, audience="orders") is ReasonCode.TOKEN_AUDIENCE
+    assert refused({**minted.claims, "authorization_details": []}) is ReasonCode.INVALID_TOKEN
+    assert refused({k: v for k, v in minted.claims.items() if k != "jti"}) is ReasonCode.INVALID_TOKEN
+    assert refused("not claims") is ReasonCode.INVALID_TOKEN  # type: ignore[arg-type]
+    clock.advance(31 + LEEWAY)
+    assert refused(minted.claims) is ReasonCode.TOKEN_EXPIRED
