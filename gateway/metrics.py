@@ -5,23 +5,41 @@ one place every decision passes through); the front reports upstream errors.  Ea
 has its own registry, so several gateways in one process (tests) do not share counters.
 Label values are bounded: reason codes without their detail, intent names from the
 registry (``none`` for decisions of no intent), outcomes from a closed set, upstream names
-from the configuration.  ``intentgate_build_info`` says which version answers.  Token
-redemptions turned away at the door (``gateway.redeem``) are counted here and nowhere else:
-they are not decisions, so that a flood of them cannot grow the decision log.
+from the configuration, agent ids only on the sessions gauge and only for the
+:data:`SESSION_AGENTS` agents holding the most (the rest are ``other``); no label is ever
+empty.  ``intentgate_build_info`` says which version answers.  Token redemptions turned away
+at the door (``gateway.redeem``) are counted here and nowhere else: they are not decisions, so
+that a flood of them cannot grow the decision log.
+
+What awaits reviewers (pending approvals, active and unsigned grants) is read from the store
+at each scrape (:meth:`Metrics.scrape`), not counted in the process: it is right after a
+restart, and every replica sharing a database reports the same.  Open MCP sessions are this
+process's own.
 """
 
 from __future__ import annotations
 
+import logging
 import platform
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
-from .errors import ReasonCode
-from .store import DecisionRecord
+from .errors import GatewayError, ReasonCode
+from .store import DecisionRecord, Store
+from .store.queries import ReviewBacklog, review_backlog
 
-__all__ = ["CONTENT_TYPE_LATEST", "REDEEM_DOOR_CODES", "Metrics"]
+if TYPE_CHECKING:
+    from .sessions import SessionGuard
+
+__all__ = ["CONTENT_TYPE_LATEST", "REDEEM_DOOR_CODES", "SESSION_AGENTS", "Metrics"]
+
+log = logging.getLogger("intentgate.metrics")
 
 _CODES = {c.value for c in ReasonCode}
 # why a redemption is turned away at the door (gateway.redeem): the bounded `reason` label
@@ -30,6 +48,44 @@ NO_INTENT = "none"  # the intent label of decisions that belong to no intent (re
 disable_created_metrics()  # no *_created series: a scraper sees the counters, not their birth times
 # decision latency buckets, in seconds: 100 µs .. 1 s
 _BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SESSION_AGENTS = 10  # agents named on intentgate_sessions; the others are summed as "other"
+
+
+class _Now(Collector):
+    """Gauges of the moment: set for one rendering by :meth:`Metrics.render`, absent otherwise
+    (no value rather than a stale one)."""
+
+    def __init__(self) -> None:
+        self.backlog: ReviewBacklog | None = None
+        self.sessions: Mapping[str, int] | None = None
+
+    @staticmethod
+    def _backlog(backlog: ReviewBacklog | None) -> Iterator[Metric]:
+        for name, doc, field in (
+            ("intentgate_approvals_pending", "Held calls awaiting a reviewer (pending, not expired)",
+             "pending_approvals"),
+            ("intentgate_grants_active", "Break-glass grants neither expired nor revoked", "active_grants"),
+            ("intentgate_grants_unsigned", "Grants not yet signed off by a reviewer", "unsigned_grants"),
+        ):
+            yield GaugeMetricFamily(name, doc, value=getattr(backlog, field) if backlog else None)
+
+    @staticmethod
+    def _sessions(sessions: Mapping[str, int]) -> Metric:
+        family = GaugeMetricFamily("intentgate_sessions", "Open MCP sessions of this process, by agent (the "
+                                   f"{SESSION_AGENTS} holding the most; the rest as other)", labels=["agent"])
+        for agent, count in sorted(sessions.items()):
+            family.add_metric([agent or "unknown"], count)
+        return family
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._backlog(None)
+        yield self._sessions({})
+
+    def collect(self) -> Iterator[Metric]:
+        if self.backlog is not None:
+            yield from self._backlog(self.backlog)
+        if self.sessions is not None:
+            yield self._sessions(self.sessions)
 
 
 class Metrics:
@@ -66,6 +122,8 @@ class Metrics:
             self.tokens.labels(event)  # present (at 0) from the start
         for code in REDEEM_DOOR_CODES:
             self.redeem_turned_away.labels(code.value)
+        self._now = _Now()
+        r.register(self._now)
 
     # ----- store events ---------------------------------------------------------------
     def decision(self, record: DecisionRecord) -> None:
@@ -101,5 +159,19 @@ class Metrics:
     def upstream_call(self, upstream: str, status: str, seconds: float) -> None:
         self.upstream_calls.labels(upstream, status).observe(seconds)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    async def scrape(self, store: Store, now: float, sessions: SessionGuard | None = None) -> bytes:
+        """The exposition with what awaits reviewers read from ``store`` at ``now`` (left out,
+        and logged, when the store cannot answer) and the open sessions of ``sessions``."""
+        backlog: ReviewBacklog | None = None
+        try:
+            backlog = await store.db.run(lambda conn: review_backlog(conn, now), read_only=True)
+        except GatewayError as exc:
+            log.warning("metrics: the review backlog could not be read: %s", exc.message)
+        return self.render(backlog, sessions.by_agent(SESSION_AGENTS) if sessions is not None else None)
+
+    def render(self, backlog: ReviewBacklog | None = None, sessions: Mapping[str, int] | None = None) -> bytes:
+        self._now.backlog, self._now.sessions = backlog, sessions
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._now.backlog = self._now.sessions = None

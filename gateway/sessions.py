@@ -13,7 +13,7 @@ Everything here lives in one gateway process, like the sessions themselves.
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -26,7 +26,9 @@ from .errors import ReasonCode
 from .identity import AgentIdentity
 from .ratelimit import RateLimiter
 
-__all__ = ["SessionEvents", "SessionGuard", "SessionManager", "authenticated_user"]
+__all__ = ["OTHER_AGENTS", "SessionEvents", "SessionGuard", "SessionManager", "authenticated_user"]
+
+OTHER_AGENTS = "other"  # the agents beyond the top ones, in :meth:`SessionGuard.by_agent`
 
 
 def authenticated_user(agent: AgentIdentity) -> AuthenticatedUser:
@@ -72,6 +74,16 @@ class SessionGuard:
         if not self._starts.allow(agent):
             return ReasonCode.SESSION_LIMIT, "sessions opened too fast"
         return None
+
+    def by_agent(self, top: int) -> dict[str, int]:
+        """Open sessions of the ``top`` agents holding the most, the rest summed as ``other``
+        (so that a metric labelled by agent has at most ``top + 1`` series)."""
+        self._prune()
+        counts = Counter(self._owners.values()).most_common()
+        out = dict(counts[:top])
+        if rest := sum(n for _, n in counts[top:]):
+            out[OTHER_AGENTS] = out.get(OTHER_AGENTS, 0) + rest
+        return out
 
     def opened(self, session_id: str, agent: str) -> None:
         self._owners[session_id] = agent

@@ -5,6 +5,8 @@ and left by the same task); calls from request handlers go through that session.
 stdio server is restarted on next use; every request has a timeout; failures become
 :class:`UpstreamError` with a short, secret-free message.
 
+A stdio server's stderr is read line by line into the gateway's log (``upstream_stderr``).
+
 HTTP upstreams get the configured headers on every request, and each forwarded tool call's
 action token also as ``Authorization: Bearer`` (read from the request's own
 ``_meta["intentgate/token"]``, so concurrent calls cannot get each other's token), unless the
@@ -43,6 +45,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 
 from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
+from .upstream_stderr import stdio_transport
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamPool"]
 
@@ -112,12 +115,12 @@ class Upstream:
     def _target(self, http: httpx2.AsyncClient | None) -> Any:
         c = self.config
         if c.command is not None:
-            return StdioServerParameters(
+            return stdio_transport(StdioServerParameters(
                 command=c.command if c.command != "python" else sys.executable,
                 args=list(c.args),
                 env=dict(c.env) or None,
                 cwd=str(c.cwd) if c.cwd else None,
-            )
+            ), self.name)  # its stderr becomes records of the gateway's log
         assert c.url is not None and http is not None
         return streamable_http_client(c.url, http_client=http)
 

@@ -354,8 +354,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics of this gateway process (no agent ids or arguments in labels)."""
-        return Response(request.app.state.runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics of this gateway process, and what awaits reviewers in its database (no
+        arguments in labels; agent ids only on the sessions gauge, at most ``SESSION_AGENTS`` of them)."""
+        rt: Runtime = request.app.state.runtime
+        body = await rt.metrics.scrape(rt.store, rt.clock.now(), getattr(request.app.state, "sessions", None))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/jwks.json")
     async def jwks(request: Request) -> dict[str, Any]:

@@ -1,12 +1,34 @@
-"""Prometheus metrics: what the store committed, counted exactly (real pipeline, real store)."""
+"""Prometheus metrics: what the store committed, counted exactly (real pipeline, real store), and
+what awaits reviewers, read from the store by every replica at each scrape (real app)."""
 
 from __future__ import annotations
 
+import asyncio
+import platform
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.clock import Clock, FrozenClock, SystemClock
+from gateway.config import GatewayConfig, load_config
+from gateway.identity import DevIssuer
+from gateway.keys import KeySet
+from gateway.metrics import SESSION_AGENTS, Metrics
+from gateway.review import AdminTokenIssuer
 from gateway.runtime import Runtime
-from tests.test_approvals import BIG, clock, policy_dir, rt  # noqa: F401 - shared fixtures
+from gateway.sessions import SessionGuard
+from gateway.store.queries import ReviewBacklog
+from gateway.web import create_app
+from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
+from tests.test_approvals import BIG, clock, held_refund, policy_dir, rt  # noqa: F401 - shared fixtures
 from tests.test_decide import SUPPORT, begin_refund, call
+
+HELLO = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+ACCEPT = "application/json, text/event-stream"
 
 
 def samples(rt: Runtime) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -46,3 +68,104 @@ async def test_decisions_tokens_and_latency_are_counted(rt: Runtime) -> None:
     assert value(found, "intentgate_decision_seconds_count", outcome="allow") == 2
     assert value(found, "intentgate_decision_seconds_count", outcome="deny") == 1
     assert value(found, "intentgate_decision_seconds_bucket", outcome="allow", le="+Inf") == 2
+
+
+# ----- what awaits reviewers, read from the store at each scrape ------------------------------
+def scraped(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    out = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            assert not s.name.endswith("_created") and all(v != "" for v in s.labels.values()), s
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def backlog(found: dict) -> tuple[float | None, ...]:
+    return tuple(found.get((name, ())) for name in
+                 ("intentgate_approvals_pending", "intentgate_grants_active", "intentgate_grants_unsigned"))
+
+
+async def _held_calls(config: GatewayConfig, clock: Clock, count: int) -> list[str]:
+    """``count`` held refunds decided by a gateway process that is then gone."""
+    runtime = await Runtime.open(config, clock=clock)
+    try:
+        return [(await held_refund(runtime))[1] for _ in range(count)]
+    finally:
+        await runtime.aclose()
+
+
+def test_backlog_gauges_come_from_the_store_on_every_replica(tmp_path: Path, db_url: str) -> None:
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
+    config = config.model_copy(update={"store": config.store.model_copy(update={"url": db_url})})
+    two_hours_ago = FrozenClock(time.time() - 7200)
+    asyncio.run(_held_calls(config, two_hours_ago, 1))  # held, pending, but expired an hour ago
+    first, _ = asyncio.run(_held_calls(config, SystemClock(), 2))
+    admin = {"Authorization": "Bearer " + AdminTokenIssuer(KeySet.open_or_create(config.admin_keys_dir)).mint(
+        "alice", 600)}
+    grant = {"agent": SUPPORT.id, "reason": "incident INC-7", "duration_seconds": 900}
+
+    # two replicas started after the calls were held, on the same database
+    local = "http://127.0.0.1:8080"  # a host the MCP endpoint accepts
+    with TestClient(create_app(config), base_url=local) as a, TestClient(create_app(config), base_url=local) as b:
+        for replica in (a, b):
+            found = scraped(replica)
+            assert backlog(found) == (2, 0, 0)
+            assert value(found, "intentgate_decisions_total", kind="tools/call", outcome="hold",
+                         intent="refund-order") == 0  # counters are this process's own
+        assert a.post(f"/v1/approvals/{first}/approve", headers=admin).status_code == 200
+        assert backlog(scraped(b)) == (1, 0, 0)
+        by_tool = a.post("/v1/grants", json={**grant, "tool": "payments.refund"}, headers=admin).json()
+        by_intent = a.post("/v1/grants", json={**grant, "intent": "refund-order"}, headers=admin).json()
+        assert backlog(scraped(b)) == (1, 2, 2)
+        assert a.post(f"/v1/grants/{by_tool['id']}/sign-off", headers=admin).status_code == 200
+        assert backlog(scraped(b)) == (1, 2, 1)
+        assert a.post(f"/v1/grants/{by_intent['id']}/revoke", headers=admin).status_code == 200
+        assert backlog(scraped(a)) == backlog(scraped(b)) == (1, 1, 1)  # revoked: still to be signed off
+
+        # an MCP session, and a decision of no intent: labelled by agent, and "none"
+        token = DevIssuer(KeySet.open_or_create(config.agent_issuer_keys_dir)).mint(SUPPORT.id)
+        opened = a.post("/mcp", json=HELLO, headers={"Authorization": f"Bearer {token}", "Accept": ACCEPT})
+        assert opened.status_code == 200 and opened.headers["mcp-session-id"]
+        found = scraped(a)
+        assert value(found, "intentgate_sessions", agent=SUPPORT.id) == 1
+        assert not [k for k in scraped(b) if k[0] == "intentgate_sessions"]  # sessions are per process
+        r = a.post("/v1/decide", headers={"Authorization": f"Bearer {token}"}, json={
+            "task": "tsk_nope", "step": "lookup", "upstream": "orders", "tool": "get_order", "arguments": {}})
+        assert r.json()["reasons"] == ["unknown_task"]
+        assert value(scraped(a), "intentgate_decisions_total", kind="tools/call", outcome="deny", intent="none") == 1
+
+
+def test_backlog_gauges_are_left_out_when_the_store_cannot_answer(tmp_path: Path) -> None:
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
+    with TestClient(create_app(config)) as client:
+        assert backlog(scraped(client)) == (0, 0, 0)
+        client.app.state.runtime.store.db.close()  # type: ignore[attr-defined]
+        found = scraped(client)
+        assert backlog(found) == (None, None, None)
+        assert value(found, "intentgate_build_info", version=version("intentgate"), python=platform.python_version())
+
+
+def test_sessions_by_agent_name_at_most_the_top_agents() -> None:
+    guard = SessionGuard(max_per_agent=100, starts_per_minute=1000, clock=SystemClock())
+    for i in range(SESSION_AGENTS + 5):
+        for n in range(i + 1):  # agent i holds i + 1 sessions
+            guard.opened(f"sid-{i}-{n}", f"spiffe://example.org/agent/a{i}")
+    counts = guard.by_agent(SESSION_AGENTS)
+    assert len(counts) == SESSION_AGENTS + 1
+    assert counts["other"] == sum(range(1, 6)) and counts[f"spiffe://example.org/agent/a{SESSION_AGENTS + 4}"] == 15
+    assert sum(counts.values()) == sum(range(1, SESSION_AGENTS + 6))
+    rendered = [s for f in text_string_to_metric_families(Metrics().render(sessions=counts).decode())
+                for s in f.samples if s.name == "intentgate_sessions"]
+    assert {s.labels["agent"]: s.value for s in rendered} == counts
+
+
+def test_every_series_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    documented = readme[readme.index("`GET /metrics`"):readme.index("### Reviewer web UI")]
+    exposed = Metrics().render(ReviewBacklog(0, 0, 0), {SUPPORT.id: 1}).decode()
+    names = {s.name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+             for f in text_string_to_metric_families(exposed) for s in f.samples}
+    assert "intentgate_sessions" in names and "intentgate_grants_unsigned" in names
+    assert not [n for n in sorted(names) if f"`{n}" not in documented]

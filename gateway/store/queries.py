@@ -20,17 +20,19 @@ from sqlalchemy import Connection, Text, and_, bindparam, cast, func, or_, selec
 from ..workflow import Task
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
 from .taskrows import histories_of, task_from_row
-from .tables import ApprovalRow, DecisionRow, OutcomeRow, TaskResultRow, TaskRow, TokenRow
+from .tables import ApprovalRow, DecisionRow, GrantRow, OutcomeRow, TaskResultRow, TaskRow, TokenRow
 
 __all__ = [
     "DecisionDetailRows",
     "DecisionFilter",
     "OutcomeRecord",
+    "ReviewBacklog",
     "count_from",
     "decision_detail",
     "decisions_from",
     "has_reason",
     "last_seq",
+    "review_backlog",
     "search_decisions",
 ]
 
@@ -56,11 +58,12 @@ class DecisionFilter:
     tool: str | None = None
     kind: str | None = None
     reason: str | None = None  # a reason code (matches `code` and `code:detail`) or one full reason
-    q: str | None = None  # case-insensitive substring of id, agent, tool, intent, task id or reasons
+    q: str | None = None  # case-insensitive substring of id, agent, tool, intent, task id, reasons or arguments
     since: float | None = None  # at >= since
     until: float | None = None  # at < until
     before_seq: int | None = None
     limit: int = 50
+    full: bool = False  # whole records (arguments, policy input and result, hashes), not list rows
 
 
 class OutcomeRecord(BaseModel):
@@ -153,7 +156,7 @@ def _conditions(conn: Connection, f: DecisionFilter) -> list[Any]:
     if f.reason:
         conds.append(_reason_condition(f.reason))
     if f.q:
-        columns = (d.id, d.agent, d.tool, d.intent, d.task_id, cast(d.reasons, Text))
+        columns = (d.id, d.agent, d.tool, d.intent, d.task_id, cast(d.reasons, Text), cast(d.arguments, Text))
         conds.append(or_(*(c.icontains(f.q, autoescape=True) for c in columns)))
     return conds
 
@@ -165,7 +168,7 @@ def search_decisions(conn: Connection, f: DecisionFilter) -> list[DecisionRecord
     found: list[DecisionRecord] = []
     before = f.before_seq
     while True:
-        q = select(*_LIST_COLUMNS).where(*conds)
+        q = select(*(decisions_t.columns if f.full else _LIST_COLUMNS)).where(*conds)
         if before is not None:
             q = q.where(decisions_t.c.seq < before)
         rows = conn.execute(q.order_by(decisions_t.c.seq.desc()).limit(want)).all()
@@ -235,3 +238,28 @@ def count_from(conn: Connection, *, after_seq: int, upto_seq: int, since: float 
     if since is not None:
         conds.append(decisions_t.c.at >= since)
     return conn.execute(select(func.count()).select_from(decisions_t).where(and_(*conds))).scalar_one()
+
+
+@dataclass(frozen=True)
+class ReviewBacklog:
+    """What awaits reviewers now (the state gauges of ``/metrics``)."""
+
+    pending_approvals: int  # pending and not expired: what a reviewer can still approve
+    active_grants: int  # neither expired nor revoked
+    unsigned_grants: int  # not signed off yet (the "needs review" list), whatever their state
+
+
+def review_backlog(conn: Connection, now: float) -> ReviewBacklog:
+    """:class:`ReviewBacklog` at ``now``, in one statement."""
+    grants_t = GrantRow.__table__
+    a, g = approvals_t.c, grants_t.c
+
+    def count(table: Any, *where: Any) -> Any:
+        return select(func.count()).select_from(table).where(*where).scalar_subquery()
+
+    row = conn.execute(select(
+        count(approvals_t, a.status == "pending", a.expires_at > now),
+        count(grants_t, g.expires_at > now, g.revoked_at.is_(None)),
+        count(grants_t, g.signed_off_at.is_(None)),
+    )).one()
+    return ReviewBacklog(*row)
