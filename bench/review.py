@@ -8,8 +8,11 @@
    new id and its own record hash (``entry_hash``, encoding v2), as the gateway writes them;
    ``intentgate audit seal`` would seal them into the tree.
 3. Timed through the reviewer service (the code behind ``GET /v1/decisions`` and
-   ``GET /v1/decisions/{id}``): the denials query with two filters (several pairs), and one
-   decision page; p50/p95 over ``--samples`` queries each.  Target: p95 ≤ 100 ms.
+   ``GET /v1/decisions/{id}``): the denials query with two filters (several pairs), a text
+   search that matches inside call arguments, and one decision page; p50/p95 over
+   ``--samples`` queries each.  Target: p95 ≤ 100 ms.  Then the reviewer overview
+   (``/ui/overview``: counts per bucket, top lists) for the last 1h, 24h, 7d and 30d, ending at
+   random points of the history (30d: the whole of it), over ``--samples`` / 10 runs each.
 4. Replay of ``--replay`` decisions (default 100,000) against the same policy: decisions/s,
    next to the decide benchmark's rate as a baseline.
 
@@ -48,6 +51,7 @@ from gateway.intents import load_intents  # noqa: E402
 from gateway.policy import make_engine  # noqa: E402
 from gateway.replay import Replayer  # noqa: E402
 from gateway.review import DecisionQuery, ReviewService  # noqa: E402
+from gateway.review.overview import RANGES, OverviewQuery  # noqa: E402
 from gateway.runtime import Runtime  # noqa: E402
 from gateway.store import Store  # noqa: E402
 from gateway.store.records import HASH_VERSION, entry_hash  # noqa: E402
@@ -94,6 +98,11 @@ async def stories(data_dir: Path) -> tuple[list[dict[str, Any]], list[list[dict[
     db = sqlite3.connect(data_dir / "intentgate.db")
     db.row_factory = sqlite3.Row
     tasks = [dict(r) for r in db.execute("SELECT * FROM tasks ORDER BY created_at")]
+    steps: dict[str, list[dict[str, Any]]] = {}
+    for r in db.execute("SELECT * FROM task_steps ORDER BY task_id, n"):
+        steps.setdefault(r["task_id"], []).append(dict(r))
+    for t in tasks:
+        t["_steps"] = steps.get(t["id"], [])
     rows = [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY seq")]
     db.close()
     by_task: dict[str | None, list[dict[str, Any]]] = {}
@@ -116,6 +125,9 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
     task_columns = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
     insert = f"INSERT INTO decisions ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
     insert_task = f"INSERT INTO tasks ({','.join(task_columns)}) VALUES ({','.join('?' * len(task_columns))})"
+    step_columns = [r[1] for r in db.execute("PRAGMA table_info(task_steps)")]
+    insert_step = f"INSERT INTO task_steps ({','.join(step_columns)}) VALUES ({','.join('?' * len(step_columns))})"
+    step_batch: list[tuple[Any, ...]] = []
     rng = random.Random(7)
     seq = 0
     start = MONDAY_10 - DAYS * 86400
@@ -137,10 +149,9 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
                 t["id"], t["agent"] = new_task, agent
                 t["created_at"] = start + seq * step_s
                 t["expires_at"] = t["created_at"] + 900 + len(group) * step_s  # alive for all its decisions
-                history = json.loads(t["history"])
-                for h in history:
-                    h["decision_id"] = ids.get(h["decision_id"], h["decision_id"])
-                t["history"] = json.dumps(history)
+                for h in t.pop("_steps"):  # the task's history, one row per step
+                    h = {**h, "task_id": new_task, "decision_id": ids.get(h["decision_id"], h["decision_id"])}
+                    step_batch.append(tuple(h[c] for c in step_columns))
                 task_batch.append(tuple(t[c] for c in task_columns))
             for row in group:
                 if seq >= rows:
@@ -169,11 +180,13 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
             if len(batch) >= 20_000:
                 db.executemany(insert, batch)
                 db.executemany(insert_task, task_batch)
+                db.executemany(insert_step, step_batch)
                 db.commit()
                 progress.advance(bar, len(batch))
-                batch, task_batch = [], []
+                batch, task_batch, step_batch = [], [], []
         db.executemany(insert, batch)
         db.executemany(insert_task, task_batch)
+        db.executemany(insert_step, step_batch)
         db.commit()
         progress.advance(bar, len(batch))
     db.execute("ANALYZE")
@@ -209,6 +222,7 @@ async def measure(path: Path, samples: int, replay_n: int) -> None:
             outcome="deny", until=when(MONDAY_10 - rng.uniform(1, DAYS - 1) * day)),
         "hold + agent": lambda: DecisionQuery(outcome="hold", agent=f"spiffe://example.org/agent/support-"
                                                                      f"{rng.randrange(1000)}"),
+        "deny + q in arguments": lambda: DecisionQuery(outcome="deny", q="ORD-9"),
     }
     table = Table(title=f"reviewer queries on {newest:,} decisions (SQLite), {samples} samples each")
     for col in ("query (50 per page)", "p50 ms", "p95 ms", "target p95", "rows"):
@@ -235,6 +249,7 @@ async def measure(path: Path, samples: int, replay_n: int) -> None:
         p50, p95 = pct(times)
         table.add_row("one decision page (detail)", f"{p50:.1f}", f"{p95:.1f}", "≤ 100", "1")
         console.print(table)
+        await overview_figures(service, newest, max(samples // 10, 3), rng)
 
         engine = make_engine("embedded", policy_dir=config.policy_dir, intents_doc=registry.data_document())
         replayer = Replayer(service.store, registry, engine)
@@ -256,6 +271,25 @@ async def measure(path: Path, samples: int, replay_n: int) -> None:
             f"skipped {report.skipped})", highlight=False)
     finally:
         service.close()
+
+
+async def overview_figures(service: ReviewService, newest: int, runs: int, rng: random.Random) -> None:
+    """The overview page's store work for each relative range, ending at random points."""
+    table = Table(title=f"reviewer overview on {newest:,} decisions (SQLite), {runs} runs each")
+    for col in ("range", "buckets", "decisions in range", "p50 ms", "p95 ms"):
+        table.add_column(col, justify="left" if col == "range" else "right")
+    for name, seconds in RANGES.items():
+        times, counted, buckets = [], 0, 0
+        for _ in range(runs):
+            end = MONDAY_10 if seconds >= DAYS * 86400 else MONDAY_10 - rng.uniform(0, DAYS * 86400 - seconds)
+            service.clock = FrozenClock(end)
+            t0 = time.perf_counter()
+            ov = await service.overview(OverviewQuery(range=name))
+            times.append((time.perf_counter() - t0) * 1000)
+            counted, buckets = sum(ov.totals.values()), len(ov.buckets)
+        p50, p95 = pct(times)
+        table.add_row(f"last {name}", str(buckets), f"{counted:,}", f"{p50:.1f}", f"{p95:.1f}")
+    console.print(table)
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from tests.test_review_actions import HELD, as_agent
 from tests.test_review_api import SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
 from tests.tasks import ISSUER
 
-PAGES = ["/ui/decisions", "/ui/decisions/dec_x", "/ui/approvals", "/ui/grants", "/ui/replay"]
+PAGES = ["/ui/decisions", "/ui/decisions/dec_x", "/ui/approvals", "/ui/grants", "/ui/replay", "/ui/overview",
+         "/ui/decisions.ndjson"]
 ACTIONS = ["/ui/approvals/apr_x/approve", "/ui/approvals/apr_x/reject", "/ui/grants", "/ui/grants/grt_x/sign-off",
            "/ui/grants/grt_x/revoke", "/ui/replay", "/ui/logout"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,28 @@ async def test_reviewer_approves_a_held_refund_in_the_browser(gateway, chromium:
                 await page.click("button:has-text('Sign in')")
                 await expect(page).to_have_url(f"{base}/ui/decisions")
                 await expect(page.locator("header .who")).to_contain_text("carol")
+
+                # the overview: the last 24h of the agent's calls, the held refund waiting for a reviewer
+                await page.click("nav >> text=Overview")
+                await expect(page).to_have_url(f"{base}/ui/overview")
+                await expect(page.locator(".total-card.hold .n")).to_have_text("1")
+                await expect(page.locator(".total-card.deny .n")).to_have_text("0")
+                await expect(page.locator("svg.timeline g.series.hold rect")).to_have_count(1)
+                await expect(page.locator("svg.timeline g.series.deny rect")).to_have_count(0)
+                await expect(page.locator("#top-tools tr[data-name='payments.refund'] td.total")).to_have_text("1")
+                await expect(page.locator("#waiting-approvals")).to_contain_text(held_decision)
+                await page.select_option("select[name=range]", "1h")
+                await page.click("button:has-text('Show')")
+                await expect(page).to_have_url(f"{base}/ui/overview?range=1h&since=&until=&refresh=0")
+                await expect(page.locator(".total-card.hold .n")).to_have_text("1")
+                await page.goto(f"{base}/ui/overview?since=yesterday")  # not a date: said in words
+                await expect(page.locator("[role=alert]")).to_contain_text("“yesterday” is not a date and time")
+                await page.click("nav >> text=Overview")
+                await page.click("svg.timeline g.series.hold a")  # the bar: that bucket's held calls
+                await expect(page).to_have_url(re.compile(r"/ui/decisions\?outcome=hold&since=[^&]+&until="))
+                await expect(page.locator("table.decisions tbody tr")).to_have_count(1)
+                await expect(page.locator("table.decisions tbody tr").first).to_contain_text(held_decision)
+                await page.click("nav >> text=Inbox")
 
                 # filter the inbox to the held refund and open it
                 await page.select_option("select[name=outcome]", "hold")

@@ -134,7 +134,8 @@ class DecisionQuery(_Public):
     )
     q: str | None = Field(
         default=None, min_length=1, max_length=200,
-        description="text search in id, agent, tool, intent, task id and reasons (case-insensitive)",
+        description="text search in id, agent, tool, intent, task id, reasons and call arguments "
+                    "(case-insensitive)",
     )
     since: datetime | None = Field(default=None, description="decided at or after (RFC 3339; UTC if no offset)")
     until: datetime | None = Field(default=None, description="decided before")

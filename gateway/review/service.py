@@ -9,6 +9,7 @@ the event loop nor queues in front of the decision path's writes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import datetime
 
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..keys import KeySet
 from ..policy import make_engine
 from ..replay import ReplayReport, Replayer
 from ..store import DecisionRecord, GrantRecord, Store
+from ..store.overview import overview as overview_rows
 from .auth import Reviewer, ReviewerAuth
 from .models import (
     ApprovalPublic,
@@ -40,6 +42,7 @@ from .models import (
     public,
     summary,
 )
+from .overview import Overview, OverviewQuery, build_overview, resolve
 
 __all__ = ["ReviewService"]
 
@@ -95,6 +98,29 @@ class ReviewService:
     async def search(self, query: DecisionQuery) -> DecisionPage:
         records, next_before = await self.store.search_decisions(query.to_filter())
         return DecisionPage(items=[summary(r) for r in records], next_before=next_before)
+
+    async def matching(self, query: DecisionQuery, *, batch: int = 500) -> AsyncIterator[list[DecisionPublic]]:
+        """Every decision matching ``query``'s filters (its paging ignored), newest first, whole
+        records in batches: the filtered export.  It ends at the newest match when it started."""
+        f = replace(query.to_filter(), full=True, limit=batch, before_seq=None)
+        while True:
+            records, next_before = await self.store.search_decisions(f)
+            if records:
+                yield [public(r) for r in records]
+            if next_before is None:
+                return
+            f = replace(f, before_seq=next_before)
+
+    async def overview(self, query: OverviewQuery, *, top: int = 10) -> Overview:
+        """Outcomes over ``query``'s range, the ``top`` reasons, agents, tools and intents of what
+        was denied or held in it, and the pending approvals, active and unsigned grants now."""
+        since, until, width, edges = resolve(query, self.clock.now())
+        rows = await self.store.db.run(lambda conn: overview_rows(conn, edges, top=top), read_only=True)
+        return build_overview(
+            rows, range_name=None if query.since else (query.range or "24h"), width=width,
+            approvals=await self.approvals(status="pending"), active=await self.grants(active=True),
+            unsigned=await self.grants(needs_review=True),
+        )
 
     async def detail(self, decision_id: str) -> DecisionDetail | None:
         rows = await self.store.decision_detail(decision_id)

@@ -12,12 +12,14 @@ from typing import Any
 import jinja2
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from pydantic import ValidationError
 
 from ..errors import GatewayError, ReasonCode, reason_code_of
 from ..review import IntentGraph, ReviewService
 from .session import Session
 
-__all__ = ["REASON_TEXT", "STATIC_DIR", "csrf_refused", "reason_text", "render", "service_of", "unavailable"]
+__all__ = ["REASON_TEXT", "STATIC_DIR", "csrf_refused", "form_errors", "reason_text", "render", "service_of",
+           "unavailable"]
 
 log = logging.getLogger("intentgate.ui")
 
@@ -98,6 +100,30 @@ def reason_text(reason: str) -> str:
         return ""
     detail = reason.partition(":")[2]
     return f"{text} ({detail})" if detail else text
+
+
+def form_errors(exc: ValidationError, labels: dict[str, str]) -> list[str]:
+    """A form's validation errors in words a reviewer can act on, each named by its field's label
+    (``labels``: field name -> label), instead of pydantic's own messages."""
+    out = []
+    for e in exc.errors():
+        name = str(e["loc"][0]) if e["loc"] else ""
+        kind, given = e["type"], e.get("input")
+        ctx = e.get("ctx", {})
+        if kind.startswith(("datetime", "date_", "time_")):
+            message = (f"“{given}” is not a date and time: use e.g. 2027-01-04T10:30 or 2027-01-04T10:30:00Z "
+                       "(UTC unless it has an offset such as +02:00)")
+        elif kind == "literal_error":
+            message = f"“{given}” is not one of {ctx.get('expected', 'the choices')}"
+        elif kind == "value_error":
+            message = str(ctx.get("error", e["msg"]))
+        elif kind == "string_too_long":
+            message = f"at most {ctx.get('max_length')} characters"
+        else:
+            message = e["msg"]
+        label = labels.get(name, name)
+        out.append(f"{label}: {message}" if label else message[:1].upper() + message[1:])
+    return out
 
 
 def _when(value: datetime | float | None) -> str:

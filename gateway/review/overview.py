@@ -1,0 +1,118 @@
+"""The reviewer overview: outcomes over time, the top reasons, agents, tools and intents of
+what was denied or held, and what waits for a reviewer (pending approvals, active and
+unsigned break-glass grants), for one time range.
+
+``OverviewQuery`` is the range as asked (a relative ``range`` ending now, or ``since`` /
+``until``); :func:`resolve` turns it into epoch bounds and bucket edges; ``Overview`` is the
+answer the UI renders (the store part comes from :mod:`gateway.store.overview`).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..store.overview import OverviewRows, Tally
+from .models import ApprovalPublic, GrantPublic, epoch
+
+__all__ = ["RANGES", "Overview", "OverviewBucket", "OverviewQuery", "TopEntry", "build_overview", "resolve"]
+
+# relative ranges: name -> seconds (also the inbox's "last" choices)
+RANGES: dict[str, int] = {"1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+RangeName = Literal["1h", "6h", "24h", "7d", "30d"]
+MAX_BUCKETS = 48
+# bucket widths, smallest first: a range gets the smallest that needs at most MAX_BUCKETS
+_WIDTHS = (60, 300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400, 7 * 86400)
+
+
+class OverviewQuery(BaseModel):
+    """The time range of an overview: ``since`` (and ``until``, default now), or else the
+    relative ``range`` ending now (default 24h)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    range: RangeName | None = Field(default=None, description="last 1h, 6h, 24h, 7d or 30d (until now)")
+    since: datetime | None = Field(default=None, description="from (RFC 3339; UTC if no offset)")
+    until: datetime | None = Field(default=None, description="until (default: now)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OverviewQuery:
+        if self.since is not None and self.until is not None and epoch(self.until) <= epoch(self.since):
+            raise ValueError("until must be later than since")
+        return self
+
+
+def resolve(query: OverviewQuery, now: float) -> tuple[float, float, int, list[float]]:
+    """(since, until, bucket width in seconds, bucket edges): edges at whole multiples of the
+    width (UTC), between the range's own ends, so that labels read 10:00, 10:30, …"""
+    until = epoch(query.until) if query.until is not None else now
+    since = epoch(query.since) if query.since is not None else until - RANGES[query.range or "24h"]
+    if until <= since:
+        raise ValueError("until must be later than since")
+    span = until - since
+    width = next((w for w in _WIDTHS if span / w <= MAX_BUCKETS), None) or math.ceil(span / MAX_BUCKETS / 86400) * 86400
+    inner = range(math.floor(since / width) + 1, math.ceil(until / width))
+    return since, until, width, [since, *(float(k * width) for k in inner), until]
+
+
+class OverviewBucket(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: datetime
+    end: datetime
+    allow: int
+    deny: int
+    hold: int
+    would_deny: int
+
+
+class TopEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(description="null: decisions without one (e.g. no intent)")
+    deny: int
+    hold: int
+    would_deny: int
+    total: int
+
+
+class Overview(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    since: datetime
+    until: datetime
+    range: str | None = Field(description="the relative range asked for, if any")
+    bucket_seconds: int
+    buckets: list[OverviewBucket]
+    totals: dict[str, int] = Field(description="decisions by outcome in the whole range")
+    reasons: list[TopEntry] = Field(description="reasons of denied and held decisions, most frequent first")
+    agents: list[TopEntry]
+    tools: list[TopEntry]
+    intents: list[TopEntry]
+    distinct: dict[str, int] = Field(description="how many reasons, agents, tools, intents in all")
+    pending_approvals: list[ApprovalPublic]
+    active_grants: list[GrantPublic]
+    unsigned_grants: list[GrantPublic] = Field(description="grants not signed off yet (needs review)")
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def _entries(tallies: list[Tally]) -> list[TopEntry]:
+    return [TopEntry(name=t.name, deny=t.deny, hold=t.hold, would_deny=t.would_deny, total=t.total) for t in tallies]
+
+
+def build_overview(rows: OverviewRows, *, range_name: str | None, width: int, approvals: list[ApprovalPublic],
+                   active: list[GrantPublic], unsigned: list[GrantPublic]) -> Overview:
+    edges = rows.edges
+    return Overview(
+        since=_dt(edges[0]), until=_dt(edges[-1]), range=range_name, bucket_seconds=width,
+        buckets=[OverviewBucket(start=_dt(edges[i]), end=_dt(edges[i + 1]), **b) for i, b in enumerate(rows.buckets)],
+        totals=rows.totals, reasons=_entries(rows.reasons), agents=_entries(rows.agents), tools=_entries(rows.tools),
+        intents=_entries(rows.intents), distinct=rows.distinct, pending_approvals=approvals, active_grants=active,
+        unsigned_grants=unsigned,
+    )
