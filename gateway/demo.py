@@ -1,6 +1,6 @@
 """``intentgate demo``: the whole story in one command.
 
-It writes a config (the repository's ``intents/`` and ``opa/``, SQLite, embedded Rego, the
+It writes a config (the example ``intents/`` and ``opa/``, SQLite, embedded Rego, the
 development issuer, the five example tool servers of ``agents_examples/servers`` as stdio
 upstreams, the support queue as the task issuer of the support intents), starts
 ``intentgate serve`` on a free port of 127.0.0.1, has the support queue begin each agent's
@@ -11,13 +11,15 @@ gateway running for the reviewer UI and API until Ctrl-C (unless ``--no-serve``)
 
 The gateway runs as a subprocess, exactly as ``intentgate serve`` runs it for a user: the
 agents are real remote MCP clients, nothing shares an event loop with the server, its
-startup log drives the progress display, and Ctrl-C stops one process cleanly.  The demo
-needs a source checkout (the example servers and agents are not part of the wheel).
+startup log drives the progress display, and Ctrl-C stops one process cleanly.  The examples
+(intents, policy, tool servers, agents) are those of the source checkout, or the copies the
+installed package carries (``gateway.project.examples``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import signal
@@ -45,6 +47,7 @@ from .config import GatewayConfig, load_config
 from .errors import ConfigError
 from .identity import DevIssuer
 from .keys import KeySet
+from .project import ORCHESTRATOR, SERVERS, TASK_ISSUERS, Examples, examples
 
 __all__ = [
     "AGENTS",
@@ -62,8 +65,7 @@ __all__ = [
     "write_config",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("tickets", "orders", "payments", "email", "secrets")
+REPO_ROOT = Path(__file__).resolve().parent.parent  # of a source checkout
 
 # the workload identities the example agents run as (the intents allow spiffe://example.org/agent/support-*)
 AGENTS = {
@@ -71,12 +73,6 @@ AGENTS = {
     "llm": "spiffe://example.org/agent/support-llm",
     "oncall": "spiffe://example.org/agent/support-oncall",
 }
-# the support queue: the task issuer that begins the support agents' tasks (agents_examples/orchestrator.py)
-ORCHESTRATOR = "spiffe://example.org/orchestrator"
-TASK_ISSUERS = [
-    {"name": "support-queue", "subjects": [ORCHESTRATOR], "intents": ["refund-order", "triage-ticket"],
-     "agents": ["spiffe://example.org/agent/support-*"]},
-]
 
 
 def free_port() -> int:
@@ -85,15 +81,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(data_dir: Path, *, root: Path = REPO_ROOT) -> Path:
+def write_config(data_dir: Path, *, root: Path | None = None) -> Path:
     """Write ``<data_dir>/intentgate.yaml`` and create the keys; the config's path.
 
-    Payments reads the gateway's public keys from a JWKS file written here (the gateway's
-    ``/.well-known/jwks.json`` serves the same document); a file also works when the config
-    is used with ``intentgate stdio`` and no HTTP gateway runs.
+    The examples are those of ``root`` (a source checkout), by default the shipped ones
+    (:func:`gateway.project.examples`).  Payments reads the gateway's public keys from a JWKS
+    file written here (the gateway's ``/.well-known/jwks.json`` serves the same document); a
+    file also works when the config is used with ``intentgate stdio`` and no HTTP gateway runs.
     """
-    if not (root / "agents_examples" / "servers").is_dir():
-        raise ConfigError(f"{root}: the demo needs a source checkout (agents_examples/ is missing)")
+    source = examples() if root is None else Examples(root, "agents_examples", installed=False)
+    if not source.servers_dir.is_dir():
+        raise ConfigError(f"{source.root}: the demo needs a source checkout or an installed intentgate "
+                          "(agents_examples/ is missing)")
+    cwd = source.server_cwd()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / "intentgate.yaml"
@@ -106,14 +106,14 @@ def write_config(data_dir: Path, *, root: Path = REPO_ROOT) -> Path:
     servers_dir = data_dir / "servers"
     upstreams = [
         {"name": name, "command": sys.executable,
-         "args": ["-m", f"agents_examples.servers.{name}", "--data-dir", str(servers_dir)],
-         "cwd": str(root), "timeout_seconds": 30,
+         "args": ["-m", source.server_module(name), "--data-dir", str(servers_dir)],
+         **({"cwd": str(cwd)} if cwd is not None else {}), "timeout_seconds": 30,
          **({"env": {"INTENTGATE_JWKS": str(jwks)}} if name == "payments" else {})}
         for name in SERVERS
     ]
     document = {
-        "intents_dir": str(root / "intents"),
-        "policy_dir": str(root / "opa"),
+        "intents_dir": str(source.intents_dir),
+        "policy_dir": str(source.policy_dir),
         "data_dir": str(data_dir),
         # the demo runs at any hour: prod's change window (rotations on weekdays 8-18) would make it flaky
         "environment": "demo",
@@ -194,9 +194,10 @@ def start_gateway(
     log_path = config.data_dir / "gateway.log"
     log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed below
     env = {**os.environ, "INTENTGATE_LOG_LEVEL": "INFO"}
+    cwd = config.data_dir if examples().installed else REPO_ROOT  # a checkout's gateway imports from its root
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port", str(port)],
-        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
+        cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
         start_new_session=True,  # Ctrl-C reaches the demo only, which then stops the gateway in order
     )
     gateway = DemoGateway(config_path, config, port, process, log_path)
@@ -308,9 +309,11 @@ def read_summary(config: GatewayConfig) -> DemoSummary:
 
 async def run_agents(gw: DemoGateway, say: Callable[[str], None], heading: Callable[[str], None]) -> list[Any]:
     """Run the example agents in order against the gateway; their transcripts."""
-    from agents_examples import hijacked_agent, llm_style_agent, reviewer_scenario, support_agent
-
-    from agents_examples.orchestrator import Orchestrator
+    package = examples().package
+    support_agent, hijacked_agent, llm_style_agent, reviewer_scenario, orchestrator = (
+        importlib.import_module(f"{package}.{name}")
+        for name in ("support_agent", "hijacked_agent", "llm_style_agent", "reviewer_scenario", "orchestrator"))
+    Orchestrator = orchestrator.Orchestrator  # noqa: N806 - the class, under its own name
 
     runs: list[Any] = []
     support = gw.agent_token(AGENTS["support"])

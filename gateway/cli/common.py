@@ -21,18 +21,50 @@ err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", envvar="INTENTGATE_CONFIG", help="intentgate.yaml to use", show_default=False),
+    typer.Option("--config", "-c", envvar="INTENTGATE_CONFIG", show_default=False,
+                 help="intentgate.yaml to use (default: ./intentgate.yaml if there is one)"),
 ]
+
+#: read when no --config (or INTENTGATE_CONFIG) is given and the working directory has one
+PROJECT_CONFIG = Path("intentgate.yaml")
 
 
 def config_or_exit(path: Path | None, **overrides: Any) -> GatewayConfig:
+    """The config from ``path``, else ``./intentgate.yaml`` (a project ``intentgate init`` wrote),
+    else the defaults (``intents/``, ``opa/``, ``var/`` in the working directory)."""
     from ..config import load_config
 
+    if path is None and PROJECT_CONFIG.is_file():
+        path = PROJECT_CONFIG
     try:
         return load_config(path, **overrides)
     except GatewayError as exc:
         err_console.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(2) from exc
+
+
+def project_or_exit(cfg: GatewayConfig, config: Path | None, *, code: int = 2,
+                    given: tuple[Path | None, Path | None] = (None, None)) -> None:
+    """A command that reads the intents and the policy needs both directories: say where it looked
+    and how to make a project, rather than lint nothing.  ``given``: the ``--intents`` and
+    ``--policy`` options, when the command has them (a directory named there that is not there
+    is simply said not to exist)."""
+    dirs = (("intents", cfg.intents_dir), ("policy", cfg.policy_dir))
+    for (what, where), option in zip(dirs, given, strict=True):
+        if option is not None and not where.is_dir():
+            err_console.print(f"[red]error:[/red] {what} directory {where} does not exist", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(code)
+    missing = [f"{what} at {where}" for what, where in dirs if not where.is_dir()]
+    if not missing:
+        return
+    looked = "as the config says" if config is not None or PROJECT_CONFIG.is_file() else (
+        "no --config given and no ./intentgate.yaml here")
+    err_console.print(
+        f"[red]error:[/red] no {' and no '.join(missing)} ({looked}). Create a project with "
+        "`intentgate init DIR` and run this in DIR, or pass --config (or set INTENTGATE_CONFIG), or --intents and --policy",
+        highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def database_or_exit(cfg: GatewayConfig) -> None:

@@ -1,4 +1,4 @@
-"""Top-level commands: ``check`` and ``demo``."""
+"""Top-level commands: ``init``, ``check``, ``demo`` and ``agent-token``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,42 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError
-from .common import ConfigOption, config_or_exit, console, err_console
+from .common import ConfigOption, config_or_exit, console, err_console, project_or_exit
 
 __all__ = ["register_core"]
+
+
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="where to write the project (created if missing)")] = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="overwrite files that exist already")] = False,
+) -> None:
+    """Write a working project into DIRECTORY: intentgate.yaml (SQLite, embedded Rego, the development
+    issuer, the example tool servers as upstreams), intents/ with the example intents and their
+    fixtures, opa/ with the base policy and its Rego tests.  Refuses to overwrite a file unless --force."""
+    from ..project import init_project
+
+    try:
+        written = init_project(directory, force=force)
+    except GatewayError as exc:
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {len(written)} files in {directory.resolve()}:", highlight=False, soft_wrap=True)
+    for path in written:
+        console.print(f"  {path.relative_to(directory).as_posix()}", highlight=False, soft_wrap=True)
+    import shlex
+
+    here = [] if directory.resolve() == Path.cwd().resolve() else [f"cd {shlex.quote(str(directory))}"]
+    steps = [
+        *here,
+        "intentgate check          # lint the intents, ask the example tool servers for their tools, compile the policy",
+        "intentgate policy test    # the Rego tests in opa/",
+        "intentgate intent test    # the intents' fixtures, offline",
+        "intentgate serve          # the gateway on 127.0.0.1:8080: MCP at /mcp, the reviewer UI at /ui",
+    ]
+    console.print("next (intentgate reads ./intentgate.yaml when there is no --config):", highlight=False,
+                  soft_wrap=True)
+    for step in steps:
+        console.print(f"  {step}", highlight=False, markup=False, soft_wrap=True)
 
 
 def check(
@@ -27,6 +60,7 @@ def check(
     from ..policy import EmbeddedEngine
 
     cfg = config_or_exit(config, intents_dir=intents, policy_dir=policy)
+    project_or_exit(cfg, config, code=1, given=(intents, policy))
     try:
         registry, problems = check_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
     except GatewayError as exc:
@@ -126,6 +160,7 @@ def _duration(text: str) -> int:
 
 
 def register_core(app: typer.Typer) -> None:
+    app.command()(init)
     app.command()(check)
     app.command()(demo)
     app.command("agent-token")(agent_token)

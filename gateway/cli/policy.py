@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..errors import GatewayError
-from .common import ConfigOption, config_or_exit, console, err_console
+from .common import ConfigOption, config_or_exit, console, err_console, project_or_exit
 
 __all__ = ["policy_app"]
 
@@ -39,6 +39,7 @@ def test(
     from ..policy import run_rego_tests
 
     cfg = config_or_exit(config, policy_dir=policy, intents_dir=intents)
+    project_or_exit(cfg, config, given=(intents, policy))
     try:
         registry = load_intents(cfg.intents_dir, default_begin=cfg.tasks.begin)
         results = run_rego_tests(cfg.policy_dir, registry.data_document())
