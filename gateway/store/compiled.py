@@ -14,9 +14,14 @@ from typing import Any
 from sqlalchemy import JSON, Connection
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-__all__ = ["OnSqliteCursor"]
+__all__ = ["OnSqliteCursor", "json_value"]
 
 _NAMED_SQLITE = sqlite_dialect.dialect(paramstyle="named")
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column's value: the raw SQLite cursor returns its text, SQLAlchemy the decoded value."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class OnSqliteCursor:

@@ -19,7 +19,8 @@ from sqlalchemy import Connection, Text, and_, bindparam, cast, func, or_, selec
 
 from ..workflow import Task
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
-from .taskrows import histories_of, task_from_row
+from .compiled import json_value
+from .taskrows import task_with_history
 from .tables import ApprovalRow, DecisionRow, GrantRow, OutcomeRow, TaskResultRow, TaskRow, TokenRow
 
 __all__ = [
@@ -194,14 +195,14 @@ def decision_detail(conn: Connection, decision_id: str) -> DecisionDetailRows | 
     rows.outcome = OutcomeRecord.model_validate(dict(found._mapping)) if found else None
     if rows.outcome is not None:
         results = TaskResultRow.__table__.c
-        rows.kept = {path: json.loads(v) if isinstance(v, str) else v for path, v in conn.execute(
+        rows.kept = {path: json_value(v) for path, v in conn.execute(
             select(results.path, results.found).where(results.decision_id == d.id)).all()}
     if d.token_jti:
         found = conn.execute(select(tokens_t).where(tokens_t.c.jti == d.token_jti)).first()
         rows.token = TokenRecord.model_validate(dict(found._mapping)) if found else None
     if d.task_id:
         found = conn.execute(select(tasks_t).where(tasks_t.c.id == d.task_id)).first()
-        rows.task = task_from_row(found, histories_of(conn, [d.task_id]).get(d.task_id, [])) if found else None
+        rows.task = task_with_history(conn, found) if found else None
     rows.approvals = [
         ApprovalRecord.model_validate(dict(r._mapping))
         for r in conn.execute(

@@ -9,7 +9,6 @@ leaf hash, ``records.entry_hash``) and gets its ``seq`` from the database.  The 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
@@ -24,10 +23,11 @@ from . import ledger, queries
 from .ledger import append_decision as _append_decision
 from .budgets import BudgetSpend, budget_used, purge_usage, spend_budgets
 from .compiled import OnSqliteCursor as _OnSqliteCursor
+from .compiled import json_value
 from .db import Database
 from .grants import GrantStore, use_grant
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
-from .taskrows import histories_of, insert_step, task_from_row, task_row_values
+from .taskrows import histories_of, insert_step, task_from_row, task_row_values, task_with_history
 from .tables import (
     ApprovalRow,
     DecisionRow,
@@ -83,10 +83,6 @@ _OPEN_TASKS = select(func.count()).select_from(
         tasks_t.c.status == "active", tasks_t.c.expires_at > bindparam("now"),
     ).limit(OPEN_TASKS_CAP).subquery()
 )
-
-def _json_col(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
 
 _get_task = _OnSqliteCursor(_GET_TASK)
 _insert_token = _OnSqliteCursor(_INSERT_TOKEN)
@@ -181,7 +177,7 @@ def _results_of(conn: Connection, task_id: str) -> dict[str, dict[str, list[Any]
     """Every value kept for a task's bindings: step -> path -> values, in the order found."""
     out: dict[str, dict[str, list[Any]]] = {}
     for step, path, values in _task_results(conn, {"task_id": task_id, "cap": MAX_CALLS_KEPT * 8}):
-        out.setdefault(step, {}).setdefault(path, []).extend(_json_col(values))
+        out.setdefault(step, {}).setdefault(path, []).extend(json_value(values))
     return out
 
 
@@ -235,7 +231,7 @@ class Store:
 
         def op(conn: Connection) -> Task | None:
             row = _get_task(conn, {"task_id": task_id}).fetchone()
-            return task_from_row(row, histories_of(conn, [task_id]).get(task_id, [])) if row else None
+            return task_with_history(conn, row) if row else None
 
         return await self.db.run(op, read_only=True)
 
@@ -479,7 +475,7 @@ class Store:
         def op(conn: Connection) -> dict[str, list[Any]]:
             rows = conn.execute(select(task_results_t.c.path, task_results_t.c.found)
                                 .where(task_results_t.c.decision_id == decision_id)).all()
-            return {path: _json_col(values) for path, values in rows}
+            return {path: json_value(values) for path, values in rows}
 
         return await self.db.run(op, read_only=True)
 

@@ -6,16 +6,15 @@ CLI read the steps too, in one query for however many tasks they show.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select
 
 from ..workflow import HistoryEntry, Task, TaskState
-from .compiled import OnSqliteCursor
+from .compiled import OnSqliteCursor, json_value
 from .tables import TaskRow, TaskStepRow
 
-__all__ = ["histories_of", "insert_step", "task_from_row", "task_row_values"]
+__all__ = ["histories_of", "insert_step", "task_from_row", "task_row_values", "task_with_history"]
 
 tasks_t = TaskRow.__table__
 steps_t = TaskStepRow.__table__
@@ -25,19 +24,21 @@ _STEPS_OF = (select(steps_t).where(steps_t.c.task_id.in_(bindparam("task_ids", e
              .order_by(steps_t.c.task_id, steps_t.c.n))
 
 
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def task_from_row(row: Any, history: list[HistoryEntry] | None = None) -> Task:
     """The task a ``tasks`` row holds; ``history`` as loaded by ``histories_of`` (or not at all)."""
     m = row._mapping if hasattr(row, "_mapping") else dict(zip(_TASK_COLUMNS, row, strict=True))
     return Task(
         id=m["id"], intent=m["intent"], intent_version=m["intent_version"], agent=m["agent"],
-        params=_json(m["params"]), reason=m["reason"], status=m["status"], created_at=m["created_at"],
+        params=json_value(m["params"]), reason=m["reason"], status=m["status"], created_at=m["created_at"],
         expires_at=m["expires_at"], ended_at=m["ended_at"], version=m["version"], issuer=m["issuer"],
-        state=TaskState.model_validate(_json(m["state"])), history=history,
+        state=TaskState.model_validate(json_value(m["state"])), history=history,
     )
+
+
+def task_with_history(conn: Connection, row: Any) -> Task:
+    """The task a ``tasks`` row holds, with every step it took (reviewers, the CLI)."""
+    task = task_from_row(row)
+    return task.model_copy(update={"history": histories_of(conn, [task.id]).get(task.id, [])})
 
 
 def task_row_values(task: Task) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def histories_of(conn: Connection, task_ids: list[str]) -> dict[str, list[Histor
     for r in conn.execute(_STEPS_OF, {"task_ids": list(task_ids)}):
         out.setdefault(r.task_id, []).append(HistoryEntry(
             step=r.step, tool=r.tool, decision=r.decision, decision_id=r.decision_id, at=r.at,
-            arguments=_json(r.arguments)))
+            arguments=json_value(r.arguments)))
     return out
 
 
