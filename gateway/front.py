@@ -442,7 +442,10 @@ class Front:
                 params=types.ResourceUpdatedNotificationParams(uri=f"{upstream.name}{URI_SEP}{uri}"))
         elif isinstance(message, (types.ToolListChangedNotification, types.ResourceListChangedNotification,
                                   types.PromptListChangedNotification)):
-            users = {i.name for i in self.rt.intents if upstream.name in {t.partition(".")[0] for t in i.tools()}}
+            using = [i for i in self.rt.intents if upstream.name in {t.partition(".")[0] for t in i.tools()}]
+            if isinstance(message, types.ToolListChangedNotification):
+                self._recheck_intents(upstream, using)
+            users = {i.name for i in using}
             targets = [c for c in self.connections.all()
                        if any(i.name in users for i in self.rt.intents.for_agent(c.agent))]
             note = type(message)()
@@ -451,6 +454,20 @@ class Front:
         for conn in targets:
             if not await conn.notify(note) and isinstance(message, types.ResourceUpdatedNotification):
                 conn.subscriptions.discard((upstream.name, message.params.uri))
+
+    def _recheck_intents(self, upstream: Upstream, using: list[Any]) -> None:
+        """The steps on ``upstream`` of the intents that use it, held against the tools it lists
+        now (as ``check_upstreams`` does at start): each mismatch an error in the log.  Calls to a
+        tool it no longer has fail upstream; the log says which intent steps will."""
+        from .catalogue import Catalogue, check_against
+
+        catalogue = Catalogue({upstream.name: list(upstream.tools)}, {}, set(self.pool.upstreams))
+        for problem in check_against(using, catalogue):
+            intent = self.rt.intents.get(problem.intent or "")
+            step = intent.steps.get(problem.step or "") if intent is not None else None
+            if step is not None and step.upstream == upstream.name:  # the other upstreams did not change
+                log.error("intent does not match its upstream after its tools changed: %s", problem,
+                          extra={"upstream": upstream.name, "intent": problem.intent, "step": problem.step})
 
     async def _decide_read(self, read: ReadRequest, namespaced: bool, unknown: ReasonCode) -> Upstream:
         """Decide and record one read; the upstream to ask, or the JSON-RPC error for the agent."""

@@ -175,6 +175,47 @@ async def test_a_cancelled_call_is_recorded_as_cancelled_and_the_session_goes_on
     assert statuses == [("tickets.hang", "cancelled"), ("tickets.get_ticket", "ok")]
 
 
+RETIRING = """
+name: retiring
+version: "1"
+agents: ["spiffe://example.org/agent/support-*"]
+begin: [agent]
+start: [change]
+steps:
+  change: {tool: conf.test_change_tools, arguments: {retire: {type: string}}}
+  reconnect: {tool: conf.test_reconnection, free: true}
+"""
+
+
+async def test_a_tool_list_change_is_held_against_the_intents_that_use_the_upstream(tmp_path: Path) -> None:
+    """The upstream retires a tool an intent step names: the gateway lists the tools again, no
+    longer offers the retired one, and logs the intent step that no longer matches (as a start
+    against such a catalogue would), naming the upstream, intent and step."""
+    from mcp.client.stdio import stdio_client
+
+    params = gateway(tmp_path, {})
+    (tmp_path / "intents" / "reference.yaml").write_text(RETIRING)
+    inbox = Inbox()
+    errlog = tmp_path / "gateway.log"
+    with errlog.open("w") as err:
+        async with Client(stdio_client(params, errlog=err), mode="legacy", message_handler=inbox.message) as client:
+            assert "conf__test_reconnection" in {t.name for t in (await client.list_tools()).tools}
+            task = (await client.call_tool("intentgate__begin_task", {"intent": "retiring", "params": {},
+                                                                      "reason": "t"})).structured_content["task"]
+            r = await client.call_tool("conf__test_change_tools", {"retire": "test_reconnection"},
+                                       meta={"intentgate/task": task, "intentgate/step": "change"})
+            assert not r.is_error, r
+            with anyio.fail_after(5):
+                while not any(isinstance(n, types.ToolListChangedNotification) for n in inbox.notes):
+                    await anyio.sleep(0.05)
+            listed = {t.name for t in (await client.list_tools(cache_mode="bypass")).tools}
+            assert "conf__test_reconnection" not in listed and "conf__test_change_tools" in listed
+    records = [json.loads(line) for line in errlog.read_text().splitlines() if line.startswith("{")]
+    changed = [r for r in records if "after its tools changed" in r["msg"]]
+    assert [(r["upstream"], r["intent"], r["step"]) for r in changed] == [("conf", "retiring", "reconnect")], records
+    assert "has no tool 'test_reconnection'" in changed[0]["msg"]
+
+
 async def test_the_schema_the_sdk_checks_headers_against_is_the_listed_one(tmp_path: Path) -> None:
     """`get_tool_input_schema` answers from the upstreams' catalogue what `tools/list` shows,
     so the SDK need not run the whole listing on every 2026-07-28 call."""

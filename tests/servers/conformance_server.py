@@ -7,7 +7,8 @@ low-level server, for the conformance test (tests/test_conformance.py) and the p
 127.0.0.1 (DNS-rebinding protection on, loopback only), which the suite scores directly.
 ``test://watched-resource`` changes on every ``resources/subscribe`` (an update is sent to the
 subscriber right after it subscribes); calling the tool ``test_change_tools`` adds a tool
-``test_added_tool`` and sends ``notifications/tools/list_changed``.
+``test_added_tool`` (and removes the tool its ``retire`` argument names) and sends
+``notifications/tools/list_changed``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ TOOLS: dict[str, tuple[str, dict[str, Any]]] = {
     "test_elicitation_sep1034_defaults": ("Asks the user, with defaults", EMPTY),
     "test_elicitation_sep1330_enums": ("Asks the user, with enum fields", EMPTY),
     "test_reconnection": ("Answers after a short pause", EMPTY),
-    "test_change_tools": ("Adds a tool and says so", EMPTY),
+    "test_change_tools": ("Adds a tool (and retires the one named in `retire`) and says so",
+                          {"type": "object", "properties": {"retire": {"type": "string"}}}),
     "json_schema_2020_12_tool": ("Takes a JSON Schema 2020-12 input", {
         "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
         "$defs": {"address": {"type": "object", "properties": {"street": {"type": "string"},
@@ -180,6 +182,7 @@ class Reference:
             content = [text("Reconnection test completed successfully")]
         elif name == "test_change_tools":
             self.tools.update(ADDED)
+            self.tools.pop(str(args.get("retire", "")), None)
             await ctx.session.send_tool_list_changed()
             content = [text("tools changed")]
         else:
