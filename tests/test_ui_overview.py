@@ -315,3 +315,26 @@ def test_inbox_exports_its_filter_as_ndjson(env: Env) -> None:
     env.client.cookies.clear()
     r = env.client.get(href, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+def test_a_bucket_that_has_only_just_begun_is_a_bar_as_wide_as_the_others() -> None:
+    """The range's ends cut the first and last buckets short (here the last has run 25 s of its
+    30 min): each still gets a full slot, so a call held a moment ago is a bar one can click."""
+    from gateway.review.overview import Overview, OverviewBucket, resolve
+    from gateway.ui.overview import LEFT, WIDTH, chart
+
+    now = datetime(2026, 12, 1, 20, 30, 25, tzinfo=UTC).timestamp()
+    since, until, width, edges = resolve(OverviewQuery(range="24h"), now)
+    assert edges[-1] - edges[-2] == 25 and width == 1800
+    buckets = [OverviewBucket(start=datetime.fromtimestamp(a, UTC), end=datetime.fromtimestamp(b, UTC), allow=0,
+                              deny=0, hold=int(i == len(edges) - 2), would_deny=0)
+               for i, (a, b) in enumerate(zip(edges, edges[1:]))]
+    ov = Overview(since=datetime.fromtimestamp(since, UTC), until=datetime.fromtimestamp(until, UTC), range="24h",
+                  bucket_seconds=width, buckets=buckets, totals={"allow": 0, "deny": 0, "hold": 1, "would_deny": 0},
+                  reasons=[], agents=[], tools=[], intents=[], distinct={}, pending_approvals=[], active_grants=[],
+                  unsigned_grants=[])
+    hold = next(s for s in chart(ov).series if s.outcome == "hold")
+    widths = {bar.w for bar in hold.bars}
+    assert len(widths) == 1 and widths.pop() > 10  # 49 slots across the plot, the last one too
+    last = hold.bars[-1]
+    assert last.count == 1 and last.h > 0 and last.x + last.w <= WIDTH and hold.bars[0].x == LEFT

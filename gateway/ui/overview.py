@@ -79,18 +79,19 @@ def _label(value: datetime, width: int) -> str:
 def chart(ov: Overview) -> Chart:
     """One row of bars per outcome (each scaled to its own peak, so a handful of denials is
     visible next to thousands of allows), one bar per bucket; allows and shadow denials only
-    when there are any."""
+    when there are any.  Every bucket gets the same slot, the first and the last too although
+    the range's ends cut them short: a bucket that has only just begun is still a bar one can
+    see and click, not a sliver."""
     shown = [(o, label) for o, label in SERIES if o in ("deny", "hold") or ov.totals.get(o)]
-    total = (ov.until - ov.since).total_seconds() or 1.0
-    plot = WIDTH - LEFT
+    slot = (WIDTH - LEFT) / max(len(ov.buckets), 1)
     series: list[Series] = []
     for row, (outcome, label) in enumerate(shown):
         top = row * (ROW + GAP)
         peak = max((getattr(b, outcome) for b in ov.buckets), default=0)
         s = Series(outcome, label, top, peak)
-        for b in ov.buckets:
-            x = LEFT + (b.start - ov.since).total_seconds() / total * plot
-            w = max((b.end - b.start).total_seconds() / total * plot - 1.0, 1.0)
+        for i, b in enumerate(ov.buckets):
+            x = LEFT + i * slot
+            w = max(slot - 1.0, 1.0)
             n = getattr(b, outcome)
             h = n / peak * (ROW - 4) if peak else 0.0
             s.bars.append(Bar(round(x, 1), round(top + ROW - h, 1), round(w, 1), round(h, 1), n,
