@@ -148,6 +148,31 @@ class FrontConfig(_Strict):
         description="SSE events each MCP session keeps so its client can resume a stream (Last-Event-ID); 0: none")
 
 
+class MetricsConfig(_Strict):
+    """Who may read ``GET /metrics``, and how often a scrape may reach the database."""
+
+    token_file: Path | None = Field(
+        default=None,
+        description="a file holding the bearer token scrapers must send (Prometheus' credentials_file); "
+        "unset: /metrics needs no credential")
+    backlog_max_age_seconds: float = Field(
+        default=5.0, ge=0, le=3600,
+        description="the review backlog gauges are read from the database at most this often (0: every scrape)")
+
+    def token(self) -> str | None:
+        """The scrape token, read now (None when none is configured); a config error if the file
+        cannot be read or is empty, so a gateway never serves /metrics open by accident."""
+        if self.token_file is None:
+            return None
+        try:
+            text = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"metrics.token_file {self.token_file}: {exc.strerror or exc}") from exc
+        if not text:
+            raise ConfigError(f"metrics.token_file {self.token_file} is empty")
+        return text
+
+
 class RedeemerConfig(_Strict):
     """Tool servers (by workload identity) that may redeem the action tokens of some upstreams."""
 
@@ -267,6 +292,7 @@ class GatewayConfig(_Strict):
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     redeem: RedeemConfig = Field(default_factory=RedeemConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> GatewayConfig:
@@ -321,6 +347,8 @@ class GatewayConfig(_Strict):
                 "data_dir": fix(self.data_dir),
                 "upstreams": upstreams,
                 "audit": audit,
+                "metrics": self.metrics.model_copy(update={
+                    "token_file": fix(self.metrics.token_file) if self.metrics.token_file is not None else None}),
             }
         )
 

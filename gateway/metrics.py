@@ -19,8 +19,10 @@ process's own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
+import time
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
@@ -124,6 +126,9 @@ class Metrics:
             self.redeem_turned_away.labels(code.value)
         self._now = _Now()
         r.register(self._now)
+        self._backlog_lock = asyncio.Lock()
+        self._backlog_read_at: float | None = None  # time.monotonic() of the last read of the backlog
+        self._backlog_cached: ReviewBacklog | None = None
 
     # ----- store events ---------------------------------------------------------------
     def decision(self, record: DecisionRecord) -> None:
@@ -159,14 +164,23 @@ class Metrics:
     def upstream_call(self, upstream: str, status: str, seconds: float) -> None:
         self.upstream_calls.labels(upstream, status).observe(seconds)
 
-    async def scrape(self, store: Store, now: float, sessions: SessionGuard | None = None) -> bytes:
+    async def scrape(self, store: Store, now: float, sessions: SessionGuard | None = None, *,
+                     max_age: float = 0.0) -> bytes:
         """The exposition with what awaits reviewers read from ``store`` at ``now`` (left out,
-        and logged, when the store cannot answer) and the open sessions of ``sessions``."""
-        backlog: ReviewBacklog | None = None
-        try:
-            backlog = await store.db.run(lambda conn: review_backlog(conn, now), read_only=True)
-        except GatewayError as exc:
-            log.warning("metrics: the review backlog could not be read: %s", exc.message)
+        and logged, when the store cannot answer) and the open sessions of ``sessions``.
+
+        The backlog is read at most once per ``max_age`` seconds, however many scrapes arrive
+        (concurrent ones wait for the same read), so that scraping cannot load the database;
+        a read that failed is not retried before then either."""
+        async with self._backlog_lock:
+            if self._backlog_read_at is None or time.monotonic() - self._backlog_read_at >= max_age:
+                self._backlog_cached = None
+                try:
+                    self._backlog_cached = await store.db.run(lambda conn: review_backlog(conn, now), read_only=True)
+                except GatewayError as exc:
+                    log.warning("metrics: the review backlog could not be read: %s", exc.message)
+                self._backlog_read_at = time.monotonic()
+            backlog = self._backlog_cached
         return self.render(backlog, sessions.by_agent(SESSION_AGENTS) if sessions is not None else None)
 
     def render(self, backlog: ReviewBacklog | None = None, sessions: Mapping[str, int] | None = None) -> bytes:

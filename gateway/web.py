@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -267,6 +268,7 @@ def check_upstreams(config: GatewayConfig, intents: IntentRegistry, catalogue: C
 
 def create_app(config: GatewayConfig) -> FastAPI:
     """The gateway as an ASGI app; everything starts in the lifespan."""
+    scrape_token = config.metrics.token()  # read now: a token file that cannot be read stops the start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -357,7 +359,12 @@ def create_app(config: GatewayConfig) -> FastAPI:
         """Prometheus metrics of this gateway process, and what awaits reviewers in its database (no
         arguments in labels; agent ids only on the sessions gauge, at most ``SESSION_AGENTS`` of them)."""
         rt: Runtime = request.app.state.runtime
-        body = await rt.metrics.scrape(rt.store, rt.clock.now(), getattr(request.app.state, "sessions", None))
+        if scrape_token is not None and not hmac.compare_digest((_bearer(request.headers) or "").encode(),
+                                                                scrape_token.encode()):
+            return Response("a bearer token is required (metrics.token_file)\n", status_code=401,
+                            media_type="text/plain", headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        body = await rt.metrics.scrape(rt.store, rt.clock.now(), getattr(request.app.state, "sessions", None),
+                                       max_age=config.metrics.backlog_max_age_seconds)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/jwks.json")

@@ -9,11 +9,14 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import event
 
 from gateway.clock import Clock, FrozenClock, SystemClock
 from gateway.config import GatewayConfig, load_config
+from gateway.errors import ConfigError
 from gateway.identity import DevIssuer
 from gateway.keys import KeySet
 from gateway.metrics import SESSION_AGENTS, Metrics
@@ -98,7 +101,8 @@ async def _held_calls(config: GatewayConfig, clock: Clock, count: int) -> list[s
 
 def test_backlog_gauges_come_from_the_store_on_every_replica(tmp_path: Path, db_url: str) -> None:
     config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
-    config = config.model_copy(update={"store": config.store.model_copy(update={"url": db_url})})
+    config = config.model_copy(update={"store": config.store.model_copy(update={"url": db_url}),
+                                       "metrics": config.metrics.model_copy(update={"backlog_max_age_seconds": 0})})
     two_hours_ago = FrozenClock(time.time() - 7200)
     asyncio.run(_held_calls(config, two_hours_ago, 1))  # held, pending, but expired an hour ago
     first, _ = asyncio.run(_held_calls(config, SystemClock(), 2))
@@ -139,6 +143,7 @@ def test_backlog_gauges_come_from_the_store_on_every_replica(tmp_path: Path, db_
 
 def test_backlog_gauges_are_left_out_when_the_store_cannot_answer(tmp_path: Path) -> None:
     config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
+    config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"backlog_max_age_seconds": 0})})
     with TestClient(create_app(config)) as client:
         assert backlog(scraped(client)) == (0, 0, 0)
         client.app.state.runtime.store.db.close()  # type: ignore[attr-defined]
@@ -169,3 +174,62 @@ def test_every_series_is_documented_in_the_readme() -> None:
              for f in text_string_to_metric_families(exposed) for s in f.samples}
     assert "intentgate_sessions" in names and "intentgate_grants_unsigned" in names
     assert not [n for n in sorted(names) if f"`{n}" not in documented]
+
+
+def test_a_flood_of_scrapes_reads_the_backlog_once_per_interval(tmp_path: Path) -> None:
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
+    config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"backlog_max_age_seconds": 1.0})})
+    reads: list[str] = []
+    with TestClient(create_app(config)) as client:
+        engine = client.app.state.runtime.store.db.engine  # type: ignore[attr-defined]
+
+        def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            if "FROM approvals" in statement:
+                reads.append(statement)
+
+        event.listen(engine, "before_cursor_execute", seen)
+        started = time.monotonic()
+        for _ in range(60):
+            assert backlog(scraped(client)) == (0, 0, 0)
+        elapsed = time.monotonic() - started
+        assert 1 <= len(reads) <= int(elapsed / config.metrics.backlog_max_age_seconds) + 1, len(reads)
+
+        asyncio.run(_held_calls(config, SystemClock(), 1))  # another process holds a call
+        assert backlog(scraped(client))[0] in (0, 1)  # within the interval: the read before it, or a new one
+        time.sleep(config.metrics.backlog_max_age_seconds)
+        before = len(reads)
+        assert backlog(scraped(client)) == (1, 0, 0)  # the interval has passed: read again
+        assert len(reads) == before + 1
+
+
+def test_a_metrics_token_file_makes_the_scrape_need_it(tmp_path: Path) -> None:
+    (tmp_path / "metrics-token").write_text("s3cret-scrape-token\n")
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
+    config = config.model_copy(update={"metrics": config.metrics.model_copy(
+        update={"token_file": tmp_path / "metrics-token"})})
+    with TestClient(create_app(config)) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"},
+                        {"Authorization": "Bearer s3cret-scrape-token-and-more"}):
+            r = client.get("/metrics", headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+            assert "intentgate_" not in r.text
+        r = client.get("/metrics", headers={"Authorization": "Bearer s3cret-scrape-token"})
+        assert r.status_code == 200 and "intentgate_build_info" in r.text
+        assert client.get("/healthz").status_code == 200  # nothing else needs it
+
+
+def test_a_metrics_token_file_that_cannot_be_read_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "empty").write_text("  \n")
+    for name, problem in (("missing", "metrics.token_file"), ("empty", "is empty")):
+        config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR)
+        config = config.model_copy(update={"metrics": config.metrics.model_copy(update={"token_file": tmp_path / name})})
+        with pytest.raises(ConfigError, match=problem):
+            create_app(config)
+
+
+def test_a_relative_metrics_token_file_is_read_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "scrape").write_text("tok")
+    (tmp_path / "intentgate.yaml").write_text("metrics: {token_file: secrets/scrape}\n")
+    config = load_config(tmp_path / "intentgate.yaml")
+    assert config.metrics.token_file == tmp_path / "secrets" / "scrape" and config.metrics.token() == "tok"
