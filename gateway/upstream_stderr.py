@@ -15,6 +15,10 @@ line as ``msg`` and the fields ``upstream`` and ``stream: "stderr"``, so the JSO
   unbounded size).
 - The records are WARNINGs: the gateway cannot tell a traceback from chatter, and at the
   default level they are seen, as the inherited stderr was.
+- An upstream cannot flood the log: each one's lines are logged at most
+  :data:`LINES_PER_SECOND` on average, in bursts of up to :data:`LINES_BURST`; the lines over
+  that are counted, not logged, and the count is one record (``suppressed: N``) as soon as a
+  line may be logged again, or when the upstream's stderr ends.
 - Nothing written before the upstream exits is lost: the pipe is read to its end when the
   session closes (bounded by :data:`DRAIN_SECONDS`, for a descendant that kept it open), and
   a crashed server's last lines are logged as soon as it dies.
@@ -33,22 +37,29 @@ import anyio
 from mcp import StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-__all__ = ["DRAIN_SECONDS", "MAX_LINE_BYTES", "StderrLines", "stdio_transport"]
+from .clock import Clock, SystemClock
+from .ratelimit import RateLimiter
+
+__all__ = ["DRAIN_SECONDS", "LINES_BURST", "LINES_PER_SECOND", "MAX_LINE_BYTES", "StderrLines", "stdio_transport"]
 
 log = logging.getLogger("intentgate.upstream")
 
 MAX_LINE_BYTES = 8192
 DRAIN_SECONDS = 2.0
+LINES_PER_SECOND = 50.0  # an upstream's stderr lines logged per second, on average ...
+LINES_BURST = 500  # ... and at once
 
 
 class StderrLines(asyncio.Protocol):
     """Bytes of one upstream's stderr in, one log record per line out."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, clock: Clock | None = None) -> None:
         self.upstream = upstream
         self.closed = anyio.Event()
         self._pending = bytearray()
         self._skipping = False  # inside the dropped rest of an over-long line
+        self._limit = RateLimiter(LINES_PER_SECOND, LINES_BURST, clock or SystemClock())
+        self.suppressed = 0  # lines over the rate not logged since the last record of them
 
     def data_received(self, data: bytes) -> None:
         self._pending += data
@@ -73,6 +84,7 @@ class StderrLines(asyncio.Protocol):
         if self._pending and not self._skipping:
             self._emit(bytes(self._pending))  # a last line without its newline
         self._pending.clear()
+        self._report_suppressed()
         self.closed.set()
 
     def _emit(self, raw: bytes) -> None:
@@ -80,11 +92,22 @@ class StderrLines(asyncio.Protocol):
             raw = raw[:-1]
         if not raw:
             return
+        if not self._limit.allow(self.upstream):
+            self.suppressed += 1
+            return
+        self._report_suppressed()
         extra: dict[str, Any] = {"upstream": self.upstream, "stream": "stderr"}
         if len(raw) > MAX_LINE_BYTES:
             raw = raw[:MAX_LINE_BYTES]
             extra["truncated"] = True
         log.warning("%s", raw.decode("utf-8", errors="replace"), extra=extra)
+
+    def _report_suppressed(self) -> None:
+        if self.suppressed:
+            log.warning("%d stderr lines of upstream %s were not logged (over %g lines/s)", self.suppressed,
+                        self.upstream, LINES_PER_SECOND,
+                        extra={"upstream": self.upstream, "stream": "stderr", "suppressed": self.suppressed})
+            self.suppressed = 0
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ none is lost, and none is forged."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from gateway.clock import FrozenClock
+from gateway.upstream_stderr import LINES_BURST, LINES_PER_SECOND, StderrLines
 from tests.conftest import ROOT
 from tests.processes import startup_budget
 from tests.servers.noisy_server import GOODBYE, HOSTILE, LAST_WORDS
@@ -115,3 +118,25 @@ def test_hostile_characters_are_escaped_in_the_raw_line(run: tuple[dict[str, Any
     assert all("\x1b" not in r and "\\u001b[31mred" in r and "\\u009b2J" in r for r in ansi)
     breaks = [line for line in stderr.splitlines() if " nel" in line]
     assert len(breaks) == 4 and all("\\u2028" in r and "\\u0085" in r for r in breaks)
+
+
+def test_a_flood_of_lines_is_cut_to_the_rate_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """The real line reader, fed directly (no process): what goes over the rate is one count."""
+    clock = FrozenClock(1_000_000.0)
+    lines = StderrLines("chatty", clock)
+    with caplog.at_level(logging.WARNING, logger="intentgate.upstream"):
+        lines.data_received(b"".join(b"line %d\n" % i for i in range(LINES_BURST + 300)))
+        logged = [r for r in caplog.records if r.name == "intentgate.upstream"]
+        assert [r.getMessage() for r in logged] == [f"line {i}" for i in range(LINES_BURST)]
+        assert lines.suppressed == 300
+        clock.advance(1.0)  # room for LINES_PER_SECOND more
+        caplog.clear()
+        lines.data_received(b"after the flood\n")
+        summary, after = [r for r in caplog.records if r.name == "intentgate.upstream"]
+        assert summary.suppressed == 300 and summary.upstream == "chatty" and "300" in summary.getMessage()  # type: ignore[attr-defined]
+        assert after.getMessage() == "after the flood" and lines.suppressed == 0
+        caplog.clear()
+        lines.data_received(b"".join(b"more %d\n" % i for i in range(int(LINES_PER_SECOND) + 10)))
+        lines.connection_lost(None)  # the end of the stream reports what was held back
+        last = [r for r in caplog.records if r.name == "intentgate.upstream"][-1]
+        assert last.suppressed == 11  # type: ignore[attr-defined]
