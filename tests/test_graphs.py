@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from gateway.intents import Severity, check_intents, load_intents
+from gateway.review import intent_graph
+from gateway.ui.graph import PAD, layout, name_width, tool_width
+from gateway.ui.render import intent_svg
+from gateway.ui.textwidth import wrap
 from gateway.workflow import HistoryEntry, Task, allowed_next, check_call
 
 NOW = 1_800_000_000.0
@@ -112,3 +116,81 @@ def test_graphs_that_make_no_sense_are_errors(tmp_path: Path, change: tuple[str,
     errors = [p for p in problems if p.severity is Severity.ERROR]
     assert len(registry) == 0 and any(p.field == field and message in p.message for p in errors), \
         [str(p) for p in errors]
+
+
+# ----- the picture: long names ---------------------------------------------------------------
+LONG_STEP = "look_up_the_customers_full_order_history_across_every_region"  # 60 characters
+LONG_TOOL = "billing-reconciliation.reconcile_refunds_for_the_order_and_notify"  # 65
+UNBROKEN = "x" * 60
+LONG_GROUP = "gather_everything_the_agent_needs_before_answering"
+LONG = f"""
+name: long-names
+version: "1"
+agents: ["spiffe://example.org/agent/*"]
+begin: [agent]
+start: [{LONG_GROUP}]
+steps:
+  {LONG_STEP}:
+    tool: orders.get_order
+  short:
+    tool: tickets.get_ticket
+  refund:
+    tool: {LONG_TOOL}
+    approval: required
+    next: [answer]
+  answer:
+    tool: tickets.{UNBROKEN}
+  search:
+    tool: web.search
+    free: true
+groups:
+  {LONG_GROUP}:
+    steps: [{LONG_STEP}, short]
+    next: [refund]
+"""
+
+
+def test_long_names_are_drawn_whole_inside_their_boxes(tmp_path: Path) -> None:
+    assert len(LONG_STEP) == 60 and len(LONG_TOOL) > 60
+    (tmp_path / "long.yaml").write_text(LONG)
+    graph = intent_graph(load_intents(tmp_path).get("long-names"))
+    g = layout(graph, "")
+    tools = {s.name: s.tool for s in graph.steps}
+    for n in g.nodes:
+        names = [line.text for line in n.lines if line.cls == "name"]
+        shown = [line.text for line in n.lines if line.cls == "tool"]
+        assert "".join(names) == n.name  # the whole name, over as many lines as it takes
+        assert "".join(shown).replace(" ", "").startswith(tools[n.name].replace(" ", ""))  # the whole tool
+        for line in n.lines:  # no line wider than its box (estimated as the layout estimates)
+            width = name_width(line.text) if line.cls == "name" else tool_width(line.text)
+            assert width <= n.w - 2 * PAD, (n.name, line.text, width, n.w)
+            assert line.dy < n.h, (n.name, line.text)
+    # boxes do not overlap, and all of them lie inside the drawing
+    for a in g.nodes:
+        assert a.x + a.w <= g.width and a.y + a.h <= g.height
+        for b in g.nodes:
+            if a is not b:
+                assert a.x + a.w <= b.x or b.x + b.w <= a.x or a.y + a.h <= b.y or b.y + b.h <= a.y, (a.name, b.name)
+    by_name = {n.name: n for n in g.nodes}
+    assert len([line for line in by_name[LONG_STEP].lines if line.cls == "name"]) > 1  # wrapped, not cut
+    assert by_name["short"].w == by_name[LONG_STEP].w  # one column, one width
+    # the group's label is cut to its frame; the full name is the frame's tooltip
+    (frame,) = g.frames
+    assert frame.title == f"{LONG_GROUP} (any order)"
+    assert frame.label.endswith("…") and frame.label[:-1] in frame.title
+    # the SVG carries every line, and the full name and tool in each box's tooltip
+    svg = intent_svg(graph)
+    assert f"<title>{LONG_STEP}: orders.get_order</title>" in svg
+    assert f"<title>refund: {LONG_TOOL}</title>" in svg and f"<title>{frame.title}</title>" in svg
+    assert all(f">{line.text}</text>" in svg for n in g.nodes for line in n.lines)
+
+
+def test_wrap_keeps_every_character() -> None:
+    measure = len  # one unit a character
+    assert wrap("payments.refund", measure, 40) == ["payments.refund"]
+    assert wrap("billing-reconciliation.reconcile_refunds", measure, 16) == [
+        "billing-", "reconciliation.", "reconcile_", "refunds"]
+    assert wrap(UNBROKEN, measure, 25) == ["x" * 25, "x" * 25, "x" * 10]  # no separator: cut
+    assert wrap("needs approval, end", measure, 9) == ["needs", "approval,", "end"]  # spaces end lines
+    assert wrap("a_b", measure, 10, first=1) == ["a", "_b"]
+    assert wrap("", measure, 10) == [""]

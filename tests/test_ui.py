@@ -4,20 +4,25 @@ form POSTs and the session cookie."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from fastapi.testclient import TestClient
 
+from gateway.config import load_config
 from gateway.errors import ReasonCode
 from gateway.runtime import Runtime
 from gateway.ui.graph import layout
 from gateway.ui.render import REASON_TEXT
 from gateway.ui.session import COOKIE
-from tests.conftest import strict_refund_policy
+from gateway.web import create_app
+from tests.conftest import INTENTS_DIR, POLICY_DIR, strict_refund_policy
 from tests.test_review_actions import HELD, as_agent
-from tests.test_review_api import SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
+from tests.test_review_api import REFUND, SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
 from tests.tasks import ISSUER
 
 PAGES = ["/ui/decisions", "/ui/decisions/dec_x", "/ui/approvals", "/ui/grants", "/ui/replay", "/ui/overview",
@@ -243,6 +248,80 @@ def test_an_unknown_step_is_drawn_off_the_graph(env: Env) -> None:
 
 def test_every_reason_code_has_plain_words() -> None:
     assert set(REASON_TEXT) == set(ReasonCode)
+
+
+# an organisation's rule beside the base policy: one reason annotated (with text to escape), one not
+LEGAL_HOLD = """package intentgate
+
+import rego.v1
+
+_frozen_order if {
+	input.call.tool == "get_order"
+	input.call.arguments.order_id == "ORD-9"
+}
+
+# METADATA
+# title: Order under a legal hold
+# description: |
+#   Orders under a legal hold may not be read by agents.
+#   Ask <legal@example.org> to lift it.
+deny contains "legal_hold" if _frozen_order
+
+deny contains "order_frozen" if _frozen_order
+"""
+
+
+@pytest.mark.parametrize("engine", ["embedded", pytest.param("opa", marks=pytest.mark.opa)])
+def test_a_rego_reason_is_explained_by_its_rules_metadata(tmp_path: Path, engine: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    policy_dir = tmp_path / "policy"
+    shutil.copytree(POLICY_DIR, policy_dir)
+    (policy_dir / "intentgate" / "legal_hold.rego").write_text(LEGAL_HOLD)
+    policy = {"engine": engine, "url": request.getfixturevalue("opa_url") if engine == "opa" else None}
+    config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=policy_dir, policy=policy)
+
+    async def refused_and_held() -> tuple[str, str]:
+        rt = await Runtime.open(config)
+        try:
+            assert type(rt.policy).__name__ == {"embedded": "EmbeddedEngine", "opa": "OpaServerEngine"}[engine]
+            d = rt.decider
+            started = await d.begin_task(SUPPORT, "refund-order", {"ticket_id": "TCK-1", "order_id": "ORD-9"},
+                                         "customer asked", issuer=ISSUER)
+            task = started.task_id
+            read = await d.decide(_call(task, "read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}))
+            assert read.outcome == "allow", read
+            denied = await d.decide(_call(task, "lookup", "orders.get_order", {"order_id": "ORD-9"}))
+            other = await d.begin_task(SUPPORT, "refund-order", REFUND, "second", issuer=ISSUER)
+            for step, tool, args in [("read_ticket", "tickets.get_ticket", {"ticket_id": "TCK-1"}),
+                                     ("lookup", "orders.get_order", {"order_id": "ORD-7"})]:
+                assert (await d.decide(_call(other.task_id, step, tool, args))).outcome == "allow"
+            held = await d.decide(_call(other.task_id, "refund", "payments.refund", HELD))
+            return denied.decision_id, held.decision_id
+        finally:
+            await rt.aclose()
+
+    denied, held = asyncio.run(refused_and_held())
+    with TestClient(create_app(config)) as client:
+        client.post("/ui/login", data={"token": admin_token(config), "next": ""})
+        html = client.get(f"/ui/decisions/{denied}").text
+        explained = dict(re.findall(r"<dt><code>([^<]+)</code></dt><dd>(.*?)</dd>", html, re.S))
+        assert set(explained) == {"policy_denied", "policy:legal_hold", "policy:order_frozen"}
+        legal = explained["policy:legal_hold"]
+        assert '<strong class="reason-title">Order under a legal hold</strong>' in legal
+        assert "Orders under a legal hold may not be read by agents.\nAsk &lt;legal@example.org&gt; to lift it." in legal
+        assert "<legal@" not in html  # escaped like any other text
+        assert "<code>data.intentgate.deny</code>, intentgate/legal_hold.rego:15" in legal
+        # a reason from a rule without METADATA keeps the generic words
+        assert explained["policy:order_frozen"] == f"{REASON_TEXT[ReasonCode.POLICY]} (order_frozen)"
+        # the inbox row says the same, shorter
+        row = next(r for r in client.get("/ui/decisions").text.split("<tr ") if denied in r)
+        assert "<code>policy:legal_hold</code><span class=\"reason-note\"><strong class=\"reason-title\">" \
+               "Order under a legal hold</strong>" in row
+        assert "<code>policy:order_frozen</code></li>" in row
+        # and a hold the base policy gives is explained in the queue and on its page
+        queue = client.get("/ui/approvals").text
+        assert "Large refund</strong>" in queue and "wait for a reviewer" in queue
+        assert "<strong class=\"reason-title\">Large refund</strong>" in client.get(f"/ui/decisions/{held}").text
 
 
 # ----- approvals ---------------------------------------------------------------------------

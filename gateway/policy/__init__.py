@@ -13,6 +13,7 @@ Modules::
 
     _result     PolicyResult, PolicyEngine (the contract)
     _bundle     reading a policy dir, data documents by directory, change detection
+    _notes      ReasonNote: the reasons explained by the rules' METADATA annotations
     _embedded   EmbeddedEngine
     _opa        OpaServerEngine
     _factory    make_engine
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._bundle import PolicyBundle, load_policy_dir
 from ._embedded import EmbeddedEngine
 from ._factory import make_engine
+from ._notes import ReasonNote, read_reason_notes
 from ._regotest import RegoTestResult, run_rego_tests
 from ._result import DECISION_PATH, PolicyEngine, PolicyResult, parse_result
 
@@ -39,10 +41,12 @@ __all__ = [
     "PolicyBundle",
     "PolicyEngine",
     "PolicyResult",
+    "ReasonNote",
     "RegoTestResult",
     "load_policy_dir",
     "make_engine",
     "parse_result",
+    "read_reason_notes",
     "run_rego_tests",
 ]
 

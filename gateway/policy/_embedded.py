@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, PolicyError
 from ._bundle import PolicyBundle, PolicyWatcher, load_policy_dir
+from ._notes import ReasonNote, read_reason_notes
 from ._result import DECISION_PATH, PolicyResult, parse_result
 
 __all__ = ["EmbeddedEngine", "check_compiles", "regorus_message"]
@@ -103,6 +104,7 @@ class EmbeddedEngine:
         self.intents_doc = intents_doc
         self._vm: _ThreadBoundVM | None
         self._vm, self.revision = _compile(self.bundle, intents_doc)
+        self.reason_notes: dict[str, ReasonNote] = read_reason_notes(self.bundle.modules)
 
     async def evaluate(self, input: dict[str, Any], *, decision_id: str | None = None) -> PolicyResult:
         return self.evaluate_sync(input)
@@ -143,11 +145,12 @@ class EmbeddedEngine:
         try:
             bundle = load_policy_dir(self.policy_dir)
             vm, revision = _compile(bundle, self.intents_doc)
+            notes = read_reason_notes(bundle.modules)
         except ConfigError as exc:
             log.error("policy reload failed; keeping revision %s: %s", self.revision, exc.message)
             return False
         changed = revision != self.revision
-        self.bundle, self._vm, self.revision = bundle, vm, revision
+        self.bundle, self._vm, self.revision, self.reason_notes = bundle, vm, revision, notes
         if changed:
             log.info("policy reloaded, revision %s", revision)
         return changed

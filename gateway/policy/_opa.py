@@ -44,6 +44,7 @@ from ..errors import ConfigError, PolicyError
 from ._bundle import PolicyBundle, PolicyWatcher, load_policy_dir
 from ._embedded import check_compiles
 from ._modules import merge_by_package
+from ._notes import ReasonNote, read_reason_notes
 from ._result import PolicyResult, parse_result
 
 __all__ = ["OpaServerEngine"]
@@ -101,6 +102,7 @@ class OpaServerEngine:
         self.local_revision = self.bundle.revision(intents_doc)
         self._served_revision: str | None = None  # push_policy false: what OPA's bundles answer with
         self._check_pushable(self.bundle, intents_doc)
+        self.reason_notes: dict[str, ReasonNote] = self._notes_of(self.bundle)
         self._client = _Client(
             host=parts.hostname,
             port=parts.port or (443 if parts.scheme == "https" else 80),
@@ -129,6 +131,18 @@ class OpaServerEngine:
                 raise ConfigError(f"{bundle.root}: top-level data key {key!r} must hold an object to push to OPA")
         check_compiles(bundle, intents_doc)
         merge_by_package(bundle.modules)  # imports that would clash once merged
+
+    def _notes_of(self, bundle: PolicyBundle) -> dict[str, ReasonNote]:
+        """The reasons' notes from the policy dir: with ``push_policy`` the very files OPA runs
+        (a block OPA would refuse fails here first); without, the files OPA's bundles were
+        presumably built from, so an unreadable one costs the notes, not the engine."""
+        try:
+            return read_reason_notes(bundle.modules)
+        except ConfigError as exc:
+            if self.push_policy:
+                raise
+            log.warning("no reason notes from the policy dir %s: %s", bundle.root, exc.message)
+            return {}
 
     async def _ensure_ready(self) -> None:
         """Open the HTTP session, and upload the policy unless the server has this revision.
@@ -248,11 +262,12 @@ class OpaServerEngine:
             bundle = load_policy_dir(self.policy_dir)
             self._check_pushable(bundle, self.intents_doc)
             revision = bundle.revision(self.intents_doc)
+            notes = self._notes_of(bundle)
         except ConfigError as exc:
             log.error("policy reload failed; keeping revision %s: %s", self.local_revision, exc.message)
             return False
         changed = revision != self.local_revision
-        self.bundle, self.local_revision = bundle, revision
+        self.bundle, self.local_revision, self.reason_notes = bundle, revision, notes
         return changed
 
     async def aclose(self) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import ConfigError
 from ._bundle import load_policy_dir
 from ._embedded import regorus_message
+from ._notes import ref_path as _ref_path
 
 __all__ = ["RegoTestResult", "run_rego_tests"]
 
@@ -44,20 +45,6 @@ class RegoTestResult(BaseModel):
     @property
     def ref(self) -> str:
         return f"data.{self.package}.{self.name}"
-
-
-def _ref_path(node: Any) -> list[str]:
-    """Flatten a regorus AST reference (``Var`` / ``RefDot`` chain) into names."""
-    if not isinstance(node, dict):
-        return []
-    if "Var" in node:
-        return [node["Var"]["value"]]
-    if "RefDot" in node:
-        ref = node["RefDot"]
-        return [*_ref_path(ref["refr"]), ref["field"][1]]
-    if "RefBrack" in node:  # test_x[note] (a table-driven test): the rule is test_x
-        return _ref_path(node["RefBrack"]["refr"])
-    return []
 
 
 def _test_rules(modules: list[dict[str, Any]], test_files: set[str]) -> list[tuple[str, str, str, int]]:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import PolicyError
+from ._notes import ReasonNote
 
 __all__ = ["DECISION_PATH", "PolicyEngine", "PolicyResult", "parse_result"]
 
@@ -54,10 +55,12 @@ class PolicyEngine(Protocol):
 
     ``revision`` identifies the policy modules and data (intents included) that answer; it
     changes whenever they do.  ``evaluate`` raises ``PolicyError`` rather than answer
-    anything but a valid :class:`PolicyResult`.
+    anything but a valid :class:`PolicyResult`.  ``reason_notes`` is what the policy's own
+    METADATA annotations say of the reasons it gives (see ``_notes``), for reviewers.
     """
 
     revision: str
+    reason_notes: dict[str, ReasonNote]
 
     async def evaluate(self, input: dict[str, Any], *, decision_id: str | None = None) -> PolicyResult:
         """``decision_id``: the gateway's id for the decision, for the engine's own logs."""

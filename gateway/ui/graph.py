@@ -9,6 +9,10 @@ task had taken by then and the edges it followed are marked ``taken`` (steps it 
 later: ``later``); the attempted step is marked
 ``attempted`` (with the decision's outcome), and when the attempt did not follow a ``next``
 edge, a dashed arrow shows the jump.  The template draws it; this module only computes where.
+
+A box shows its step's whole name and tool: a column is as wide as its widest text (up to
+``MAX_W``), text wider than that wraps onto more lines, and a row is as tall as its tallest
+box.  Widths are estimated on the server (``textwidth``), erring wide.
 """
 
 from __future__ import annotations
@@ -16,19 +20,53 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..review import GraphStep, IntentGraph
+from .textwidth import text_width, wrap
 
-__all__ = ["Edge", "Frame", "Layout", "Node", "layout", "to_dot", "to_mermaid"]
+__all__ = ["Edge", "Frame", "Layout", "Line", "Node", "layout", "name_width", "to_dot", "to_mermaid",
+           "tool_width"]
 
-W, H = 176, 58  # box
+W, H = 176, 58  # the smallest box
+MAX_W = 320  # the widest box: longer text wraps
+PAD = 10  # text inset from a box's left and right edges
 GX, GY = 64, 28  # gaps between layers / rows
 LEFT, TOP = 56, 56  # room for the start marker / above the boxes for jumps
 JUMP = 40  # height of a jump's arc over the boxes
 LOOP = 34  # depth of an arrow curving under the boxes
-MAX_LABEL = 24
+# text sizes (px, as style.css sets them) and baselines from a box's top
+NAME_PX, TOOL_PX, BADGE_PX, FRAME_PX = 14, 12, 12, 12
+NAME_FIRST, NAME_NEXT, TOOL_GAP, TOOL_NEXT, BOTTOM = 23, 18, 20, 16, 15
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
+def name_width(text: str) -> float:
+    """A step name's width (bold sans-serif)."""
+    return text_width(text, NAME_PX, bold=True)
+
+
+def tool_width(text: str) -> float:
+    """A tool line's width (monospace)."""
+    return text_width(text, TOOL_PX, mono=True)
+
+
+def _badge_room(badges: str) -> float:
+    return text_width(badges, BADGE_PX, bold=True) + 8 if badges else 0.0
+
+
+def _ellipsized(text: str, width: float) -> str:
+    """``text`` cut to ``width`` with "…" (a group's frame label: the full name is its tooltip)."""
+    if text_width(text, FRAME_PX) <= width:
+        return text
+    while text and text_width(text + "…", FRAME_PX) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+@dataclass
+class Line:
+    """One line of a box's text: ``cls`` is ``name`` or ``tool``, ``dy`` its baseline from the top."""
+
+    cls: str
+    text: str
+    dy: int
 
 
 @dataclass
@@ -38,12 +76,34 @@ class Node:
     x: int
     y: int
     classes: str
-    label: str
-    sublabel: str
+    label: str  # the step's name
+    sublabel: str  # its tool, and its flags after a " · "
     badges: str
     title: str
     w: int = W
     h: int = H
+    lines: list[Line] = field(default_factory=list)
+    flags: str = ""
+
+    def natural_width(self) -> float:
+        """How wide the box would be with every text on one line."""
+        return max(name_width(self.label) + _badge_room(self.badges), tool_width(self.sublabel)) + 2 * PAD
+
+    def fit(self, w: int) -> None:
+        """Take width ``w``; break the text into lines that fit it, and take the height they need."""
+        room = w - 2 * PAD
+        names = wrap(self.label, name_width, room, first=room - _badge_room(self.badges))
+        tools = wrap(self.tool, tool_width, room) if self.tool else []
+        if self.flags:
+            joined = f"{tools[-1]} · {self.flags}" if tools else self.flags
+            if tool_width(joined) <= room:
+                tools[-1:] = [joined]
+            else:
+                tools += wrap(self.flags, tool_width, room)
+        self.lines = [Line("name", text, NAME_FIRST + n * NAME_NEXT) for n, text in enumerate(names)]
+        below = self.lines[-1].dy + TOOL_GAP
+        self.lines += [Line("tool", text, below + n * TOOL_NEXT) for n, text in enumerate(tools)]
+        self.w, self.h = w, max(H, self.lines[-1].dy + BOTTOM)
 
     @property
     def cx(self) -> int:
@@ -78,6 +138,7 @@ class Frame:
     w: int
     h: int
     label: str
+    title: str = ""
 
 
 @dataclass
@@ -90,6 +151,7 @@ class Layout:
     starts: list[tuple[int, int]] = field(default_factory=list)  # start marker → box (x, y) points
     marker: tuple[int, int] = (0, 0)
     has_free: bool = False
+    pad: int = PAD  # text inset in a box
 
 
 def _layers(graph: IntentGraph) -> dict[str, int]:
@@ -132,6 +194,7 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
     depth = _layers(graph)
     rows: dict[int, int] = {}
     nodes: dict[str, Node] = {}
+    cells: dict[str, tuple[int, int]] = {}  # step -> (layer, row)
     ordered = [s for s in graph.steps if not s.free]
     free = [s for s in graph.steps if s.free]
     free_row = 0
@@ -155,27 +218,30 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
             classes += ["attempted", outcome]
         if step.start:
             classes.append("start")
-        badges = " ".join(f"#{p}" for p in step.taken)
+        taken = " ".join(f"#{p}" for p in step.taken)
+        # a step taken often: the box's corner shows its first positions and its last, the tooltip all
+        badges = taken if len(step.taken) <= 4 else f"#{step.taken[0]} #{step.taken[1]} … #{step.taken[-1]}"
         if step.free:
             classes.append("free")
         flags = [f for f, on in (("needs approval", step.approval == "required"), ("end", step.terminal),
                                  ("any time", step.free)) if on]
-        title = f"{step.name}: {step.tool}" + (f" — taken at {badges}" if badges else "") + (
+        title = f"{step.name}: {step.tool}" + (f" — taken at {taken}" if taken else "") + (
             " — attempted by this decision" if step.attempted else "")
         nodes[step.name] = Node(
-            name=step.name, tool=step.tool, x=LEFT + layer * (W + GX), y=TOP + row * (H + GY),
-            classes=" ".join(classes), label=_short(step.name),
-            sublabel=_short(step.tool) + (f" · {', '.join(flags)}" if flags else ""), badges=badges, title=title,
+            name=step.name, tool=step.tool, x=0, y=0, classes=" ".join(classes), label=step.name,
+            sublabel=step.tool + (f" · {', '.join(flags)}" if flags else ""), badges=badges, title=title,
+            flags=", ".join(flags),
         )
+        cells[step.name] = (layer, row)
     if graph.attempted and not graph.attempted_known:
         layer = max(depth.values(), default=-1) + 1
-        row = rows.get(layer, 0)
         nodes[graph.attempted] = Node(
-            name=graph.attempted, tool="", x=LEFT + layer * (W + GX), y=TOP + row * (H + GY),
-            classes=f"node attempted unknown {outcome}", label=_short(graph.attempted), sublabel="not in this intent",
-            badges="",
+            name=graph.attempted, tool="", x=0, y=0, classes=f"node attempted unknown {outcome}",
+            label=graph.attempted, sublabel="not in this intent", badges="", flags="not in this intent",
             title=f"{graph.attempted}: not a step of this intent — attempted by this decision",
         )
+        cells[graph.attempted] = (layer, rows.get(layer, 0))
+    _place(nodes, cells)
 
     frames = []
     for name, members in graph.groups.items():
@@ -183,7 +249,8 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
         if boxes:
             x0, y0 = min(b.x for b in boxes) - 10, min(b.y for b in boxes) - 22
             x1, y1 = max(b.x + b.w for b in boxes) + 10, max(b.y + b.h for b in boxes) + 10
-            frames.append(Frame(x=x0, y=y0, w=x1 - x0, h=y1 - y0, label=_short(f"{name} (any order)")))
+            label = f"{name} (any order)"
+            frames.append(Frame(x=x0, y=y0, w=x1 - x0, h=y1 - y0, label=_ellipsized(label, x1 - x0 - 20), title=label))
 
     followed = {(a.step, b.step) for a, b in zip(graph.path, graph.path[1:], strict=False)
                 if a.relation != "after" and b.relation != "after"}
@@ -224,6 +291,24 @@ def layout(graph: IntentGraph, outcome: str) -> Layout:
     height = max((n.y + n.h for n in nodes.values()), default=TOP) + (LOOP + 10 * back + 24 if back else 24)
     return Layout(width=width, height=height, nodes=list(nodes.values()), edges=edges, frames=frames, starts=starts,
                   marker=marker, has_free=bool(free))
+
+
+def _place(nodes: dict[str, Node], cells: dict[str, tuple[int, int]]) -> None:
+    """Size every column to its widest box (up to ``MAX_W``), every row to its tallest, and put
+    each box in its cell."""
+    widths: dict[int, int] = {}
+    for name, (layer, _) in cells.items():
+        wanted = min(MAX_W, max(W, int(nodes[name].natural_width() + 0.999)))
+        widths[layer] = max(widths.get(layer, W), wanted)
+    heights: dict[int, int] = {}
+    for name, (layer, row) in cells.items():
+        nodes[name].fit(widths[layer])
+        heights[row] = max(heights.get(row, H), nodes[name].h)
+    for name, (layer, row) in cells.items():
+        node = nodes[name]
+        node.x = LEFT + sum(widths.get(c, W) + GX for c in range(layer))
+        node.y = TOP + sum(heights.get(r, H) + GY for r in range(row))
+        node.h = heights[row]
 
 
 def _flags(step: GraphStep) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 
 from ..errors import GatewayError, ReasonCode, reason_code_of
+from ..policy import ReasonNote
 from ..review import IntentGraph, ReviewService
 from .session import Session
 
-__all__ = ["REASON_TEXT", "STATIC_DIR", "csrf_refused", "form_errors", "reason_text", "render", "service_of",
-           "unavailable"]
+__all__ = ["REASON_TEXT", "STATIC_DIR", "csrf_refused", "form_errors", "reason_note", "reason_text", "render",
+           "service_of", "unavailable"]
 
 log = logging.getLogger("intentgate.ui")
 
@@ -92,8 +94,17 @@ REASON_TEXT: dict[ReasonCode, str] = {
 OUTCOME_TEXT = {"allow": "allowed", "deny": "denied", "hold": "held for approval", "would_deny": "would deny (shadow)"}
 
 
-def reason_text(reason: str) -> str:
-    """One reason (``code`` or ``code:detail``) in plain words."""
+def reason_note(reason: str, notes: Mapping[str, ReasonNote] | None = None) -> ReasonNote | None:
+    """What the policy's own METADATA says of a reason it gave (``policy:<its reason>``), if anything."""
+    code, _, detail = reason.partition(":")
+    return notes.get(detail) if notes and code == ReasonCode.POLICY.value else None
+
+
+def reason_text(reason: str, notes: Mapping[str, ReasonNote] | None = None) -> str:
+    """One reason (``code`` or ``code:detail``) in plain words: for a Rego reason, the title and
+    description of the rule that gave it, where ``notes`` (the policy's annotations) have them."""
+    if note := reason_note(reason, notes):
+        return ": ".join(part for part in (note.title, note.description) if part)
     try:
         text = REASON_TEXT[reason_code_of(reason)]
     except (ValueError, KeyError):
@@ -145,7 +156,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(when=_when, pretty=_pretty, reason_text=reason_text)
+_env.filters.update(when=_when, pretty=_pretty, reason_text=reason_text, reason_note=reason_note)
 _env.globals.update(outcome_text=OUTCOME_TEXT)
 
 def intent_svg(graph: IntentGraph) -> str:
@@ -185,8 +196,10 @@ async def render(
             pending = len(await service_of(request).approvals(status="pending"))
         except GatewayError as exc:
             log.error("ui: approvals count failed: %s", exc.message)
+    runtime = getattr(request.app.state, "runtime", None)
     html = _env.get_template(template).render(
-        request=request, session=session, pending=pending, path=request.url.path, **context
+        request=request, session=session, pending=pending, path=request.url.path,
+        reason_notes=runtime.policy.reason_notes if runtime is not None else {}, **context
     )
     return HTMLResponse(html, status_code=status_code, headers=_HEADERS)
 

@@ -19,6 +19,12 @@ _ask_actions := {"sampling/createMessage", "elicitation/create", "roots/list"}
 
 _ask if _action in _ask_actions
 
+# METADATA
+# title: Ask not permitted
+# description: >-
+#   An upstream asked the agent's client for something (sampling, elicitation or roots) that the
+#   step being called does not list under `asks`, or for a task or step that is not the agent's
+#   own.
 deny contains "ask_not_permitted" if {
 	_ask
 	not _ask_permitted
@@ -47,6 +53,11 @@ _ask_kind_matches_action if {
 	input.ask.kind == "roots"
 }
 
+# METADATA
+# title: Sampling may not include other servers' context
+# description: >-
+#   An upstream's sampling request asked the agent's client to add what it holds from other
+#   servers (includeContext "allServers"); no server may read another's context that way.
 deny contains "sampling_include_context" if {
 	_action == "sampling/createMessage"
 	input.ask.request.includeContext == "allServers"

@@ -9,6 +9,11 @@ import rego.v1
 
 _rotation if _tool == "secrets.rotate_credential"
 
+# METADATA
+# title: Outside the change window
+# description: >-
+#   Credentials are rotated in prod only Monday to Friday, 08:00 to 18:00 UTC; this call came
+#   outside that window (or without a usable time).
 deny contains "outside_change_window" if {
 	_rotation
 	not _unrestricted_environment

@@ -45,11 +45,21 @@ _action := input.action
 
 _tool_call if _action == "tools/call"
 
+# METADATA
+# title: Unknown action
+# description: >-
+#   The policy was asked about an action it does not know (not a tool call, read, task start or
+#   ask), and refuses whatever it does not know.
 deny contains "unknown_action" if {
 	not _action in {"tools/call", "resources/read", "resources/subscribe", "prompts/get", "completion/complete", "task/begin"}
 	not _action in _ask_actions
 }
 
+# METADATA
+# title: Workflow check failed
+# description: >-
+#   The gateway's check of the intent's graph failed (a step out of order, a wrong tool or an
+#   argument outside the step's constraints); the policy never lets such a call through.
 deny contains "workflow_violation" if {
 	_tool_call
 	not input.workflow.ok == true
@@ -59,11 +69,19 @@ deny contains "workflow_violation" if {
 
 _intent := data.intentgate.intents[input.intent.name]
 
+# METADATA
+# title: Unknown intent
+# description: >-
+#   The call or task names an intent that is not loaded.
 deny contains "unknown_intent" if {
 	_action in {"tools/call", "task/begin"}
 	not _intent
 }
 
+# METADATA
+# title: Agent may not declare the intent
+# description: >-
+#   The calling agent's id matches none of the intent's `agents` patterns.
 deny contains "agent_not_permitted" if {
 	_intent
 	not _agent_permitted

@@ -34,6 +34,12 @@ _read_kind := "resources" if {
 
 _read_actions := {"resources/read", "resources/subscribe", "prompts/get", "completion/complete"}
 
+# METADATA
+# title: Read not permitted
+# description: >-
+#   Resources and prompts are readable only when listed for their upstream under
+#   data.intentgate.reads and the agent may declare an intent that uses that upstream; this read
+#   is not.
 deny contains "read_not_permitted" if {
 	_action in _read_actions
 	not _read_permitted

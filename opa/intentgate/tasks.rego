@@ -28,12 +28,21 @@ _begun_by_agent if {
 
 _intent_begun_by(who) if who in _intent.begin
 
+# METADATA
+# title: Only a task issuer may begin this intent
+# description: >-
+#   The agent tried to begin a task of an intent whose `begin` does not include "agent"; a task
+#   issuer (the host application or orchestrator) must begin it.
 deny contains "task_issuer_required" if {
 	_begun_by_agent
 	_intent
 	not _intent_begun_by("agent")
 }
 
+# METADATA
+# title: Task issuer not permitted
+# description: >-
+#   A task issuer tried to begin a task of an intent whose `begin` does not include "issuer".
 deny contains "issuer_not_permitted" if {
 	_task_begin
 	_issuer_given
@@ -41,7 +50,11 @@ deny contains "issuer_not_permitted" if {
 	not _intent_begun_by("issuer")
 }
 
-# at most data.intentgate.limits.open_tasks[intent] open tasks per agent and intent
+# METADATA
+# title: Too many open tasks
+# description: >-
+#   The agent already holds as many open tasks of this intent as
+#   data.intentgate.limits.open_tasks allows; it must end one first.
 deny contains "too_many_open_tasks" if {
 	_task_begin
 	limit := data.intentgate.limits.open_tasks[input.intent.name]
