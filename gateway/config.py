@@ -31,7 +31,9 @@ __all__ = [
     "ReviewConfig",
     "StoreConfig",
     "TasksConfig",
+    "TelemetryConfig",
     "TokenConfig",
+    "TracingConfig",
     "UpstreamConfig",
     "expand_env",
     "load_config",
@@ -268,6 +270,35 @@ class ReviewConfig(_Strict):
         return self
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry spans of each request and W3C trace context to upstreams (``gateway.tracing``)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="make spans and send upstreams the gateway's trace context (off: no SDK loaded, "
+                    "no trace context goes upstream)")
+    exporter: Literal["otlp", "console", "none"] = Field(
+        default="otlp",
+        description="otlp: OTLP/HTTP (the `otlp` extra); console: one JSON line per span on stderr; "
+                    "none: spans are made and propagated, not exported")
+    endpoint: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="OTLP/HTTP traces URL (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else "
+                    "http://localhost:4318/v1/traces)")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with each OTLP export (a collector's "
+                                                                      "credential goes here)")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="each OTLP export")
+    service_name: str = Field(default="intentgate", min_length=1, max_length=200,
+                              description="the spans' service.name")
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1,
+        description="share of traces recorded, decided on the trace id (an agent's sampled flag is not obeyed)")
+
+
+class TelemetryConfig(_Strict):
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+
 class GatewayConfig(_Strict):
     intents_dir: Path = Path("intents")
     policy_dir: Path = Path("opa")
@@ -293,6 +324,7 @@ class GatewayConfig(_Strict):
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     redeem: RedeemConfig = Field(default_factory=RedeemConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @model_validator(mode="after")
     def _unique_upstreams(self) -> GatewayConfig:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,12 +23,16 @@ from .identity import AgentIdentity
 from .intents import Intent, IntentRegistry
 from .policy import PolicyEngine, PolicyResult
 from .ratelimit import RateLimiter
-from .store import ApprovalRecord, DecisionRecord, GrantUse, Outcome, Store, TaskAdvance, TokenRecord
+from .store import ApprovalRecord, CommitResult, DecisionRecord, GrantUse, Outcome, Store, TaskAdvance, TokenRecord
 from .store.budgets import BudgetSpend
 from .tasks import TaskGrant, TaskIssuer
 from .tokens import ActionTokenIssuer, MintedToken
+from .tracing import OFF, Tracing, failed
 from .usage import BudgetUse, begin_budget_uses, call_budget_uses, usage_document
 from .workflow import HistoryEntry, Task, WorkflowResult, allowed_next, check_call
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["CallRequest", "Decider", "TaskEnded", "TaskStarted", "Verdict", "new_id", "policy_input", "verdict_of"]
 
@@ -166,17 +170,23 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
 
 
 class _Clocked:
-    """Per-stage timings in microseconds."""
+    """Per-stage timings in microseconds; given a tracer, each stage is a span too (a child of
+    the current span, ``intentgate.decide.<stage>``, timed by the same laps)."""
 
-    __slots__ = ("_last", "timings")
+    __slots__ = ("_epoch", "_last", "_tracer", "timings")
 
-    def __init__(self) -> None:
+    def __init__(self, tracer: Tracer | None = None) -> None:
         self._last = time.perf_counter_ns()
+        self._tracer = tracer
+        self._epoch = time.time_ns() - self._last if tracer is not None else 0  # perf counter -> wall clock
         self.timings: dict[str, int] = {}
 
-    def lap(self, stage: str) -> None:
+    def lap(self, stage: str, *, span: bool = True) -> None:
         now = time.perf_counter_ns()
         self.timings[stage] = (now - self._last) // 1000
+        if span and self._tracer is not None:
+            self._tracer.start_span(f"intentgate.decide.{stage}", start_time=self._epoch + self._last).end(
+                end_time=self._epoch + now)
         self._last = now
 
 
@@ -197,6 +207,7 @@ class Decider:
         approval_ttl: int = 3600,
         audit_arguments: bool = True,
         limiter: RateLimiter | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.intents = intents
         self.policy = policy
@@ -209,6 +220,7 @@ class Decider:
         self.approval_ttl = approval_ttl
         self.audit_arguments = audit_arguments
         self.limiter = limiter
+        self.tracing = tracing or OFF
 
     def over_limit(self, agent: AgentIdentity) -> bool:
         """True when the agent has used up its rate (the caller refuses with ``rate_limited``)."""
@@ -257,7 +269,7 @@ class Decider:
                                                     ttl_seconds, now, None) if self.audit_arguments else None
         if problem or intent is None:
             code, message, _ = problem or (ReasonCode.UNKNOWN_INTENT, "unknown intent", None)
-            await self.store.commit_decision(record)
+            await self._commit(record)
             raise TaskError(message, code=code, decision_id=decision_id)
 
         ttl = min(ttl_seconds or intent.ttl_seconds, intent.ttl_seconds)
@@ -285,7 +297,7 @@ class Decider:
             record.reasons = ([reason(ReasonCode.POLICY_DENIED)] if not result.allow
                               else [reason(ReasonCode.POLICY_HOLD)]) + [reason(ReasonCode.POLICY, r)
                                                                          for r in result.reasons]
-            await self.store.commit_decision(record)
+            await self._commit(record)
             raise TaskError(explain(record.reasons, []), code=reason_code_of(record.reasons[0]),
                             decision_id=decision_id)
         task = Task(
@@ -306,7 +318,7 @@ class Decider:
         if not committed.committed:  # the grant began a task already (here or on another replica)
             record.id, record.task_id = new_id("dec"), None
             record.outcome, record.reasons = "deny", [reason(ReasonCode.TASK_GRANT_REPLAYED)]
-            await self.store.commit_decision(record)
+            await self._commit(record)
             raise TaskError("this task grant was already used", code=ReasonCode.TASK_GRANT_REPLAYED,
                             decision_id=record.id)
         return TaskStarted(
@@ -394,7 +406,7 @@ class Decider:
         if task is None or (task.agent != agent.id if issuer is None else task.issuer != issuer.label):
             code = ReasonCode.UNKNOWN_TASK if task is None else ReasonCode.TASK_NOT_OWNED
             record_id = new_id("dec")
-            await self.store.commit_decision(
+            await self._commit(
                 DecisionRecord(
                     id=record_id, at=now, kind="task/end", agent=agent.id, task_id=task_id[:64],
                     outcome="deny", reasons=[reason(code)],
@@ -446,9 +458,18 @@ class Decider:
 
     async def decide(self, call: CallRequest) -> Verdict:
         """Decide on one call.  Never raises: every failure is a recorded deny."""
-        clocked = _Clocked()
-        digest: str | None = None
+        tracer = self.tracing.tracer
+        if tracer is None:
+            return await self._decide_call(call, self._call_record(call), _Clocked())
         record = self._call_record(call)
+        with self.tracing.span("intentgate.decide") as span:
+            verdict = await self._decide_call(call, record, _Clocked(tracer))
+            if span.is_recording():
+                span.set_attributes(_span_attributes(call, record.intent, verdict))
+            return verdict
+
+    async def _decide_call(self, call: CallRequest, record: DecisionRecord, clocked: _Clocked) -> Verdict:
+        digest: str | None = None
         decision_id = record.id
         if self.over_limit(call.agent):
             record.masked = ["/arguments"]  # a flood is not worth storing
@@ -493,7 +514,7 @@ class Decider:
         record.token_jti = record.token_expires_at = None
         recorded = True
         try:
-            await self.store.commit_decision(record)
+            await self._commit(record)
         except Exception:  # noqa: BLE001 - the store itself is down: still deny
             log.error("could not record a failed decision", extra={"decision_id": record.id}, exc_info=True)
             recorded = False
@@ -504,10 +525,25 @@ class Decider:
 
     async def _deny_early(self, record: DecisionRecord, code: ReasonCode, detail: str | None = None) -> Verdict:
         record.outcome, record.reasons = "deny", [reason(code, detail)]
-        await self.store.commit_decision(record)
+        await self._commit(record)
         return Verdict(
             decision_id=record.id, outcome="deny", reasons=record.reasons, explanation=explain(record.reasons, [])
         )
+
+    async def _commit(self, record: DecisionRecord, **effects: Any) -> CommitResult:
+        """``store.commit_decision``, in a span of its own (``intentgate.store.commit``) when tracing."""
+        if self.tracing.tracer is None:
+            return await self.store.commit_decision(record, **effects)
+        with self.tracing.span("intentgate.store.commit") as span:
+            try:
+                committed = await self.store.commit_decision(record, **effects)
+            except GatewayError as exc:
+                failed(span, exc.code.value)
+                raise
+            if span.is_recording():
+                span.set_attributes({"db.system.name": self.store.db.dialect, "intentgate.decision_id": record.id,
+                                     "intentgate.outcome": record.outcome, "intentgate.committed": committed.committed})
+            return committed
 
     async def evaluate_policy(self, pinput: dict[str, Any], decision_id: str | None = None) -> PolicyResult:
         """The policy's answer within ``policy_timeout``, else ``PolicyError`` (the call is denied).
@@ -636,10 +672,9 @@ class Decider:
         spends = [BudgetSpend(u.name, u.scope, u.spend, u.budget.limit, u.budget.window_seconds,
                               enforce=not reviewed) for u in uses]
         record.timings_us = dict(clocked.timings)
-        committed = await self.store.commit_decision(record, advance=advance, token=token_row,
-                                                     use_approval=use_approval, use_grant_id=use_grant,
-                                                     spends=spends)
-        clocked.lap("store")
+        committed = await self._commit(record, advance=advance, token=token_row, use_approval=use_approval,
+                                       use_grant_id=use_grant, spends=spends)
+        clocked.lap("store", span=False)  # the commit is a span of its own
         if not committed.committed:
             # another call moved the task on, used the approval, or spent the budget first:
             # this one loses, and says so
@@ -670,8 +705,8 @@ class Decider:
                 expires_at=min(record.at + self.approval_ttl, task.expires_at),
             )
         record.timings_us = dict(clocked.timings)
-        await self.store.commit_decision(record, approval=approval)
-        clocked.lap("store")
+        await self._commit(record, approval=approval)
+        clocked.lap("store", span=False)
         return Verdict(
             decision_id=record.id, outcome=record.outcome, reasons=record.reasons,
             explanation=explain(record.reasons, nexts), allowed_next=nexts,
@@ -746,6 +781,17 @@ def verdict_of(wf: WorkflowResult, result: PolicyResult, approval: str) -> tuple
     if result.hold:
         return "hold", [reason(ReasonCode.POLICY_HOLD), *policy_reasons]
     return "allow", []
+
+
+def _span_attributes(call: CallRequest, intent: str | None, verdict: Verdict) -> dict[str, Any]:
+    """What the decision's span says of it: ids, names, the outcome and its reasons."""
+    attributes = {
+        "intentgate.decision_id": verdict.decision_id, "intentgate.agent": call.agent.id,
+        "intentgate.upstream": call.upstream, "intentgate.tool": call.qualified_tool, "intentgate.task": call.task_id,
+        "intentgate.step": call.step, "intentgate.intent": intent, "intentgate.outcome": verdict.outcome,
+        "intentgate.reasons": verdict.reasons,
+    }
+    return {k: v for k, v in attributes.items() if v is not None}
 
 
 def _without_arguments(pinput: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,9 @@ namespaced like tools: a resource URI ``u`` of upstream ``x`` is ``x+u`` (upstre
 valid URI-scheme characters), a prompt ``p`` is ``x__p``.  Every ``resources/read`` and
 ``prompts/get`` is decided by the Rego policy (``reads.rego``) and recorded; a refused read
 is a JSON-RPC error whose ``data`` names the decision and its reasons.
+
+Every request is handled in its own span when tracing is on (``tracing``), a child of the
+agent's span if it sent a W3C trace context; off, it is handled with no trace context at all.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
 
 from .asks import AskRelay, refuse_unattributed
 from .bindings import keep_values, result_document
@@ -45,6 +49,7 @@ from .names import RefusedName, normalise_prompt_name, normalise_uri
 from .reads import ReadRequest, decide_read, refuse_read
 from .runtime import Runtime
 from .store import KeptValues
+from .tracing import detached, failed
 from .upstreams import Upstream, UpstreamError, UpstreamPool
 
 __all__ = ["META_STEP", "META_TASK", "META_TOKEN", "Front"]
@@ -211,6 +216,13 @@ def _log_sink(ctx: Any, conn: AgentConnection) -> Any:
 H = TypeVar("H")
 
 
+def _note_decision(span: Any, decision_id: str | None, outcome: str | None, reasons: list[str] | None) -> None:
+    """The decision a request ended in, on the request's span (when it records)."""
+    if span.is_recording():
+        span.set_attributes({k: v for k, v in (("intentgate.decision_id", decision_id), ("intentgate.outcome", outcome),
+                                               ("intentgate.reasons", reasons)) if v is not None})
+
+
 def _boundary(handler: Callable[[Any, Any], Awaitable[H]]) -> Callable[[Any, Any], Awaitable[H]]:
     """The one error boundary of every MCP handler: what reaches an agent is a JSON-RPC error
     with a reason code (and the decision id when there is one), never internal text."""
@@ -249,17 +261,17 @@ class Front:
                     "with the task id and workflow step, in _meta (intentgate/task, intentgate/step) or in the "
                     "intent_task / intent_step arguments."
                 ),
-                on_list_tools=_boundary(self._list_tools),
-                on_call_tool=_boundary(self._call_tool),
-                on_list_resources=_boundary(self._list_resources),
-                on_list_resource_templates=_boundary(self._list_resource_templates),
-                on_read_resource=_boundary(self._read_resource),
-                on_subscribe_resource=_boundary(self._subscribe),
-                on_unsubscribe_resource=_boundary(self._unsubscribe),
-                on_list_prompts=_boundary(self._list_prompts),
-                on_get_prompt=_boundary(self._get_prompt),
-                on_completion=_boundary(self._complete),
-                on_set_logging_level=_boundary(self._set_level),
+                on_list_tools=self._serving("tools/list", self._list_tools),
+                on_call_tool=self._serving("tools/call", self._call_tool),
+                on_list_resources=self._serving("resources/list", self._list_resources),
+                on_list_resource_templates=self._serving("resources/templates/list", self._list_resource_templates),
+                on_read_resource=self._serving("resources/read", self._read_resource),
+                on_subscribe_resource=self._serving("resources/subscribe", self._subscribe),
+                on_unsubscribe_resource=self._serving("resources/unsubscribe", self._unsubscribe),
+                on_list_prompts=self._serving("prompts/list", self._list_prompts),
+                on_get_prompt=self._serving("prompts/get", self._get_prompt),
+                on_completion=self._serving("completion/complete", self._complete),
+                on_set_logging_level=self._serving("logging/setLevel", self._set_level),
                 get_tool_input_schema=self._input_schema,
             )
         # agents are told when an upstream's tools, resources or prompts change (followed in upstreams)
@@ -270,6 +282,36 @@ class Front:
         for up in pool.upstreams.values():
             up.unattributed = self._refuse_unattributed
             up.notified = self._upstream_notified
+            up.tracing = runtime.tracing
+
+    def _serving(self, method: str, handler: Callable[[Any, Any], Awaitable[H]]) -> Callable[[Any, Any], Awaitable[H]]:
+        """``handler`` behind the error boundary, in the request's span when tracing; untraced, with
+        no trace context at all (the SDK makes the agent's current: it would go upstream)."""
+        guarded = _boundary(handler)
+        tracing = self.rt.tracing
+        if not tracing.enabled:
+            async def untraced(ctx: Any, params: Any) -> H:
+                with detached():
+                    return await guarded(ctx, params)
+
+            return untraced
+
+        async def traced(ctx: Any, params: Any) -> H:
+            with tracing.request(method, ctx, params) as span:
+                try:
+                    result = await guarded(ctx, params)
+                except MCPError as exc:  # its message is what the agent gets: no internal text
+                    failed(span, str(exc.error.code), exc.error.message)
+                    span.set_attribute("rpc.response.status_code", str(exc.error.code))
+                    raise
+                if isinstance(result, types.CallToolResult) and result.is_error:
+                    failed(span, "tool_error")
+                    refusal = (result.meta or {}).get(META_DECISION)
+                    if isinstance(refusal, dict):
+                        _note_decision(span, refusal.get("decision_id"), refusal.get("outcome"), refusal.get("reasons"))
+                return result
+
+        return traced
 
     async def _refuse_unattributed(self, upstream: str, action: Any, kind: Any, in_flight: int) -> types.ErrorData:
         return await refuse_unattributed(self.rt.decider, upstream, action, kind, in_flight)
@@ -632,6 +674,7 @@ class Front:
         verdict = await decider.decide(request)
         if not verdict.forward:
             return _error_result(_verdict_payload(verdict), structured=structured)
+        _note_decision(trace.get_current_span(), verdict.decision_id, verdict.outcome, verdict.reasons)
         assert verdict.token is not None
         try:  # the token was burnt with the decision; check it binds exactly what goes upstream
             # (minted just now by this process: its claims are checked, its signature is not again)
@@ -651,7 +694,8 @@ class Front:
         conn = self.connections.of(ctx, agent.id)
         try:
             result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token, conn),
-                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx, conn), asks=relay)
+                                              progress=_progress_sink(ctx, meta), logs=_log_sink(ctx, conn), asks=relay,
+                                              decision_id=verdict.decision_id)
             size = len(result.model_dump_json(by_alias=True, exclude_none=True))
             if size > self.rt.config.front.max_result_bytes:  # the call ran; its result does not go on
                 status, detail = "result_too_large", f"{size} bytes"
@@ -689,12 +733,16 @@ class Front:
     async def _record_outcome(self, verdict: Verdict, request: CallRequest, status: str, started: float,
                               detail: str | None, kept: KeptValues | None) -> None:
         self.rt.metrics.upstream_call(request.upstream, status, time.perf_counter() - started)
-        try:
-            if not await self.rt.store.record_outcome(
-                verdict.decision_id, at=self.rt.clock.now(), status=status,
-                latency_ms=(time.perf_counter() - started) * 1000, detail=detail, kept=kept,
-            ):
-                log.warning("task %s keeps no more result values for bindings (cap reached)", request.task_id,
-                            extra={"decision_id": verdict.decision_id})
-        except GatewayError:
-            log.error("could not record the outcome of %s", verdict.decision_id)
+        with self.rt.tracing.span("intentgate.store.outcome") as span:
+            if span.is_recording():
+                span.set_attributes({"intentgate.decision_id": verdict.decision_id, "intentgate.call.status": status})
+            try:
+                if not await self.rt.store.record_outcome(
+                    verdict.decision_id, at=self.rt.clock.now(), status=status,
+                    latency_ms=(time.perf_counter() - started) * 1000, detail=detail, kept=kept,
+                ):
+                    log.warning("task %s keeps no more result values for bindings (cap reached)", request.task_id,
+                                extra={"decision_id": verdict.decision_id})
+            except GatewayError as exc:
+                failed(span, exc.code.value)
+                log.error("could not record the outcome of %s", verdict.decision_id)

@@ -21,6 +21,7 @@ from .sealer import Sealer
 from .store import Store
 from .tasks import TaskGrantMinter, TaskIssuers
 from .tokens import ActionTokenIssuer
+from .tracing import OFF, Tracing
 from .verify import ActionTokenVerifier
 
 __all__ = ["Runtime", "sealing_horizon"]
@@ -50,6 +51,7 @@ class Runtime:
     metrics: Metrics
     task_issuers: TaskIssuers
     sealer: Sealer
+    tracing: Tracing = OFF
 
     @classmethod
     async def open(cls, config: GatewayConfig, *, clock: Clock | None = None) -> Runtime:
@@ -66,7 +68,9 @@ class Runtime:
             timeout=config.policy.timeout_seconds,
         )
         store: Store | None = None
+        tracing = OFF
         try:
+            tracing = Tracing.open(config.telemetry.tracing)
             store = Store.open(
                 config.database_url,
                 timeout=config.store.timeout_seconds,
@@ -95,6 +99,7 @@ class Runtime:
                 audit_arguments=config.audit.arguments,
                 limiter=RateLimiter(config.front.rate_limit_per_second, config.front.rate_limit_burst, clock)
                 if config.front.rate_limit_per_second else None,
+                tracing=tracing,
             )
             task_issuers = TaskIssuers(config.tasks, local_keys=cls._task_issuer_keys(config, clock), clock=clock)
             signer = AuditSigner.open(config.audit_keys_dir, config.audit.checkpoints.origin)
@@ -102,13 +107,14 @@ class Runtime:
             if store is not None:
                 store.close()
             await policy.aclose()
+            tracing.shutdown()
             raise
         metrics = Metrics()
         store.events = metrics
         sealer = Sealer(store, signer, config.audit.checkpoints, clock, horizon=sealing_horizon(config),
                         events=metrics)
         return cls(config, clock, intents, policy, store, keys, issuer, verifier, decider, metrics, task_issuers,
-                   sealer)
+                   sealer, tracing)
 
     @staticmethod
     def _task_issuer_keys(config: GatewayConfig, clock: Clock) -> KeySet | None:
@@ -155,3 +161,5 @@ class Runtime:
             log.error("sealing the decision log at shutdown failed: %s", exc.message)
         await self.policy.aclose()
         self.store.close()
+        if self.tracing.enabled:  # the spans still queued are exported (up to the exporter's timeout)
+            await asyncio.to_thread(self.tracing.shutdown)

@@ -23,6 +23,11 @@ What an upstream asks of the client during a call (sampling, elicitation, roots:
 otherwise to the one call in flight, and refused when several are.  The session declares
 sampling, elicitation and roots to every upstream (it is shared by all agents); whether the
 agent behind a call can take an ask is checked when it comes.
+
+Each forwarded tool call is a CLIENT span when tracing is on (``gateway.tracing``), and its
+``_meta`` carries that span's W3C trace context, so the tool server's spans are its children.
+A session's own task starts with no trace context: its handshake and listings belong to no
+agent's request.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning
+from opentelemetry.trace import SpanKind
 
 from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
+from .tracing import OFF, Tracing, detached, failed
 from .upstream_stderr import stdio_transport
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamPool"]
@@ -111,6 +118,7 @@ class Upstream:
         self._relays: list[Any] = []
         self.unattributed: Unattributed | None = None  # records an ask no single call owns (set by the front)
         self.notified: Callable[[Upstream, Any], Awaitable[None]] | None = None  # resource updates, list changes
+        self.tracing: Tracing = OFF  # the gateway's (set by the front)
 
     def _target(self, http: httpx2.AsyncClient | None) -> Any:
         c = self.config
@@ -220,7 +228,8 @@ class Upstream:
             await self._shutdown()
             self._stop = asyncio.Event()
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._runner = asyncio.create_task(self._run(ready), name=f"upstream-{self.name}")
+            with detached():  # the task copies the context: not that of the request that happened to start it
+                self._runner = asyncio.create_task(self._run(ready), name=f"upstream-{self.name}")
             try:
                 async with asyncio.timeout(self.config.start_timeout_seconds):
                     await ready
@@ -256,9 +265,11 @@ class Upstream:
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], *,
         progress: ProgressSink | None = None, logs: LogSink | None = None, asks: Any = None,
+        decision_id: str | None = None,
     ) -> types.CallToolResult:
         """Forward one tool call; ``progress`` and ``logs`` receive what the upstream reports for
-        it, and ``asks`` (an ``asks.AskRelay``) what it asks of the client."""
+        it, and ``asks`` (an ``asks.AskRelay``) what it asks of the client.  ``meta`` goes with
+        it, the trace context of this call's span added when tracing."""
         client = await self.ensure()
         if logs is not None:
             self._log_sinks.append(logs)
@@ -266,10 +277,26 @@ class Upstream:
             self._relays.append(asks)
         reset = _relay.set(asks)
         try:
-            async with self._guarded():
-                return await client.call_tool(
-                    tool, arguments, meta=meta, progress_callback=progress  # type: ignore[arg-type]
-                )
+            with self.tracing.span(f"tools/call {tool}", SpanKind.CLIENT) as span:
+                if span.is_recording():
+                    span.set_attributes({
+                        "mcp.method.name": "tools/call", "gen_ai.operation.name": "execute_tool",
+                        "gen_ai.tool.name": tool, "network.transport": "pipe" if self.config.command else "tcp",
+                        "intentgate.upstream": self.name})
+                    if decision_id is not None:
+                        span.set_attribute("intentgate.decision_id", decision_id)
+                try:
+                    async with self._guarded():
+                        result = await client.call_tool(
+                            tool, arguments, meta=self.tracing.inject(meta),
+                            progress_callback=progress,  # type: ignore[arg-type]
+                        )
+                except UpstreamError as exc:
+                    failed(span, exc.code.value, exc.message)
+                    raise
+                if result.is_error:
+                    failed(span, "tool_error")
+                return result
         finally:
             _relay.reset(reset)
             if logs is not None:

@@ -2,10 +2,11 @@
 
 ``python tool_server.py --name payments`` serves that upstream's tools over stdio.  Every
 call's result echoes what the server received (tool, arguments, whether a gateway token
-came in ``_meta``, which ``Authorization`` header came over HTTP).  With ``INTENTGATE_JWKS``
-set, the server verifies each call's action token with ``gateway.verify`` (signature,
-audience, arguments digest, single use in its own ledger) and refuses calls without a valid
-one (``CAPTURE_TOKENS=FILE`` appends each raw token to FILE, for replay tests).
+came in ``_meta`` and any W3C trace context there, which ``Authorization`` header came over
+HTTP).  With ``INTENTGATE_JWKS`` set, the server verifies each call's action token with
+``gateway.verify`` (signature, audience, arguments digest, single use in its own ledger) and
+refuses calls without a valid one (``CAPTURE_TOKENS=FILE`` appends each raw token to FILE,
+for replay tests).
 ``RECORD_CALLS=FILE`` appends one JSON line per call that came with a token (upstream, tool,
 arguments, the raw token, and its ``jti`` once verified or the refusal code) and fsyncs it
 before the call runs, so a crash test can match what the server executed against the
@@ -181,6 +182,9 @@ def build(name: str) -> Server[Any]:
             # proves a brokered secret arrived without ever echoing it
             "brokered_secret_sha256": hashlib.sha256(os.environ.get("BROKERED_SECRET", "").encode()).hexdigest(),
         }
+        for key in ("traceparent", "tracestate", "baggage"):  # W3C trace context (SEP-414's keys), when any came
+            if key in meta:
+                echo[key] = meta[key]
         if os.environ.get("RESULT_PADDING"):  # plays an upstream answering a huge result
             echo["padding"] = "x" * int(os.environ["RESULT_PADDING"])
         return types.CallToolResult(  # RESULT_META plays an upstream putting keys of its choosing in _meta
