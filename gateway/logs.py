@@ -56,3 +56,8 @@ def configure_logging(level: str = "WARNING") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # the W3C trace context parsers warn of each malformed value, quoting it: a line of the
+    # agent's choosing per request (the MCP SDK parses every request's _meta, whatever the
+    # config). The value is ignored either way; only their errors are logged.
+    otel = logging.getLogger("opentelemetry.trace")
+    otel.setLevel(max(logging.ERROR, root.level))

@@ -7,11 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx2
 import pytest
 
+from tests.conftest import ROOT
 from tests.processes import free_port, serve, stop
 from tests.test_front_http import agent_token
 from tests.test_front_stdio import make_gateway
@@ -75,3 +78,21 @@ def test_serve_says_where_everything_is_once_ready_whatever_the_level(tmp_path: 
     assert ready["url"] == base and f"MCP at {base}/mcp" in ready["msg"] and f"{base}/ui" in ready["msg"]
     assert ready["upstreams_up"] == ready["upstreams"] == 4 and ready["intents"] == 4
     assert not [r for r in records if r["level"] == "INFO" and r["logger"] != "intentgate.serve"]
+
+
+def test_a_hostile_trace_context_is_not_quoted_into_the_log() -> None:
+    """The W3C parsers' warnings quote the agent's value; the gateway's logging keeps them out."""
+    script = """
+import logging
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from gateway.logs import configure_logging
+configure_logging("DEBUG")
+carrier = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
+           "tracestate": 'evil"}\\n{"level":"CRITICAL"=x,' + "k" * 300 + "=v"}
+TraceContextTextMapPropagator().extract(carrier)
+logging.getLogger("test").warning("still logging")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [line["msg"] for line in lines] == ["still logging"]
