@@ -67,4 +67,7 @@ if [ "$(psql_admin -c "select count(*) from pg_database where datname = 'test'")
 fi
 psql -h 127.0.0.1 -p "$PGPORT" -U root -d test -tAq -c 'select 1' >/dev/null \
     || { echo "PostgreSQL answers, but not to root@127.0.0.1/test without a password" >&2; exit 1; }
+# the text index's trigram operators: made once here, in the public schema (the migration makes
+# them where missing, which for a test would be inside its own schema, dropped after it)
+psql -h 127.0.0.1 -p "$PGPORT" -U root -d test -tAq -c 'create extension if not exists pg_trgm' >/dev/null
 echo "PostgreSQL is up on 127.0.0.1:$PGPORT (root@test)"

@@ -6,6 +6,9 @@ more on shutdown.  A decision therefore stays unsealed for at most about ``every
 plus one round while a gateway runs; ``intentgate audit verify`` reports rows left unsealed
 longer than ``max_unsealed_seconds``.
 
+After each round it folds what was decided into the read-side index (``store.rollup``: the
+overview's counts, the search's text index); a failure there is logged and leaves sealing alone.
+
 Publication happens after the checkpoint is committed.  A sink that fails is logged and
 counted (``intentgate_checkpoint_publish_failures_total``) and is given the newest checkpoint
 again at the next round: each checkpoint covers everything before it, so a sink that misses
@@ -59,7 +62,8 @@ class Sealer:
         self._lock = asyncio.Lock()
 
     async def seal_now(self) -> Checkpoint | None:
-        """Seal everything waiting (in batches) and publish the newest checkpoint; returns it."""
+        """Seal everything waiting (in batches), publish the newest checkpoint (returned) and fold
+        the decisions into the read-side index."""
         async with self._lock:
             newest = None
             while True:
@@ -77,7 +81,17 @@ class Sealer:
                 for sink in self.sinks:
                     self._unpublished[sink.name] = (newest.checkpoint, newest.note)
             await self._publish()
+            await self._fold()
             return None if newest is None else newest.checkpoint
+
+    async def _fold(self) -> None:
+        # never in the way of sealing: the overview and the search read what is not folded yet themselves
+        try:
+            await self.store.fold(now=self.clock.now(), horizon=self.horizon)
+        except GatewayError as exc:
+            log.error("folding decisions into the read-side index failed: %s", exc.message)
+        except Exception:
+            log.exception("folding decisions into the read-side index failed")
 
     async def _publish(self) -> None:
         for sink in self.sinks:

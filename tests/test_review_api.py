@@ -173,7 +173,7 @@ def env(tmp_path: Path, db_url: str) -> Iterator[Env]:
 
 
 # ----- who may read ----------------------------------------------------------------------
-ENDPOINTS = ["/v1/decisions", "/v1/decisions/dec_x", "/v1/audit/export"]
+ENDPOINTS = ["/v1/decisions", "/v1/decisions/dec_x", "/v1/audit/export", "/v1/overview"]
 
 
 def test_anonymous_and_bad_tokens_get_401(env: Env) -> None:
@@ -225,6 +225,35 @@ def test_reviewer_tokens_get_200(env: Env) -> None:
     assert r.status_code == 200 and r.json()["items"]
     wrong_aud = env.idp_token(["intentgate-reviewer"], aud="someone-else")
     assert env.get("/v1/decisions", token=wrong_aud).status_code == 401
+
+
+# ----- the overview -------------------------------------------------------------------------
+def test_overview_as_json(env: Env) -> None:
+    """``GET /v1/overview``: the overview page's figures for a range, as JSON."""
+    r = env.get("/v1/overview", since="2027-01-04T09:00:00Z", until="2027-01-04T12:00:00Z")
+    assert r.status_code == 200, r.text
+    ov = r.json()
+    assert ov["totals"] == {"allow": 11, "deny": 6, "hold": 1, "would_deny": 0}
+    assert ov["bucket_seconds"] == 300 and len(ov["buckets"]) == 36 and ov["range"] is None
+    assert ov["buckets"][24] == {"start": "2027-01-04T11:00:00Z", "end": "2027-01-04T11:05:00Z", "allow": 6,
+                                 "deny": 6, "hold": 1, "would_deny": 0}
+    assert ov["tools"][0] == {"name": "payments.refund", "deny": 4, "hold": 1, "would_deny": 0, "total": 5}
+    assert {e["name"]: e["total"] for e in ov["agents"]} == {SUPPORT.id: 6, OTHER.id: 1}
+    assert ov["distinct"] == {"reasons": len(ov["reasons"]), "agents": 2, "tools": 3, "intents": 2}
+    assert ov["backlog"] == {"pending_approvals": 1, "active_grants": 0, "unsigned_grants": 0}
+    assert [a["decision_id"] for a in ov["pending_approvals"]] == [env.filled["b_hold"]]
+    assert ov["active_grants"] == ov["unsigned_grants"] == []
+
+    env.client.app.state.review.clock = FrozenClock(MONDAY_10 + HOUR + 600)
+    last_hour = env.get("/v1/overview", range="1h").json()
+    assert last_hour["range"] == "1h" and last_hour["since"] == "2027-01-04T10:10:00Z"
+    assert last_hour["totals"] == {"allow": 6, "deny": 6, "hold": 1, "would_deny": 0}
+    assert env.get("/v1/overview").json()["range"] == "24h"
+    for bad in ({"range": "2h"}, {"since": "yesterday"}, {"since": "2027-01-04T12:00:00Z", "until": "2027-01-04T11:00:00Z"},
+                {"since": "2027-02-01T00:00:00Z"}, {"top": "5"}):  # (a since after now: until is now)
+        r = env.get("/v1/overview", **bad)
+        assert r.status_code == 422, (bad, r.text)
+    assert "/v1/overview" in env.client.get("/openapi.json").json()["paths"]
 
 
 # ----- list and filters --------------------------------------------------------------------

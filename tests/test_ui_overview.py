@@ -242,6 +242,25 @@ def test_overview_shows_pending_approvals_and_grants(env: Env) -> None:
     assert re.search(r'<span class="n">0</span> pending approvals', html) and "Nothing is waiting" in html
 
 
+def test_pending_approvals_mean_the_same_on_the_overview_and_the_gauge(env: Env) -> None:
+    """A pending approval counts while a reviewer can still approve it (pending, not expired):
+    on the overview (its count and its list) as in ``intentgate_approvals_pending``."""
+    from gateway.store.queries import review_backlog
+
+    login(env)
+    service = env.client.app.state.review
+    [held] = asyncio.run(service.store.list_approvals(status="pending"))
+    for now, want in ((held.expires_at - 1, 1), (held.expires_at, 0), (held.expires_at + 86400, 0)):
+        service.clock = FrozenClock(now)
+        ov = asyncio.run(service.overview(OverviewQuery(range="1h")))
+        gauge = service.store.db.run_sync(lambda conn, now=now: review_backlog(conn, now))
+        assert ov.backlog.pending_approvals == len(ov.pending_approvals) == gauge.pending_approvals == want
+        html = page(env, range="1h")
+        assert re.search(rf'<span class="n">{want}</span> pending approvals', html)
+        assert (env.filled["b_hold"] in re.search(r'id="waiting-approvals">(.*?)</section>', html, re.S).group(1)) \
+            is bool(want)
+
+
 # ----- errors, CSP ----------------------------------------------------------------------------
 def test_bad_ranges_are_explained_in_words(env: Env) -> None:
     login(env)
@@ -320,6 +339,7 @@ def test_inbox_exports_its_filter_as_ndjson(env: Env) -> None:
 def test_a_bucket_that_has_only_just_begun_is_a_bar_as_wide_as_the_others() -> None:
     """The range's ends cut the first and last buckets short (here the last has run 25 s of its
     30 min): each still gets a full slot, so a call held a moment ago is a bar one can click."""
+    from gateway.review.models import Backlog
     from gateway.review.overview import Overview, OverviewBucket, resolve
     from gateway.ui.overview import LEFT, WIDTH, chart
 
@@ -331,8 +351,9 @@ def test_a_bucket_that_has_only_just_begun_is_a_bar_as_wide_as_the_others() -> N
                for i, (a, b) in enumerate(zip(edges, edges[1:]))]
     ov = Overview(since=datetime.fromtimestamp(since, UTC), until=datetime.fromtimestamp(until, UTC), range="24h",
                   bucket_seconds=width, buckets=buckets, totals={"allow": 0, "deny": 0, "hold": 1, "would_deny": 0},
-                  reasons=[], agents=[], tools=[], intents=[], distinct={}, pending_approvals=[], active_grants=[],
-                  unsigned_grants=[])
+                  reasons=[], agents=[], tools=[], intents=[], distinct={},
+                  backlog=Backlog(pending_approvals=0, active_grants=0, unsigned_grants=0), pending_approvals=[],
+                  active_grants=[], unsigned_grants=[])
     hold = next(s for s in chart(ov).series if s.outcome == "hold")
     widths = {bar.w for bar in hold.bars}
     assert len(widths) == 1 and widths.pop() > 10  # 49 slots across the plot, the last one too

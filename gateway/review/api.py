@@ -1,5 +1,5 @@
-"""The reviewer REST API under ``/v1``: decisions, the audit export, approvals, break-glass
-grants and what-if replay.
+"""The reviewer REST API under ``/v1``: decisions, the overview, the audit export, approvals,
+break-glass grants and what-if replay.
 
 Every route needs a reviewer credential (:func:`require_reviewer`): no or an invalid token
 is a 401 with ``WWW-Authenticate: Bearer``; an agent's workload token, or a reviewer token
@@ -31,9 +31,11 @@ from .models import (
     GrantCreate,
     GrantList,
     GrantPublic,
+    Overview,
     ReplayRequest,
     ReviewNote,
 )
+from .overview import OverviewQuery
 from .service import ReviewService
 
 __all__ = ["require_reviewer", "router"]
@@ -127,6 +129,22 @@ async def get_decision(
     if detail is None:
         raise HTTPException(status_code=404, detail={"error": "not_found", "message": "no such decision"})
     return detail
+
+
+@router.get("/overview", response_model=Overview, responses={422: {"description": "an invalid time range"}},
+            summary="Outcomes over a time range, what was denied or held most, and what waits")
+async def overview(query: Annotated[OverviewQuery, Query()], reviewer: ReviewerDep, service: ServiceDep) -> Overview:
+    """The overview page's data: decisions by outcome in the range and per bucket (at most 48,
+    edges on whole minutes, hours or days), the top 10 reasons, agents, tools and intents of the
+    denied, held and would-deny decisions, and the pending approvals and active and unsigned
+    grants now.  The range is `range` (the last 1h, 6h, 24h (default), 7d or 30d) or `since`
+    (and `until`, default now)."""
+    try:
+        return await service.overview(query)
+    except (ValueError, OverflowError) as exc:  # a since later than now, a time beyond what a date holds
+        raise HTTPException(status_code=422, detail={"error": "invalid", "message": str(exc)}) from None
+    except GatewayError as exc:
+        raise _unavailable(exc) from None
 
 
 @router.get(

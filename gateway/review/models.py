@@ -23,6 +23,10 @@ from ..workflow import Task, allowed_next
 
 __all__ = [
     "MAX_SEQ",
+    "Backlog",
+    "Overview",
+    "OverviewBucket",
+    "TopEntry",
     "ApprovalList",
     "ApprovalPublic",
     "GrantCreate",
@@ -346,6 +350,53 @@ def grant_public(g: GrantRecord, now: float) -> GrantPublic:
 
 class GrantList(_Public):
     grants: list[GrantPublic]
+
+
+class OverviewBucket(_Public):
+    start: datetime
+    end: datetime
+    allow: int
+    deny: int
+    hold: int
+    would_deny: int
+
+
+class TopEntry(_Public):
+    name: str | None = Field(description="null: decisions without one (e.g. no intent)")
+    deny: int
+    hold: int
+    would_deny: int
+    total: int
+
+
+class Backlog(_Public):
+    """What waits for reviewers now: the numbers of the ``intentgate_approvals_pending``,
+    ``intentgate_grants_active`` and ``intentgate_grants_unsigned`` gauges."""
+
+    pending_approvals: int = Field(description="held calls a reviewer can still approve (pending, not expired)")
+    active_grants: int = Field(description="grants neither expired nor revoked")
+    unsigned_grants: int = Field(description="grants not signed off yet, whatever their state")
+
+
+class Overview(_Public):
+    """Outcomes over one time range, the top names of what was denied or held in it, and what
+    waits for a reviewer now (``GET /v1/overview``, the overview page)."""
+
+    since: datetime
+    until: datetime
+    range: str | None = Field(description="the relative range asked for, if any")
+    bucket_seconds: int
+    buckets: list[OverviewBucket]
+    totals: dict[str, int] = Field(description="decisions by outcome in the whole range")
+    reasons: list[TopEntry] = Field(description="reasons of denied and held decisions, most frequent first")
+    agents: list[TopEntry]
+    tools: list[TopEntry]
+    intents: list[TopEntry]
+    distinct: dict[str, int] = Field(description="how many reasons, agents, tools, intents in all")
+    backlog: Backlog
+    pending_approvals: list[ApprovalPublic] = Field(description="the oldest pending, unexpired approvals (≤ 200)")
+    active_grants: list[GrantPublic]
+    unsigned_grants: list[GrantPublic] = Field(description="grants not signed off yet (needs review)")
 
 
 class ReplayRequest(_Public):

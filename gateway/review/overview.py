@@ -3,8 +3,9 @@ what was denied or held, and what waits for a reviewer (pending approvals, activ
 unsigned break-glass grants), for one time range.
 
 ``OverviewQuery`` is the range as asked (a relative ``range`` ending now, or ``since`` /
-``until``); :func:`resolve` turns it into epoch bounds and bucket edges; ``Overview`` is the
-answer the UI renders (the store part comes from :mod:`gateway.store.overview`).
+``until``); :func:`resolve` turns it into epoch bounds and bucket edges; ``Overview``
+(:mod:`.models`) is the answer ``GET /v1/overview`` returns and the UI renders (the store part
+comes from :mod:`gateway.store.overview`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..store.overview import OverviewRows, Tally
-from .models import ApprovalPublic, GrantPublic, epoch
+from ..store.queries import ReviewBacklog
+from .models import ApprovalPublic, Backlog, GrantPublic, Overview, OverviewBucket, TopEntry, epoch
 
 __all__ = ["RANGES", "Overview", "OverviewBucket", "OverviewQuery", "TopEntry", "build_overview", "resolve"]
 
@@ -58,46 +60,6 @@ def resolve(query: OverviewQuery, now: float) -> tuple[float, float, int, list[f
     return since, until, width, [since, *(float(k * width) for k in inner), until]
 
 
-class OverviewBucket(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    start: datetime
-    end: datetime
-    allow: int
-    deny: int
-    hold: int
-    would_deny: int
-
-
-class TopEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str | None = Field(description="null: decisions without one (e.g. no intent)")
-    deny: int
-    hold: int
-    would_deny: int
-    total: int
-
-
-class Overview(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    since: datetime
-    until: datetime
-    range: str | None = Field(description="the relative range asked for, if any")
-    bucket_seconds: int
-    buckets: list[OverviewBucket]
-    totals: dict[str, int] = Field(description="decisions by outcome in the whole range")
-    reasons: list[TopEntry] = Field(description="reasons of denied and held decisions, most frequent first")
-    agents: list[TopEntry]
-    tools: list[TopEntry]
-    intents: list[TopEntry]
-    distinct: dict[str, int] = Field(description="how many reasons, agents, tools, intents in all")
-    pending_approvals: list[ApprovalPublic]
-    active_grants: list[GrantPublic]
-    unsigned_grants: list[GrantPublic] = Field(description="grants not signed off yet (needs review)")
-
-
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
 
@@ -106,13 +68,16 @@ def _entries(tallies: list[Tally]) -> list[TopEntry]:
     return [TopEntry(name=t.name, deny=t.deny, hold=t.hold, would_deny=t.would_deny, total=t.total) for t in tallies]
 
 
-def build_overview(rows: OverviewRows, *, range_name: str | None, width: int, approvals: list[ApprovalPublic],
-                   active: list[GrantPublic], unsigned: list[GrantPublic]) -> Overview:
+def build_overview(rows: OverviewRows, *, range_name: str | None, width: int, backlog: ReviewBacklog,
+                   approvals: list[ApprovalPublic], active: list[GrantPublic], unsigned: list[GrantPublic]) -> Overview:
     edges = rows.edges
     return Overview(
         since=_dt(edges[0]), until=_dt(edges[-1]), range=range_name, bucket_seconds=width,
         buckets=[OverviewBucket(start=_dt(edges[i]), end=_dt(edges[i + 1]), **b) for i, b in enumerate(rows.buckets)],
         totals=rows.totals, reasons=_entries(rows.reasons), agents=_entries(rows.agents), tools=_entries(rows.tools),
-        intents=_entries(rows.intents), distinct=rows.distinct, pending_approvals=approvals, active_grants=active,
+        intents=_entries(rows.intents), distinct=rows.distinct,
+        backlog=Backlog(pending_approvals=backlog.pending_approvals, active_grants=backlog.active_grants,
+                        unsigned_grants=backlog.unsigned_grants),
+        pending_approvals=approvals, active_grants=active,
         unsigned_grants=unsigned,
     )

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import datetime
-
 from pathlib import Path
+
+from sqlalchemy import Connection
 
 from ..clock import Clock, SystemClock
 from ..config import GatewayConfig
@@ -23,8 +24,10 @@ from ..intents import IntentRegistry, load_intents
 from ..keys import KeySet
 from ..policy import make_engine
 from ..replay import ReplayReport, Replayer
-from ..store import DecisionRecord, GrantRecord, Store
+from ..store import ApprovalRecord, DecisionRecord, GrantRecord, Store
+from ..store.overview import OverviewRows
 from ..store.overview import overview as overview_rows
+from ..store.queries import ReviewBacklog, pending_approvals, review_backlog
 from .auth import Reviewer, ReviewerAuth
 from .models import (
     ApprovalPublic,
@@ -114,11 +117,16 @@ class ReviewService:
     async def overview(self, query: OverviewQuery, *, top: int = 10) -> Overview:
         """Outcomes over ``query``'s range, the ``top`` reasons, agents, tools and intents of what
         was denied or held in it, and the pending approvals, active and unsigned grants now."""
-        since, until, width, edges = resolve(query, self.clock.now())
-        rows = await self.store.db.run(lambda conn: overview_rows(conn, edges, top=top), read_only=True)
+        now = self.clock.now()
+        since, until, width, edges = resolve(query, now)
+
+        def read(conn: Connection) -> tuple[OverviewRows, ReviewBacklog, list[ApprovalRecord]]:
+            return overview_rows(conn, edges, top=top), review_backlog(conn, now), pending_approvals(conn, now)
+
+        rows, backlog, pending = await self.store.db.run(read, read_only=True)
         return build_overview(
-            rows, range_name=None if query.since else (query.range or "24h"), width=width,
-            approvals=await self.approvals(status="pending"), active=await self.grants(active=True),
+            rows, range_name=None if query.since else (query.range or "24h"), width=width, backlog=backlog,
+            approvals=[approval_public(a) for a in pending], active=await self.grants(active=True),
             unsigned=await self.grants(needs_review=True),
         )
 

@@ -244,12 +244,15 @@ class Database:
             log.warning("WAL checkpoint failed", exc_info=True)
 
     async def run(
-        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, read_only: bool = False
+        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, read_only: bool = False,
+        inline: bool = True,
     ) -> T:
-        """Run ``fn(conn, *args)`` in one transaction (see the module doc), with a timeout."""
+        """Run ``fn(conn, *args)`` in one transaction (see the module doc), with a timeout;
+        ``inline=False``: on the worker even where SQLite could run it inline (background work
+        that would hold the event loop too long)."""
         if self._closed:
             raise StoreError("store is closed")
-        if self.inline:
+        if self.inline and inline:
             done, result = self._try_inline(fn, args, read_only)
             if done:
                 return result  # type: ignore[return-value]

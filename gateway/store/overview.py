@@ -1,39 +1,40 @@
 """Read-side aggregates for the reviewer overview: outcome counts over time, and who and what
 was denied or held most, in one time range.
 
-Fast on large logs without an index on ``at`` (it would cost a write per decision):
+Fast on large logs without an index on ``at`` (it would cost a write per decision): the counts
+come from the roll-up (``rollup``: per minute, hour and day, kept up by a background round),
+and only what it cannot answer is read from the decisions table:
 
-- every time edge (the range's ends and the buckets' edges) becomes a ``seq`` edge by one
-  k-ary search on the primary key for all edges at once, one query per round (four or five
-  rounds for 10^6 decisions, whatever the number of buckets);
-- the counts per bucket and outcome come from the ``(outcome, seq)`` index alone: one query
-  of scalar subqueries, each an index range count, no table row read;
-- the top lists read only the denied and held rows of the range (found by the same index),
-  grouped in SQL by (outcome, agent, tool, intent, reasons) and summed per dimension here.
+- the range is covered by whole buckets of the roll-up's widths, coarsest first (:func:`cover`):
+  a few of each width, whatever the range's length; for the counts per bucket only by the
+  widths that fit the buckets' edges, so that no rolled-up bucket straddles one;
+- the parts of the range's two ends shorter than a minute are read from the decisions made
+  then (their ``seq`` range found by one k-ary search on the primary key, :func:`seq_edges`,
+  widened by ``queries.CLOCK_MARGIN`` as the decision search's time bounds are);
+- the decisions the round has not folded yet (the tail) are read in full.
 
-Edges follow the log order, as the decision search's time bounds do: a decision counts in the
-bucket its place in the log falls in, which is the bucket of its time wherever times follow
-the log order (``queries.CLOCK_MARGIN``: a call that arrived just before an edge and committed
-after it may count on either side).
+A decision counts in the bucket its time falls in, exactly (the roll-up is keyed by time, the
+rest is filtered on it), and every decision the log holds, reviewer actions included, counts
+by its outcome, as the decision search finds them.
 """
 
 from __future__ import annotations
 
 import json
-from bisect import bisect_left
+import math
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, Text, bindparam, cast, func, select, union_all
+from sqlalchemy import Connection, Text, bindparam, cast, func, select, union_all
 
-from .queries import decisions_t
+from .queries import CLOCK_MARGIN, decisions_t
+from .rollup import DIMS, FLAGGED, WIDTHS, Folded, folded_state, is_folded, names_t, rollup_t, unfolded
 
-__all__ = ["OUTCOMES", "FLAGGED", "OverviewRows", "Tally", "overview", "seq_edges"]
+__all__ = ["OUTCOMES", "FLAGGED", "OverviewRows", "Tally", "cover", "overview", "seq_edges"]
 
 OUTCOMES = ("allow", "deny", "hold", "would_deny")
-FLAGGED = ("deny", "hold", "would_deny")  # what the top lists count
 _FANOUT = 32  # probes per open bracket and round
 _FINE = 64  # a bracket this narrow is read in full
 
@@ -124,34 +125,6 @@ def seq_edges(conn: Connection, whens: list[float]) -> list[int]:
     return [_narrow(lo[i], hi[i], whens[i], seqs, ats)[1] for i in range(len(whens))]
 
 
-@lru_cache(maxsize=64)
-def _counts_statement(cells: int) -> Select[Any]:
-    """``cells`` index range counts in one statement (built once per size: SQLAlchemy's
-    statement cache then skips compiling it again)."""
-    d = decisions_t.c
-    return select(*(
-        select(func.count()).select_from(decisions_t)
-        .where(d.outcome == bindparam(f"o{n}"), d.seq >= bindparam(f"lo{n}"), d.seq < bindparam(f"hi{n}"))
-        .scalar_subquery().label(f"c{n}")
-        for n in range(cells)
-    ))
-
-
-def _counts(conn: Connection, seqs: list[int]) -> list[dict[str, int]]:
-    """Decisions by outcome between consecutive seq edges: index range counts, one query."""
-    buckets: list[dict[str, int]] = [dict.fromkeys(OUTCOMES, 0) for _ in range(len(seqs) - 1)]
-    cells = [(i, o) for i in range(len(seqs) - 1) if seqs[i] < seqs[i + 1] for o in OUTCOMES]
-    if not cells:
-        return buckets
-    params: dict[str, Any] = {}
-    for n, (i, o) in enumerate(cells):
-        params.update({f"o{n}": o, f"lo{n}": seqs[i], f"hi{n}": seqs[i + 1]})
-    counted = conn.execute(_counts_statement(len(cells)), params).one()
-    for (i, o), n in zip(cells, counted, strict=True):
-        buckets[i][o] = int(n)
-    return buckets
-
-
 def _top(counts: Counter[tuple[str | None, str]], top: int) -> tuple[list[Tally], int]:
     """The ``top`` names by their total count, largest first, and how many names in all."""
     tallies: dict[str | None, Tally] = {}
@@ -161,35 +134,105 @@ def _top(counts: Counter[tuple[str | None, str]], top: int) -> tuple[list[Tally]
     return sorted(tallies.values(), key=lambda t: (-t.total, t.name or ""))[:top], len(tallies)
 
 
+def _ceil(t: float, width: int) -> int:
+    k = math.ceil(t / width)
+    while k * width < t:
+        k += 1
+    while (k - 1) * width >= t:
+        k -= 1
+    return k * width
+
+
+def _floor(t: float, width: int) -> int:
+    k = math.floor(t / width)
+    while k * width > t:
+        k -= 1
+    while (k + 1) * width <= t:
+        k += 1
+    return k * width
+
+
+def cover(a: float, b: float, widths: tuple[int, ...]) -> tuple[list[tuple[int, int, int]], list[tuple[float, float]]]:
+    """[a, b) as whole buckets of ``widths`` (coarsest first): ``(width, first start, end)``
+    runs, and the pieces left over at the ends (shorter than the finest width)."""
+    if not widths:
+        return [], [(a, b)] if a < b else []
+    width, finer = widths[0], widths[1:]
+    lo, hi = _ceil(a, width), _floor(b, width)
+    if lo >= hi:
+        return cover(a, b, finer)
+    left, left_raw = cover(a, lo, finer)
+    right, right_raw = cover(hi, b, finer)
+    return [(width, lo, hi), *left, *right], [*left_raw, *right_raw]
+
+
+_ROW = (decisions_t.c.at, decisions_t.c.outcome, decisions_t.c.agent, decisions_t.c.tool, decisions_t.c.intent,
+        cast(decisions_t.c.reasons, Text))
+
+
+def _raw(conn: Connection, state: Folded, pieces: list[tuple[float, float]], since: float, until: float) -> list[Any]:
+    """The decisions not in the roll-up's answer: those of the end ``pieces`` it holds, and the
+    tail it does not hold yet (in the range), in one UNION ALL of primary key ranges."""
+    d = decisions_t.c
+    parts = []
+    if pieces:
+        seqs = seq_edges(conn, [t for a, b in pieces for t in (a - CLOCK_MARGIN, b + CLOCK_MARGIN)])
+        for k, (a, b) in enumerate(pieces):
+            parts.append(select(*_ROW).where(d.seq >= seqs[2 * k], d.seq < seqs[2 * k + 1], d.at >= a, d.at < b,
+                                             is_folded(state)))
+    parts += [select(*_ROW).where(part, d.at >= since, d.at < until) for part in unfolded(state)]
+    return list(conn.execute(union_all(*parts)).all())
+
+
 def overview(conn: Connection, edges: list[float], *, top: int = 10) -> OverviewRows:
     """Counts by outcome in each bucket between consecutive ``edges`` (ascending epoch
     seconds; the range is ``edges[0]`` to ``edges[-1]``), and the ``top`` reasons, agents,
     tools and intents of the denied, held and would-deny decisions of the whole range."""
-    seqs = seq_edges(conn, edges)
-    buckets = _counts(conn, seqs)
+    state = folded_state(conn)
+    since, until = edges[0], edges[-1]
+    buckets: list[dict[str, int]] = [dict.fromkeys(OUTCOMES, 0) for _ in range(len(edges) - 1)]
+    # the coarsest width every inner edge is a whole multiple of: its buckets never straddle an edge
+    fits = next((w for w in WIDTHS if all(e % w == 0 for e in edges[1:-1])), None)
+    widths = WIDTHS if fits is not None else ()
+    runs, pieces = cover(since, until, tuple(w for w in widths if w <= (fits or 0)))
+    r = rollup_t.c
+    if runs:
+        counted = conn.execute(union_all(*(
+            select(r.start, r.outcome, r.n).where(r.width == w, r.dim == "outcome", r.start >= lo, r.start < hi)
+            for w, lo, hi in runs)))
+        for start, outcome, n in counted:
+            if outcome in OUTCOMES:
+                buckets[bisect_right(edges, start) - 1][outcome] += n
+    by: dict[str, Counter[tuple[str | None, str]]] = {k: Counter() for k in DIMS}
+    parsed: dict[str, list[str]] = {}
+    for at, outcome, agent, tool, intent, reasons in _raw(conn, state, pieces, since, until):
+        if outcome in OUTCOMES:
+            buckets[bisect_right(edges, at) - 1][outcome] += 1
+        if outcome in FLAGGED:
+            if reasons not in parsed:
+                parsed[reasons] = list(dict.fromkeys(json.loads(reasons)))  # a reason counts once per decision
+            for reason in parsed[reasons]:
+                by["reason"][reason, outcome] += 1
+            by["agent"][agent, outcome] += 1
+            by["tool"][tool, outcome] += 1
+            by["intent"][intent, outcome] += 1
     totals = {o: sum(b[o] for b in buckets) for o in OUTCOMES}
     rows = OverviewRows(edges=edges, buckets=buckets, totals=totals)
     if not any(totals[o] for o in FLAGGED):
         return rows
-    d = decisions_t.c
-    reasons_text = cast(d.reasons, Text)  # PostgreSQL's json has no equality: group by its text
-    groups = conn.execute(
-        select(d.outcome, d.agent, d.tool, d.intent, reasons_text, func.count())
-        .where(d.outcome.in_(FLAGGED), d.seq >= seqs[0], d.seq < seqs[-1])
-        .group_by(d.outcome, d.agent, d.tool, d.intent, reasons_text)
-    ).all()
-    by: dict[str, Counter[tuple[str | None, str]]] = {k: Counter() for k in ("reasons", "agents", "tools", "intents")}
-    parsed: dict[str, list[str]] = {}
-    for outcome, agent, tool, intent, reasons, n in groups:
-        if reasons not in parsed:
-            parsed[reasons] = list(dict.fromkeys(json.loads(reasons)))  # a reason counts once per decision
-        for reason in parsed[reasons]:
-            by["reasons"][reason, outcome] += n
-        by["agents"][agent, outcome] += n
-        by["tools"][tool, outcome] += n
-        by["intents"][intent, outcome] += n
+    runs, _ = cover(since, until, widths)  # (both covers leave the same pieces: the range's parts of a minute)
+    if runs:
+        named = union_all(*(
+            select(r.dim, r.outcome, r.name_id, r.n).where(r.width == w, r.dim.in_(DIMS), r.start >= lo, r.start < hi)
+            for w, lo, hi in runs)).subquery()
+        summed = (select(named.c.dim, named.c.outcome, named.c.name_id, func.sum(named.c.n).label("n"))
+                  .group_by(named.c.dim, named.c.outcome, named.c.name_id).subquery())
+        for dim, outcome, name, n in conn.execute(
+                select(summed.c.dim, summed.c.outcome, names_t.c.name, summed.c.n)
+                .join_from(summed, names_t, names_t.c.id == summed.c.name_id)):
+            if outcome in FLAGGED:
+                by[dim][name, outcome] += int(n)
     (rows.reasons, n_reasons), (rows.agents, n_agents), (rows.tools, n_tools), (rows.intents, n_intents) = (
-        _top(by[k], top) for k in ("reasons", "agents", "tools", "intents"))
+        _top(by[k], top) for k in DIMS)
     rows.distinct = {"reasons": n_reasons, "agents": n_agents, "tools": n_tools, "intents": n_intents}
     return rows
-

@@ -5,7 +5,12 @@ never OFFSET, so page N costs what page 1 costs.  Outcome and agent filters use 
 ``(outcome, seq)`` and ``(agent, seq)`` indexes, a decision page the unique ``id`` and the
 primary keys.  Time bounds become a ``seq`` range by a binary search on the primary key (no
 index on ``at``: it would cost a write per decision); the other filters (intent, tool,
-reason, text) narrow a newest-first walk that stops as soon as a page is full.
+reason, text) narrow a newest-first walk that stops as soon as a page is full.  A text
+term of three characters or more is looked up in the text index first (``textsearch``):
+its candidates, newest first, are checked against every filter, so a term that matches
+nothing reads nothing; only a term found very often is walked for as before, where its
+matches are dense.  The decisions the index does not hold yet (``rollup.unfolded``) are
+walked as before too.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Connection, Text, and_, bindparam, cast, func, or_, select
 
 from ..workflow import Task
+from . import textsearch
 from .records import ApprovalRecord, DecisionRecord, TokenRecord
 from .compiled import json_value
+from .rollup import folded_state, unfolded
 from .taskrows import task_with_history
 from .tables import ApprovalRow, DecisionRow, GrantRow, OutcomeRow, TaskResultRow, TaskRow, TokenRow
 
@@ -33,6 +40,8 @@ __all__ = [
     "decisions_from",
     "has_reason",
     "last_seq",
+    "pending",
+    "pending_approvals",
     "review_backlog",
     "search_decisions",
 ]
@@ -137,9 +146,11 @@ def _seq_at_or_after(conn: Connection, when: float) -> int | None:
     return lo
 
 
-def _conditions(conn: Connection, f: DecisionFilter) -> list[Any]:
+def _conditions(conn: Connection, f: DecisionFilter) -> tuple[list[Any], tuple[int, int | None]]:
+    """The filter's conditions, and the seq range they can match in (from ``since`` and ``until``)."""
     d = decisions_t.c
     conds: list[Any] = []
+    floor, ceiling = 0, None
     for column, value in ((d.outcome, f.outcome), (d.agent, f.agent), (d.intent, f.intent), (d.tool, f.tool),
                           (d.kind, f.kind)):
         if value is not None:
@@ -149,40 +160,77 @@ def _conditions(conn: Connection, f: DecisionFilter) -> list[Any]:
         low = _seq_at_or_after(conn, f.since - CLOCK_MARGIN)
         if low is not None:
             conds.append(d.seq >= low)
+            floor = low
     if f.until is not None:
         conds.append(d.at < f.until)
         high = _seq_at_or_after(conn, f.until + CLOCK_MARGIN)
         if high is not None:
             conds.append(d.seq < high)
+            ceiling = high
     if f.reason:
         conds.append(_reason_condition(f.reason))
     if f.q:
         columns = (d.id, d.agent, d.tool, d.intent, d.task_id, cast(d.reasons, Text), cast(d.arguments, Text))
         conds.append(or_(*(c.icontains(f.q, autoescape=True) for c in columns)))
-    return conds
+    return conds, (floor, ceiling)
 
 
-def search_decisions(conn: Connection, f: DecisionFilter) -> list[DecisionRecord]:
-    """Up to ``f.limit + 1`` matching decisions, newest first (the extra one says "more")."""
-    conds = _conditions(conn, f)
+def _matching(f: DecisionFilter, rows: Any) -> list[DecisionRecord]:
+    records = [DecisionRecord.model_validate(dict(row._mapping)) for row in rows]
+    return [r for r in records if not f.reason or has_reason(r.reasons, f.reason)]
+
+
+def _walk(conn: Connection, f: DecisionFilter, conds: list[Any], before: int | None) -> list[DecisionRecord]:
+    """Up to ``f.limit + 1`` decisions meeting ``conds`` below ``before``, newest first."""
     want = f.limit + 1
     found: list[DecisionRecord] = []
-    before = f.before_seq
     while True:
         q = select(*(decisions_t.columns if f.full else _LIST_COLUMNS)).where(*conds)
         if before is not None:
             q = q.where(decisions_t.c.seq < before)
         rows = conn.execute(q.order_by(decisions_t.c.seq.desc()).limit(want)).all()
-        for row in rows:
-            record = DecisionRecord.model_validate(dict(row._mapping))
-            if f.reason and not has_reason(record.reasons, f.reason):
-                continue
-            found.append(record)
-            if len(found) == want:
-                return found
-        if len(rows) < want:
-            return found
+        found += _matching(f, rows)
+        if len(found) >= want or len(rows) < want:
+            return found[:want]
         before = rows[-1].seq
+
+
+_CHUNK = 256  # first batch of text index candidates (then doubling)
+_DENSE = 8192  # after this many candidates for one page, a term is frequent: walk for it instead
+
+
+def _indexed(conn: Connection, f: DecisionFilter, conds: list[Any], below: int, floor: int) -> list[DecisionRecord]:
+    """:func:`_walk` over the decisions the text index holds (``seq < below``), driven by it."""
+    want = f.limit + 1
+    found: list[DecisionRecord] = []
+    chunk, seen = _CHUNK, 0
+    while seen < _DENSE:
+        seqs = textsearch.candidates(conn, f.q or "", below=below, floor=floor, limit=chunk)
+        if seqs:
+            q = select(*(decisions_t.columns if f.full else _LIST_COLUMNS)).where(*conds, decisions_t.c.seq.in_(seqs))
+            if not f.reason:  # (a reason is checked here, after the query: then every row is read)
+                q = q.limit(want - len(found))
+            found += _matching(f, conn.execute(q.order_by(decisions_t.c.seq.desc())).all())
+        if len(found) >= want or len(seqs) < chunk:
+            return found[:want]
+        below, seen = seqs[-1], seen + chunk
+        chunk = min(chunk * 2, _DENSE - seen)
+    # matches are dense below here (or the other filters rare among them): walk as without an index
+    return (found + _walk(conn, f, conds, below))[:want]
+
+
+def search_decisions(conn: Connection, f: DecisionFilter) -> list[DecisionRecord]:
+    """Up to ``f.limit + 1`` matching decisions, newest first (the extra one says "more")."""
+    conds, (floor, ceiling) = _conditions(conn, f)
+    state = folded_state(conn) if f.q and textsearch.indexable(f.q) else None
+    if state is None or not state.text_index:
+        return _walk(conn, f, conds, f.before_seq)
+    # what the index does not hold yet, walked range by range, then what it holds
+    found = [r for part in unfolded(state) for r in _walk(conn, f, [*conds, part], f.before_seq)]
+    below = min(b for b in (f.before_seq, ceiling, state.seq + 1) if b is not None)
+    found += _indexed(conn, f, conds, below, floor)
+    unique = {r.seq: r for r in found}
+    return [unique[s] for s in sorted(unique, reverse=True)[: f.limit + 1]]
 
 
 def decision_detail(conn: Connection, decision_id: str) -> DecisionDetailRows | None:
@@ -241,11 +289,24 @@ def count_from(conn: Connection, *, after_seq: int, upto_seq: int, since: float 
     return conn.execute(select(func.count()).select_from(decisions_t).where(and_(*conds))).scalar_one()
 
 
+def pending(now: float) -> Any:
+    """What "pending approvals" means everywhere (the overview, the ``intentgate_approvals_pending``
+    gauge, deciding one): held calls a reviewer can still approve, pending and not expired."""
+    a = approvals_t.c
+    return and_(a.status == "pending", a.expires_at > now)
+
+
+def pending_approvals(conn: Connection, now: float, *, limit: int = 200) -> list[ApprovalRecord]:
+    """The oldest ``limit`` :func:`pending` approvals, oldest first (a queue)."""
+    q = select(approvals_t).where(pending(now)).order_by(approvals_t.c.created_at).limit(limit)
+    return [ApprovalRecord.model_validate(dict(r._mapping)) for r in conn.execute(q)]
+
+
 @dataclass(frozen=True)
 class ReviewBacklog:
     """What awaits reviewers now (the state gauges of ``/metrics``)."""
 
-    pending_approvals: int  # pending and not expired: what a reviewer can still approve
+    pending_approvals: int  # pending(now): what a reviewer can still approve
     active_grants: int  # neither expired nor revoked
     unsigned_grants: int  # not signed off yet (the "needs review" list), whatever their state
 
@@ -253,13 +314,13 @@ class ReviewBacklog:
 def review_backlog(conn: Connection, now: float) -> ReviewBacklog:
     """:class:`ReviewBacklog` at ``now``, in one statement."""
     grants_t = GrantRow.__table__
-    a, g = approvals_t.c, grants_t.c
+    g = grants_t.c
 
     def count(table: Any, *where: Any) -> Any:
         return select(func.count()).select_from(table).where(*where).scalar_subquery()
 
     row = conn.execute(select(
-        count(approvals_t, a.status == "pending", a.expires_at > now),
+        count(approvals_t, pending(now)),
         count(grants_t, g.expires_at > now, g.revoked_at.is_(None)),
         count(grants_t, g.signed_off_at.is_(None)),
     )).one()

@@ -19,7 +19,7 @@ from ..bindings import MAX_CALLS_KEPT
 from ..errors import StoreError
 from ..verify import ConsumeOutcome
 from ..workflow import HistoryEntry, Task
-from . import ledger, queries
+from . import ledger, queries, rollup
 from .ledger import append_decision as _append_decision
 from .budgets import BudgetSpend, budget_used, purge_usage, spend_budgets
 from .compiled import OnSqliteCursor as _OnSqliteCursor
@@ -668,7 +668,7 @@ class Store:
             t = approvals_t.c
             res = conn.execute(
                 update(approvals_t)
-                .where(t.id == approval_id, t.status == "pending", t.expires_at > now)
+                .where(t.id == approval_id, queries.pending(now))
                 .values(status="approved" if approve else "rejected", decided_by=reviewer, decided_at=now, note=note)
             )
             row = conn.execute(select(approvals_t).where(t.id == approval_id)).first()
@@ -693,6 +693,17 @@ class Store:
         transaction); None when nothing was waiting or another replica is sealing."""
         return await self.db.run(lambda conn: ledger.seal(conn, now=now, horizon=horizon, origin=origin, sign=sign,
                                                           batch=batch, signed=signed))
+
+    # ----- the read-side index: roll-up and text index (rollup.py) --------------------
+    async def fold(self, *, now: float, horizon: float = 120.0, batch: int = rollup.BATCH) -> int:
+        """Fold the decisions not yet in the overview's roll-up and the text index into them (one
+        transaction per batch); returns how many.  Nothing when another replica is folding."""
+        total = 0
+        while True:  # on the worker: a batch would hold the event loop for tens of ms
+            n = await self.db.run(lambda conn: rollup.fold(conn, now=now, horizon=horizon, batch=batch), inline=False)
+            total += n or 0
+            if n is None or n < batch:
+                return total
 
     def verify_log(
         self, *, keys: Iterable[tuple[str, Any]] | None = None, origin: str = "", published: Iterable[str] = (),

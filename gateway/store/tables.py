@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text
+from sqlalchemy import JSON, BigInteger, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -21,6 +21,9 @@ __all__ = [
     "ChainHeadRow",
     "DecisionRow",
     "OutcomeRow",
+    "RollupNameRow",
+    "RollupRow",
+    "RollupStateRow",
     "TaskGrantRow",
     "TaskResultRow",
     "TaskRow",
@@ -107,6 +110,46 @@ class DecisionRow(SQLModel, table=True):
     hash: str = Field(max_length=64, description="v2: the row's Merkle leaf hash; v1: its chain hash")
     hash_v: int = Field(default=2, sa_column_kwargs={"server_default": "1"},
                         description="version of the record encoding the hash covers (records.entry_hash)")
+
+
+class RollupRow(SQLModel, table=True):
+    """How many decisions of one outcome fell in one time bucket (``width`` seconds from
+    ``start``, UTC), in all (``dim`` = ``outcome``, ``name_id`` 0) or with one agent, tool,
+    intent or reason (denied, held and would-deny decisions only).  Added to by
+    ``rollup.fold``, never by the decision path."""
+
+    __tablename__ = "decision_rollup"
+    __table_args__ = {"sqlite_with_rowid": False}  # rows kept in key order: a range of buckets is one read
+
+    width: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})  # rollup.WIDTHS
+    dim: str = Field(primary_key=True, max_length=8)  # outcome | agent | tool | intent | reason
+    start: int = Field(primary_key=True, sa_type=BigInteger, sa_column_kwargs={"autoincrement": False})
+    outcome: str = Field(primary_key=True, max_length=16)
+    name_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False},
+                         description="decision_rollup_names.id; 0 for dim outcome")
+    n: int = Field(sa_type=BigInteger)
+
+
+class RollupNameRow(SQLModel, table=True):
+    """The names ``decision_rollup`` counts, each once (a reason may be long; null is a name too)."""
+
+    __tablename__ = "decision_rollup_names"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=32, unique=True, description="rollup.name_key(name)")
+    name: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class RollupStateRow(SQLModel, table=True):
+    """The one row saying which decisions ``decision_rollup`` (and the text index) hold."""
+
+    __tablename__ = "decision_rollup_state"
+
+    id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    seq: int = Field(description="every decision up to this seq is folded in, but those in holes")
+    holes: list[Any] = Field(sa_column=Column(JSON, nullable=False),
+                             description="[first, last, seen_at]: seqs missing when folded (PostgreSQL: may commit late)")
+    text_index: bool = Field(description="the text index exists (SQLite FTS5, PostgreSQL pg_trgm)")
 
 
 class AuditLeafRow(SQLModel, table=True):
