@@ -216,7 +216,7 @@ async def connect(url: str | None, token: str, *, stdio_config: Path | None = No
     """An MCP client session to the gateway: Streamable HTTP at ``url``, or ``intentgate stdio``."""
     if stdio_config is not None:
         params = StdioServerParameters(
-            command=sys.executable, args=["-m", "gateway", "stdio", "--config", str(stdio_config)],
+            command=sys.executable, args=["-m", "intentgate", "stdio", "--config", str(stdio_config)],
             cwd=str(ROOT), env={**os.environ, TOKEN_ENV: token},
         )
         async with Client(params) as client:

@@ -46,14 +46,14 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import load_config  # noqa: E402
-from gateway.bindings import keep_values  # noqa: E402
-from gateway.decide import CallRequest  # noqa: E402
-from gateway.identity import AgentIdentity  # noqa: E402
-from gateway.runtime import Runtime  # noqa: E402
-from gateway.schemas import compile_schema  # noqa: E402
-from gateway.store import KeptValues  # noqa: E402
-from gateway.tasks import TaskIssuer  # noqa: E402
+from intentgate.config import load_config  # noqa: E402
+from intentgate.bindings import keep_values  # noqa: E402
+from intentgate.decide import CallRequest  # noqa: E402
+from intentgate.identity import AgentIdentity  # noqa: E402
+from intentgate.runtime import Runtime  # noqa: E402
+from intentgate.schemas import compile_schema  # noqa: E402
+from intentgate.store import KeptValues  # noqa: E402
+from intentgate.tasks import TaskIssuer  # noqa: E402
 
 AGENT = AgentIdentity(id="spiffe://example.org/agent/support-1")
 PARAMS = {"ticket_id": "TCK-1", "order_id": "ORD-7"}

@@ -35,8 +35,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.identity import DevIssuer  # noqa: E402
-from gateway.keys import KeySet  # noqa: E402
+from intentgate.identity import DevIssuer  # noqa: E402
+from intentgate.keys import KeySet  # noqa: E402
 
 AGENT = "spiffe://example.org/agent/bench-1"
 MAX_CALLS = 1000  # the most an intent step allows
@@ -145,7 +145,7 @@ async def main() -> None:
                 "front": {"rate_limit_per_second": None},  # one agent drives every client: measure gating only
             }))
             token = DevIssuer(KeySet.open_or_create(work / "keys" / "agent-issuer")).mint(AGENT)
-            procs.append(subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
+            procs.append(subprocess.Popen([sys.executable, "-m", "intentgate", "serve", "--config",
                                            str(work / "intentgate.yaml"), "--port", str(gw_port)], cwd=ROOT))
             wait_http(f"http://127.0.0.1:{gw_port}/healthz", procs[-1], "intentgate")
 

@@ -40,12 +40,12 @@ from sqlalchemy import bindparam, create_engine, insert, select, text, update
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.checkpoints import AuditSigner  # noqa: E402
-from gateway.store import DecisionRecord, Store  # noqa: E402
-from gateway.store.compiled import OnSqliteCursor  # noqa: E402
-from gateway.store.ledger import append_decision  # noqa: E402
-from gateway.store.records import chain_hash  # noqa: E402
-from gateway.store.tables import ChainHeadRow, DecisionRow  # noqa: E402
+from intentgate.checkpoints import AuditSigner  # noqa: E402
+from intentgate.store import DecisionRecord, Store  # noqa: E402
+from intentgate.store.compiled import OnSqliteCursor  # noqa: E402
+from intentgate.store.ledger import append_decision  # noqa: E402
+from intentgate.store.records import chain_hash  # noqa: E402
+from intentgate.store.tables import ChainHeadRow, DecisionRow  # noqa: E402
 
 console = Console()
 decisions_t, chain_t = DecisionRow.__table__, ChainHeadRow.__table__

@@ -52,8 +52,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.identity import DevIssuer  # noqa: E402
-from gateway.keys import KeySet  # noqa: E402
+from intentgate.identity import DevIssuer  # noqa: E402
+from intentgate.keys import KeySet  # noqa: E402
 
 PG_URL = os.environ.get("INTENTGATE_BENCH_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
 UPSTREAMS = ("tickets", "orders", "payments")
@@ -295,7 +295,7 @@ def write_config(bench: Bench, name: str, store_url: str | None) -> tuple[Path, 
 
 def start_gateway(bench: Bench, config: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = bench.procs.start([sys.executable, "-m", "gateway", "serve", "--config", str(config),
+    proc = bench.procs.start([sys.executable, "-m", "intentgate", "serve", "--config", str(config),
                               "--port", str(port)], log)
     wait_http(f"http://127.0.0.1:{port}/healthz", proc, f"intentgate ({log})", ok=(200,))
     return proc, port

@@ -50,20 +50,20 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.clock import FrozenClock  # noqa: E402
-from gateway.config import load_config  # noqa: E402
-from gateway.decide import CallRequest  # noqa: E402
-from gateway.errors import GatewayError  # noqa: E402
-from gateway.identity import AgentIdentity  # noqa: E402
-from gateway.intents import load_intents  # noqa: E402
-from gateway.policy import make_engine  # noqa: E402
-from gateway.replay import Replayer  # noqa: E402
-from gateway.review import DecisionQuery, ReviewService  # noqa: E402
-from gateway.review.overview import RANGES, OverviewQuery  # noqa: E402
-from gateway.runtime import Runtime  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.store.records import HASH_VERSION, entry_hash  # noqa: E402
-from gateway.tasks import TaskIssuer  # noqa: E402
+from intentgate.clock import FrozenClock  # noqa: E402
+from intentgate.config import load_config  # noqa: E402
+from intentgate.decide import CallRequest  # noqa: E402
+from intentgate.errors import GatewayError  # noqa: E402
+from intentgate.identity import AgentIdentity  # noqa: E402
+from intentgate.intents import load_intents  # noqa: E402
+from intentgate.policy import make_engine  # noqa: E402
+from intentgate.replay import Replayer  # noqa: E402
+from intentgate.review import DecisionQuery, ReviewService  # noqa: E402
+from intentgate.review.overview import RANGES, OverviewQuery  # noqa: E402
+from intentgate.runtime import Runtime  # noqa: E402
+from intentgate.store import Store  # noqa: E402
+from intentgate.store.records import HASH_VERSION, entry_hash  # noqa: E402
+from intentgate.tasks import TaskIssuer  # noqa: E402
 
 console = Console()
 AGENT = "spiffe://example.org/agent/support-1"
@@ -199,7 +199,7 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
         progress.advance(bar, len(batch))
     db.execute("ANALYZE")
     db.close()
-    store = Store.open(f"sqlite:///{path}")
+    store = Store.open(f"sqlite:///{path}", timeout=600.0)
     try:  # what the gateway's background round does after each seal (here in larger batches)
         t0 = time.perf_counter()
         folded = asyncio.run(store.fold(now=MONDAY_10, batch=20_000))

@@ -1,141 +1,51 @@
-"""IntentGate: an MCP gateway giving AI agents zero standing privilege.
+"""``gateway``: the former name of the ``intentgate`` package, kept for one release.
 
-The names below are the public API; every other module may change without notice.  They are
-imported on first use, so that a tool server importing ``gateway.verify`` does not load the
-serving side (store, policy engines, web front).
+``import gateway.verify`` (and any other ``gateway.X``) gives the very module
+``intentgate.X``, not a copy, with a :class:`DeprecationWarning`; ``gateway.Name`` is
+``intentgate.Name``.  Import ``intentgate`` instead: this alias goes in the next release.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from types import ModuleType
+from typing import Any
 
-if TYPE_CHECKING:
-    from .clock import Clock, FrozenClock, SystemClock
-    from .config import GatewayConfig, load_config
-    from .decide import CallRequest, Decider, TaskEnded, TaskStarted, Verdict
-    from .errors import (
-        ConfigError,
-        GatewayError,
-        IntentFileError,
-        PolicyError,
-        ReasonCode,
-        StoreError,
-        TaskError,
-        TokenError,
-    )
-    from .identity import AgentIdentity
-    from .intents import Intent, IntentRegistry, check_intents, load_intents
-    from .keys import KeySet, PublicKeySet
-    from .policy import EmbeddedEngine, OpaServerEngine, PolicyEngine, PolicyResult, make_engine
-    from .review import AdminTokenIssuer, DecisionDetail, DecisionPublic, DecisionQuery, Reviewer, ReviewService
-    from .runtime import Runtime
-    from .tokens import ActionTokenIssuer, MintedToken
-    from .verify import ActionClaims, ActionTokenVerifier, ConsumeOutcome, JtiLedger, SqliteJtiLedger
+import intentgate
 
-_EXPORTS = {
-    "ActionClaims": "verify",
-    "ActionTokenIssuer": "tokens",
-    "ActionTokenVerifier": "verify",
-    "AdminTokenIssuer": "review",
-    "AgentIdentity": "identity",
-    "CallRequest": "decide",
-    "Clock": "clock",
-    "ConfigError": "errors",
-    "ConsumeOutcome": "verify",
-    "Decider": "decide",
-    "DecisionDetail": "review",
-    "DecisionPublic": "review",
-    "DecisionQuery": "review",
-    "EmbeddedEngine": "policy",
-    "FrozenClock": "clock",
-    "GatewayConfig": "config",
-    "GatewayError": "errors",
-    "Intent": "intents",
-    "IntentFileError": "errors",
-    "IntentRegistry": "intents",
-    "JtiLedger": "verify",
-    "KeySet": "keys",
-    "MintedToken": "tokens",
-    "OpaServerEngine": "policy",
-    "PolicyEngine": "policy",
-    "PolicyError": "errors",
-    "PolicyResult": "policy",
-    "PublicKeySet": "keys",
-    "ReasonCode": "errors",
-    "ReviewService": "review",
-    "Reviewer": "review",
-    "Runtime": "runtime",
-    "SqliteJtiLedger": "verify",
-    "StoreError": "errors",
-    "SystemClock": "clock",
-    "TaskEnded": "decide",
-    "TaskError": "errors",
-    "TaskStarted": "decide",
-    "TokenError": "errors",
-    "Verdict": "decide",
-    "check_intents": "intents",
-    "load_config": "config",
-    "load_intents": "intents",
-    "make_engine": "policy",
-}
+warnings.warn("the 'gateway' package is now 'intentgate': import intentgate instead (this alias goes in the "
+              "next release)", DeprecationWarning, stacklevel=2)
+
+_PREFIX = __name__ + "."
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``gateway.X`` and loads it as the module ``intentgate.X`` itself."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if not fullname.startswith(_PREFIX):
+            return None
+        real = importlib.import_module("intentgate." + fullname[len(_PREFIX):])
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=hasattr(real, "__path__"),
+                                              loader_state=(real, real.__spec__))
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return spec.loader_state[0]  # type: ignore[index,no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__spec__ = module.__spec__.loader_state[1]  # type: ignore[union-attr]  # its own, not the alias's
+
+
+sys.meta_path.insert(0, _Alias())
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gateway' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    return getattr(intentgate, name)
 
 
-__version__ = "0.1.0"
-
-__all__ = [
-    "ActionClaims",
-    "ActionTokenIssuer",
-    "ActionTokenVerifier",
-    "AdminTokenIssuer",
-    "AgentIdentity",
-    "CallRequest",
-    "Clock",
-    "ConfigError",
-    "ConsumeOutcome",
-    "Decider",
-    "DecisionDetail",
-    "DecisionPublic",
-    "DecisionQuery",
-    "EmbeddedEngine",
-    "FrozenClock",
-    "GatewayConfig",
-    "GatewayError",
-    "Intent",
-    "IntentFileError",
-    "IntentRegistry",
-    "JtiLedger",
-    "KeySet",
-    "MintedToken",
-    "OpaServerEngine",
-    "PolicyEngine",
-    "PolicyError",
-    "PolicyResult",
-    "PublicKeySet",
-    "ReasonCode",
-    "ReviewService",
-    "Reviewer",
-    "Runtime",
-    "SqliteJtiLedger",
-    "StoreError",
-    "SystemClock",
-    "TaskEnded",
-    "TaskError",
-    "TaskStarted",
-    "TokenError",
-    "Verdict",
-    "__version__",
-    "check_intents",
-    "load_config",
-    "load_intents",
-    "make_engine",
-]
+__all__ = list(intentgate.__all__)
+__version__ = intentgate.__version__

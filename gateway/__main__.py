@@ -1,5 +1,5 @@
-"""``python -m gateway`` runs the ``intentgate`` CLI."""
+"""``python -m gateway`` (deprecated: ``python -m intentgate``) runs the ``intentgate`` CLI."""
 
-from .cli import app
+from intentgate.cli import app
 
 app()

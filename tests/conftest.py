@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.intents import IntentRegistry, load_intents
-from gateway.keys import KeySet
-from gateway.tokens import ActionTokenIssuer
+from intentgate.clock import FrozenClock
+from intentgate.intents import IntentRegistry, load_intents
+from intentgate.keys import KeySet
+from intentgate.tokens import ActionTokenIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 INTENTS_DIR = ROOT / "intents"
@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Iterator  # noqa: E402
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from gateway.store import Store  # noqa: E402
+from intentgate.store import Store  # noqa: E402
 
 PG_URL = os.environ.get("INTENTGATE_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
 _pg_checked: dict[str, str | None] = {}

@@ -36,7 +36,7 @@ def serve(config: Path, port: int, log: Path, timeout: float | None = None) -> s
     budget), or raises with the log's tail."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+            [sys.executable, "-m", "intentgate", "serve", "--config", str(config), "--port", str(port)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out,
         )
     deadline = time.monotonic() + (timeout or startup_budget(60))

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gateway.store import DecisionRecord, Store, rollup
-from gateway.store.ledger import append_decision
-from gateway.store.overview import FLAGGED, OUTCOMES, overview
+from intentgate.store import DecisionRecord, Store, rollup
+from intentgate.store.ledger import append_decision
+from intentgate.store.overview import FLAGGED, OUTCOMES, overview
 
 __all__ = ["AGENTS", "DAY", "START", "append", "assert_overview", "fold", "random_records", "raw_overview",
            "rollup_rows"]

@@ -18,12 +18,12 @@ from typing import Any
 
 from sqlalchemy import text
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.decide import CallRequest
-from gateway.errors import TaskError
-from gateway.identity import AgentIdentity
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.decide import CallRequest
+from intentgate.errors import TaskError
+from intentgate.identity import AgentIdentity
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.tasks import ISSUER
 

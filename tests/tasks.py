@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.keys import KeySet
-from gateway.tasks import TaskGrantMinter, TaskIssuer
+from intentgate.keys import KeySet
+from intentgate.tasks import TaskGrantMinter, TaskIssuer
 
 __all__ = ["ISSUER", "ISSUERS_CONFIG", "ORCHESTRATOR", "grant_args", "issue_task", "mint_grant", "orchestrator_token"]
 
@@ -25,7 +25,7 @@ ISSUERS_CONFIG = {"issuers": [{"name": "orchestrator", "subjects": [ORCHESTRATOR
 
 def orchestrator_token(data_dir: Path) -> str:
     """The orchestrator's workload token from the gateway's development issuer."""
-    from gateway.identity import DevIssuer
+    from intentgate.identity import DevIssuer
 
     return DevIssuer(KeySet.open_or_create(Path(data_dir) / "keys" / "agent-issuer")).mint(ORCHESTRATOR)
 

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from gateway.clock import FrozenClock
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.runtime import Runtime
 from tests.conftest import strict_refund_policy
 from tests.test_review_api import HOUR, MONDAY_10, SUPPORT, _call
 from tests.test_review_cli import cli, filled  # noqa: F401 - the fixture

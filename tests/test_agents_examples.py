@@ -29,10 +29,10 @@ from agents_examples import (
     support_agent,
 )
 from agents_examples.orchestrator import ORCHESTRATOR, Orchestrator, TaskRefused
-from gateway.config import load_config
-from gateway.demo import AGENTS, DemoGateway, start_gateway, write_config
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet
+from intentgate.config import load_config
+from intentgate.demo import AGENTS, DemoGateway, start_gateway, write_config
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ async def test_support_agent_follows_the_workflow(gateway: DemoGateway, queue: O
     assert all(c.tool_error is None for c in t.calls)
     assert t.tasks == [task]
     assert task_status(gateway, task) == "completed"
-    [issued] = rows(gateway.config.data_dir / "intentgate.db", "SELECT agent, issuer FROM tasks WHERE id = ?", task)
+    [issued] = rows(intentgate.config.data_dir / "intentgate.db", "SELECT agent, issuer FROM tasks WHERE id = ?", task)
     assert issued == {"agent": support_agent.AGENT, "issuer": f"support-queue:{ORCHESTRATOR}"}
     assert [(d["step"], d["outcome"]) for d in decisions(gateway, task)] == [
         ("read_ticket", "allow"), ("lookup", "allow"), ("refund", "allow"), ("comment", "allow")]
@@ -131,11 +131,11 @@ async def test_hijacked_agent_is_refused_everything_the_injection_asks(gateway: 
     assert task == assigned and task_status(gateway, task) == "completed"
     refused = [c.decision_id for c in t.calls if c.tool == "intentgate__begin_task"]
     for decision_id in refused:  # each attempt to re-plan is in the decision log
-        [d] = rows(gateway.config.data_dir / "intentgate.db", "SELECT kind, outcome, reasons, agent FROM decisions"
+        [d] = rows(intentgate.config.data_dir / "intentgate.db", "SELECT kind, outcome, reasons, agent FROM decisions"
                    " WHERE id = ?", decision_id)
         assert d == {"kind": "task/begin", "outcome": "deny", "reasons": '["task_issuer_required"]',
                      "agent": hijacked_agent.AGENT}
-    assert rows(gateway.config.data_dir / "intentgate.db",
+    assert rows(intentgate.config.data_dir / "intentgate.db",
                 "SELECT id FROM tasks WHERE params LIKE '%evil.example%' OR params LIKE '%ORD-5003%'") == []
     # nothing reached ops@evil.example
     assert rows(server_db(gateway, "email"), "SELECT * FROM outbox WHERE to_addr LIKE '%evil.example%'") == []
@@ -170,7 +170,7 @@ async def test_llm_style_agent_sets_no_meta_and_corrects_itself(gateway: DemoGat
     # the call without context could not name the task: it is recorded, under no task
     assert [d["step"] for d in decisions(gateway, task)] == [
         "read_ticket", "list_orders", "list_orders", "list_orders", "comment"]
-    [orphan] = rows(gateway.config.data_dir / "intentgate.db", "SELECT task_id, reasons FROM decisions WHERE id = ?",
+    [orphan] = rows(intentgate.config.data_dir / "intentgate.db", "SELECT task_id, reasons FROM decisions WHERE id = ?",
                     t.calls[0].decision_id)
     assert orphan == {"task_id": None, "reasons": '["missing_task_context"]'}
     # the gateway stripped intent_task / intent_step: the tool server saw its own arguments only
@@ -199,7 +199,7 @@ def test_support_agent_over_stdio(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     token = DevIssuer(KeySet.open_or_create(load_config(config).agent_issuer_keys_dir)).mint(AGENTS["support"])
     grant = subprocess.run(
-        [sys.executable, "-m", "gateway", "task", "grant", "-c", str(config), "--agent", AGENTS["support"],
+        [sys.executable, "-m", "intentgate", "task", "grant", "-c", str(config), "--agent", AGENTS["support"],
          "--intent", "refund-order", "-p", "ticket_id=TCK-1001", "-p", "order_id=ORD-5001",
          "--reason", "refund requested in TCK-1001"], check=True, cwd=ROOT, capture_output=True, text=True,
         timeout=60).stdout.strip()

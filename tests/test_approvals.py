@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.runtime import Runtime
-from gateway.store import ApprovalConflict
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.runtime import Runtime
+from intentgate.store import ApprovalConflict
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_decide import MONDAY_10, SUPPORT, begin_refund, call, walk_to_refund
 

@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from gateway.auditproof import verify_proof
-from gateway.checkpoints import AuditSigner, CheckpointError, parse_verifier_key, read_published
-from gateway.cli import app
-from gateway.clock import SystemClock
-from gateway.config import load_config
-from gateway.merkle import Frontier
-from gateway.sealer import Sealer
-from gateway.store import DecisionRecord, GrantRecord, Store
-from gateway.store.records import entry_hash, leaf_of
+from intentgate.auditproof import verify_proof
+from intentgate.checkpoints import AuditSigner, CheckpointError, parse_verifier_key, read_published
+from intentgate.cli import app
+from intentgate.clock import SystemClock
+from intentgate.config import load_config
+from intentgate.merkle import Frontier
+from intentgate.sealer import Sealer
+from intentgate.store import DecisionRecord, GrantRecord, Store
+from intentgate.store.records import entry_hash, leaf_of
 
 NOW = 1_900_000_000.0
 runner = CliRunner()
@@ -126,7 +126,7 @@ async def test_a_rewrite_after_this_gateway_signed_stops_its_sealer(tmp_path: Pa
 async def test_reviewer_actions_are_in_the_log_and_their_tables_are_held_to_it(tmp_path: Path) -> None:
     cfg = project(tmp_path)
     store = await gateway_writes(cfg, 2)
-    from gateway.store import ApprovalRecord
+    from intentgate.store import ApprovalRecord
 
     approval = ApprovalRecord(id="apr_1", decision_id="dec_1", agent="spiffe://example.org/agent/a", task_id="tsk_1",
                               step="refund", tool="payments.refund", arguments_sha256="0" * 64, policy_revision="r1",
@@ -230,7 +230,7 @@ def test_published_checkpoints_are_signed_notes_and_damage_is_reported(tmp_path:
     signer = AuditSigner.open(tmp_path / "keys", "intentgate/test")
     note, _ = signer.sign(3, b"\x11" * 32, NOW)
     assert note.splitlines()[:3] == ["intentgate/test", "3", "ERERERERERERERERERERERERERERERERERERERERERE="]
-    from gateway.checkpoints import verify_checkpoint
+    from intentgate.checkpoints import verify_checkpoint
 
     assert verify_checkpoint(note, signer.public_keys()).size == 3
     with pytest.raises(CheckpointError, match="signature does not verify"):
@@ -354,8 +354,8 @@ class _Witness:
 
 
 async def test_checkpoints_reach_an_http_witness_and_a_failed_one_is_retried(tmp_path: Path) -> None:
-    from gateway.checkpoints import HttpSink, verify_checkpoint
-    from gateway.metrics import Metrics
+    from intentgate.checkpoints import HttpSink, verify_checkpoint
+    from intentgate.metrics import Metrics
 
     witness = _Witness()
     try:
@@ -385,8 +385,8 @@ async def test_checkpoints_reach_an_http_witness_and_a_failed_one_is_retried(tmp
 def test_the_audit_keys_are_published_beside_the_jwks_and_a_served_gateway_seals(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from gateway.checkpoints import verify_checkpoint
-    from gateway.web import create_app
+    from intentgate.checkpoints import verify_checkpoint
+    from intentgate.web import create_app
     from tests.conftest import INTENTS_DIR, POLICY_DIR
 
     cfg_path = project(tmp_path)

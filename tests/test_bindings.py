@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.bindings import (
+from intentgate.bindings import (
     MAX_VALUE_BYTES,
     MAX_VALUES,
     Binding,
@@ -22,8 +22,8 @@ from gateway.bindings import (
     parse_pointer,
     result_document,
 )
-from gateway.intents import Severity, check_intents, load_intents
-from gateway.workflow import Task, check_call
+from intentgate.intents import Severity, check_intents, load_intents
+from intentgate.workflow import Task, check_call
 
 NOW = 1_800_000_000.0
 
@@ -142,7 +142,7 @@ steps:
 
 
 def task_with(results: dict[str, dict[str, list[Any]]], history: list[str]) -> Task:
-    from gateway.workflow import HistoryEntry
+    from intentgate.workflow import HistoryEntry
 
     return Task(id="tsk_1", intent="pay-a-payee", intent_version="1", agent="spiffe://example.org/agent/a",
                 params={"day": "2026-12-01", "invoices": ["INV-1", "INV-2"]}, reason="r", created_at=NOW,
@@ -200,7 +200,7 @@ def test_result_bindings_that_cannot_work_are_load_errors(tmp_path: Path) -> Non
 async def test_the_comment_and_the_mail_go_where_the_ticket_that_was_read_says(tmp_path: Path) -> None:
     from agents_examples._agent import Agent, connect
     from agents_examples.orchestrator import ORCHESTRATOR, Orchestrator
-    from gateway.demo import start_gateway, write_config
+    from intentgate.demo import start_gateway, write_config
 
     with start_gateway(write_config(tmp_path)) as gw:
         agent_id = "spiffe://example.org/agent/support-7"

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from gateway.clock import FrozenClock
-from gateway.intents import Severity, check_intents
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.intents import Severity, check_intents
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR
 from tests.tasks import ISSUER
 from tests.test_decide import MONDAY_10, REFUND_PARAMS, SUPPORT, call, walk_to_refund
@@ -204,9 +204,9 @@ def test_budgets_that_make_no_sense_are_errors_naming_the_field(tmp_path: Path) 
 
 
 async def test_replay_judges_budgets_by_the_candidate_intents(rt: Runtime, tmp_path: Path) -> None:
-    from gateway.intents import load_intents
-    from gateway.policy import make_engine
-    from gateway.replay import Replayer
+    from intentgate.intents import load_intents
+    from intentgate.policy import make_engine
+    from intentgate.replay import Replayer
     from tests.conftest import POLICY_DIR
 
     verdicts = [await rt.decider.decide(refund(await refund_task(rt), 900)) for _ in range(3)]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.catalogue import check_against, fetch_catalogue
-from gateway.config import load_config
-from gateway.demo import write_config
-from gateway.intents import Severity, check_intents
+from intentgate.catalogue import check_against, fetch_catalogue
+from intentgate.config import load_config
+from intentgate.demo import write_config
+from intentgate.intents import Severity, check_intents
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.test_cli import intentgate
 
@@ -161,7 +161,7 @@ def test_serve_refuses_to_start_on_a_mismatch_when_told_to(git_config: Path, tmp
     document = yaml.safe_load(git_config.read_text())
     git_config.write_text(yaml.safe_dump({**document, "upstream_check": "refuse"}))
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(git_config), "--port", "0"],
+        [sys.executable, "-m", "intentgate", "serve", "--config", str(git_config), "--port", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode != 0

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import expand_env, load_config
-from gateway.errors import ConfigError
+from intentgate.config import expand_env, load_config
+from intentgate.errors import ConfigError
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 
 
 def intentgate(*args: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "intentgate", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
 
@@ -31,7 +31,7 @@ def imported_by(*args: str, cwd: Path = ROOT) -> set[str]:
     """The modules ``intentgate ARGS`` imports, from ``python -X importtime`` (one stderr line per
     module: ``import time: self | cumulative | <indented name>``)."""
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-X", "importtime", "-m", "intentgate", *args], cwd=cwd, capture_output=True, text=True,
         timeout=300, env={**os.environ, "COLUMNS": "200"},
     )
     assert out.returncode == 0, out.stdout + out.stderr
@@ -46,19 +46,19 @@ def loaded(modules: set[str], *packages: str) -> list[str]:
 
 #: The serving stack: database, web and MCP servers, OPA client, and the gateway modules on top of them.
 SERVING_STACK = ("sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn", "mcp", "aiohttp", "requests",
-                 "opa_client", "gateway.store", "gateway.review", "gateway.decide", "gateway.runtime",
-                 "gateway.front", "gateway.web", "gateway.upstreams")
+                 "opa_client", "intentgate.store", "intentgate.review", "intentgate.decide", "intentgate.runtime",
+                 "intentgate.front", "intentgate.web", "intentgate.upstreams")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["check", "--help"], ["decisions", "--help"], ["show", "--help"],
                                   ["audit", "verify", "--help"], ["db", "--help"]], ids=" ".join)
 def test_help_loads_only_the_command_table(args: list[str]) -> None:
     """``--help`` builds the command table from typer, rich and the option declarations: every
-    command imports what it runs on only when it runs (see ``gateway.cli``)."""
+    command imports what it runs on only when it runs (see ``intentgate.cli``)."""
     modules = imported_by(*args)
-    assert "gateway.cli" in modules  # the measurement saw the CLI load
-    assert loaded(modules, *SERVING_STACK, "regorus", "gateway.policy", "gateway.config", "gateway.intents",
-                  "gateway.keys", "gateway.identity") == []
+    assert "intentgate.cli" in modules  # the measurement saw the CLI load
+    assert loaded(modules, *SERVING_STACK, "regorus", "intentgate.policy", "intentgate.config", "intentgate.intents",
+                  "intentgate.keys", "intentgate.identity") == []
 
 
 def test_help_lists_commands() -> None:
@@ -74,7 +74,7 @@ def test_version_is_the_installed_distributions() -> None:
 
     out = intentgate("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"intentgate {version('intentgate')}"
-    assert files("gateway").joinpath("py.typed").is_file()  # tool servers type-check against gateway.verify
+    assert files("intentgate").joinpath("py.typed").is_file()  # tool servers type-check against intentgate.verify
 
 
 def test_reading_records_where_there_is_no_database_says_so(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_every_config_key_is_in_the_readme() -> None:
     """The README's configuration examples name every key the config model accepts."""
     from pydantic import BaseModel
 
-    from gateway.config import GatewayConfig
+    from intentgate.config import GatewayConfig
 
     readme = (ROOT / "README.md").read_text()
 
@@ -163,12 +163,12 @@ def test_read_commands_load_only_what_they_use(tmp_path: Path) -> None:
     intentgate("db", "upgrade", "--config", str(cfg)).check_returncode()  # an empty database to read
     check = imported_by("check", "--offline", "--config", str(cfg))
     assert "regorus" in check and loaded(check, *SERVING_STACK) == []
-    servers = ("fastapi", "starlette", "uvicorn", "mcp", "aiohttp", "requests", "opa_client", "gateway.runtime",
-               "gateway.front", "gateway.web", "gateway.upstreams")
+    servers = ("fastapi", "starlette", "uvicorn", "mcp", "aiohttp", "requests", "opa_client", "intentgate.runtime",
+               "intentgate.front", "intentgate.web", "intentgate.upstreams")
     decisions = imported_by("decisions", "--config", str(cfg))
-    assert "gateway.review" in decisions and loaded(decisions, *servers) == []
+    assert "intentgate.review" in decisions and loaded(decisions, *servers) == []
     verify = imported_by("audit", "verify", "--config", str(cfg))
-    assert "gateway.store" in verify and loaded(verify, *servers, "gateway.review", "gateway.decide") == []
+    assert "intentgate.store" in verify and loaded(verify, *servers, "intentgate.review", "intentgate.decide") == []
 
 
 def test_keys_rotate_and_jwks(tmp_path: Path) -> None:

@@ -47,12 +47,12 @@ from mcp import Client
 from sqlalchemy import create_engine, text
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.clock import FrozenClock
-from gateway.errors import ReasonCode, TokenError
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet, PublicKeySet
-from gateway.store import Store
-from gateway.verify import ActionTokenVerifier, ConsumeOutcome
+from intentgate.clock import FrozenClock
+from intentgate.errors import ReasonCode, TokenError
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet, PublicKeySet
+from intentgate.store import Store
+from intentgate.verify import ActionTokenVerifier, ConsumeOutcome
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.processes import free_port
 from tests.tasks import grant_args
@@ -113,7 +113,7 @@ class GatewayProcess:
             log.write(f"\n===== start {self.starts}\n")
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config), "--port", str(self.port)],
+                [sys.executable, "-m", "intentgate", "serve", "--config", str(self.config), "--port", str(self.port)],
                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
             )
         await wait_healthy(self.base, self.proc, self.log)
@@ -526,7 +526,7 @@ async def test_sigkill_under_load_loses_nothing_and_never_reuses_a_token(setup: 
     assert counts["consumed"] >= len(checked) > 0
     assert held["used once"] > 0 and held["revoked"] > 0, held
     verify = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", "--config", str(s.config)],
+        [sys.executable, "-m", "intentgate", "audit", "verify", "--config", str(s.config)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert verify.returncode == 0 and "audit log OK" in verify.stdout, verify.stdout + verify.stderr

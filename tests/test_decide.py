@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.decide import CallRequest
-from gateway.errors import ReasonCode, TaskError, TokenError
-from gateway.identity import AgentIdentity
-from gateway.runtime import Runtime
-from gateway.store import DecisionRecord
-from gateway.workflow import Task
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.decide import CallRequest
+from intentgate.errors import ReasonCode, TaskError, TokenError
+from intentgate.identity import AgentIdentity
+from intentgate.runtime import Runtime
+from intentgate.store import DecisionRecord
+from intentgate.workflow import Task
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.tasks import ISSUER
 

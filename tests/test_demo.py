@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config
-from gateway.demo import read_summary
+from intentgate.config import load_config
+from intentgate.demo import read_summary
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ REASONS = Counter({
 
 
 def intentgate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], check=False, cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "intentgate", *args], check=False, cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "COLUMNS": "200"})
 
 
@@ -89,8 +89,8 @@ def test_demo_runs_end_to_end_and_its_audit_chain_verifies(tmp_path: Path) -> No
 
 
 def test_demo_refuses_to_run_outside_a_checkout(tmp_path: Path) -> None:
-    from gateway.demo import write_config
-    from gateway.errors import ConfigError
+    from intentgate.demo import write_config
+    from intentgate.errors import ConfigError
 
     with pytest.raises(ConfigError, match="source checkout"):
         write_config(tmp_path / "data", root=tmp_path)
@@ -108,7 +108,7 @@ def test_demo_on_a_chosen_port_stops_everything_on_sigterm(tmp_path: Path) -> No
 
     port = free_port()
     out = (tmp_path / "demo.out").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", "--data-dir", str(tmp_path / "d"),
+    proc = subprocess.Popen([sys.executable, "-m", "intentgate", "demo", "--data-dir", str(tmp_path / "d"),
                              "--port", str(port)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
     try:

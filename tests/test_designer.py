@@ -14,7 +14,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 
-from gateway.demo import write_config
+from intentgate.demo import write_config
 from tests.conftest import INTENTS_DIR, POLICY_DIR, strict_refund_policy
 from tests.test_cli import intentgate
 from tests.test_graphs import RESEARCH

@@ -25,10 +25,10 @@ import pytest
 import pytest_asyncio
 from mcp import Client, StdioServerParameters
 
-from gateway.canonical import arguments_sha256
-from gateway.clock import FrozenClock
-from gateway.keys import KeySet
-from gateway.tokens import ActionTokenIssuer
+from intentgate.canonical import arguments_sha256
+from intentgate.clock import FrozenClock
+from intentgate.keys import KeySet
+from intentgate.tokens import ActionTokenIssuer
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]

@@ -1,6 +1,6 @@
 """Clock skew: leeway from the configuration absorbs small skew, and nothing more.
 
-A tool server verifying action tokens (``gateway.verify``) runs on its own clock, which may
+A tool server verifying action tokens (``intentgate.verify``) runs on its own clock, which may
 be behind the gateway's (the token looks issued in the future) or ahead (it looks expired);
 agents' workload tokens come from issuers on other clocks too.  Within
 ``tokens.leeway_seconds`` / ``identity.leeway_seconds`` the token is accepted; beyond it,
@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.errors import ReasonCode, TokenError
-from gateway.identity import DevIssuer, IdentityError
-from gateway.keys import KeySet, PublicKeySet
-from gateway.runtime import Runtime
-from gateway.verify import ActionTokenVerifier, SqliteJtiLedger
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.errors import ReasonCode, TokenError
+from intentgate.identity import DevIssuer, IdentityError
+from intentgate.keys import KeySet, PublicKeySet
+from intentgate.runtime import Runtime
+from intentgate.verify import ActionTokenVerifier, SqliteJtiLedger
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_decide import MONDAY_10, begin_refund, call
 

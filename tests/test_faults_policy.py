@@ -20,10 +20,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.decide import Verdict
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.decide import Verdict
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.opa import OpaProcess
 from tests.test_decide import MONDAY_10, begin_refund, call
@@ -237,7 +237,7 @@ async def test_opa_slow_or_failing_denies_then_recovers(
 
 async def test_a_slow_policy_denies_reads_too(tmp_path: Path, faulty_policy: Path) -> None:
     """resources/read goes through the same deadline: a late answer is a policy_error deny."""
-    from gateway.reads import ReadRequest, decide_read
+    from intentgate.reads import ReadRequest, decide_read
     from tests.test_decide import SUPPORT
 
     rt = await open_runtime(tmp_path, faulty_policy)

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.decide import Verdict
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.decide import Verdict
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_decide import MONDAY_10, begin_refund, call
 

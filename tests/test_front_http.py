@@ -18,8 +18,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet
 from tests.conftest import INTENTS_DIR
 from tests.processes import free_port, serve, stop
 from tests.tasks import ORCHESTRATOR, grant_args, issue_task, orchestrator_token

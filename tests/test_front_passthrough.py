@@ -25,9 +25,9 @@ import pytest
 import yaml
 from mcp import Client, MCPError, StdioServerParameters
 
-from gateway.front import READ_DENIED
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet
+from intentgate.front import READ_DENIED
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.processes import free_port
 from tests.test_front_stdio import PARAMS, SERVER, SUPPORT
@@ -92,7 +92,7 @@ def gateway(tmp_path: Path, http_upstream: tuple[str, Path], *, agent: str = SUP
     }))
     token = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(agent)
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "gateway", "stdio", "--config", str(cfg)], cwd=str(ROOT),
+        command=sys.executable, args=["-m", "intentgate", "stdio", "--config", str(cfg)], cwd=str(ROOT),
         env={**os.environ, "INTENTGATE_AGENT_TOKEN": token, "IG_TEST_ORDERS_KEY": API_KEY,
              "IG_TEST_ORDERS_AUTH": "Bearer brokered-credential"},
     )

@@ -15,8 +15,8 @@ import yaml
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.tasks import ISSUERS_CONFIG, grant_args
 
@@ -47,7 +47,7 @@ def make_gateway(
     if token is None:
         token = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(agent)
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "gateway", "stdio", "--config", str(cfg)], cwd=str(ROOT),
+        command=sys.executable, args=["-m", "intentgate", "stdio", "--config", str(cfg)], cwd=str(ROOT),
         env={**os.environ, "INTENTGATE_AGENT_TOKEN": token, **(gateway_env or {})},
     )
 
@@ -262,7 +262,7 @@ async def test_brokered_secret_reaches_upstream_and_nothing_else(tmp_path: Path)
 async def test_task_grants_over_stdio(tmp_path: Path) -> None:
     """A host starts the agent over stdio and hands it a task grant: the agent begins exactly that
     task, once; a grant from another key, or for another agent, is refused and recorded."""
-    from gateway.tasks import TaskGrantMinter
+    from intentgate.tasks import TaskGrantMinter
 
     forged = TaskGrantMinter(KeySet.open_or_create(tmp_path / "not-the-gateways")).mint(
         agent=SUPPORT, intent="refund-order", params=PARAMS, reason="x")[0]

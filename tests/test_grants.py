@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from gateway.decide import new_id
-from gateway.runtime import Runtime
-from gateway.store import GrantConflict, GrantRecord
+from intentgate.decide import new_id
+from intentgate.runtime import Runtime
+from intentgate.store import GrantConflict, GrantRecord
 from tests.test_approvals import BIG, REVIEWER, clock, policy_dir, rt  # noqa: F401 - fixtures shared with approvals
 from tests.test_decide import MONDAY_10, OTHER, SUPPORT, begin_refund, call, walk_to_refund
 
@@ -109,7 +109,7 @@ async def test_every_grant_needs_review_until_signed_off_once(rt: Runtime) -> No
 async def test_grant_made_elsewhere_takes_effect_when_the_cache_is_renewed(rt: Runtime, db_url: str) -> None:
     """Denied calls consult a cached set of agents holding grants (one query per second, not per
     denial); a grant created through another store (another replica) shows up once it is renewed."""
-    from gateway.store import Store
+    from intentgate.store import Store
 
     task_id = await begin_refund(rt)
     await walk_to_refund(rt, task_id)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.intents import Severity, check_intents, load_intents
-from gateway.review import intent_graph
-from gateway.ui.graph import PAD, layout, name_width, tool_width
-from gateway.ui.render import intent_svg
-from gateway.ui.textwidth import wrap
-from gateway.workflow import HistoryEntry, Task, allowed_next, check_call
+from intentgate.intents import Severity, check_intents, load_intents
+from intentgate.review import intent_graph
+from intentgate.ui.graph import PAD, layout, name_width, tool_width
+from intentgate.ui.render import intent_svg
+from intentgate.ui.textwidth import wrap
+from intentgate.workflow import HistoryEntry, Task, allowed_next, check_call
 
 NOW = 1_800_000_000.0
 AGENT = "spiffe://example.org/agent/support-1"

@@ -18,14 +18,14 @@ from hypothesis import strategies as st
 from mcp import Client, MCPError
 from pydantic import ValidationError
 
-from gateway.config import load_config
-from gateway.front import Front, _boundary
-from gateway.identity import AgentIdentity, DevIssuer, IdentityError
-from gateway.keys import KeySet
-from gateway.intents import Intent
-from gateway.names import RefusedName, glob_match, identity_glob_problem, normalise_uri, spiffe_id_problem
-from gateway.runtime import Runtime
-from gateway.upstreams import UpstreamPool
+from intentgate.config import load_config
+from intentgate.front import Front, _boundary
+from intentgate.identity import AgentIdentity, DevIssuer, IdentityError
+from intentgate.keys import KeySet
+from intentgate.intents import Intent
+from intentgate.names import RefusedName, glob_match, identity_glob_problem, normalise_uri, spiffe_id_problem
+from intentgate.runtime import Runtime
+from intentgate.upstreams import UpstreamPool
 from tests.processes import free_port, serve, stop
 from tests.test_front_http import agent_token
 from tests.test_front_stdio import SUPPORT, make_gateway

@@ -22,8 +22,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError, IntentFileError
-from gateway.intents import IntentRegistry, Severity, check_intents, load_intents
+from intentgate.errors import ConfigError, IntentFileError
+from intentgate.intents import IntentRegistry, Severity, check_intents, load_intents
 from tests.conftest import INTENTS_DIR
 
 FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,

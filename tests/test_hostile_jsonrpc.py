@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp.shared.inbound import encode_header_value
 
-from gateway.errors import ReasonCode, reason_code_of
+from intentgate.errors import ReasonCode, reason_code_of
 from tests.processes import free_port, serve, stop
 from tests.test_front_http import agent_token
 from tests.tasks import grant_args

@@ -26,8 +26,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from gateway.keys import KeySet
-from gateway.review import AdminTokenIssuer
+from intentgate.keys import KeySet
+from intentgate.review import AdminTokenIssuer
 from tests.tasks import grant_args
 from tests.test_front_stdio import PARAMS, SUPPORT
 from tests.test_hostile_jsonrpc import HttpGateway, http_session

@@ -21,13 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.canonical import arguments_sha256
-from gateway.clock import FrozenClock
-from gateway.errors import ReasonCode, TokenError
-from gateway.identity import DevIssuer, IdentityError, IdentityVerifier
-from gateway.keys import KeySet, PublicKeySet
-from gateway.tokens import ActionTokenIssuer
-from gateway.verify import ActionTokenVerifier
+from intentgate.canonical import arguments_sha256
+from intentgate.clock import FrozenClock
+from intentgate.errors import ReasonCode, TokenError
+from intentgate.identity import DevIssuer, IdentityError, IdentityVerifier
+from intentgate.keys import KeySet, PublicKeySet
+from intentgate.tokens import ActionTokenIssuer
+from intentgate.verify import ActionTokenVerifier
 from tests.conftest import NOW
 
 ARGS = {"order_id": "ORD-7", "amount": 30, "currency": "EUR"}
@@ -427,9 +427,9 @@ def test_workload_token_character_mutations_are_refused(identities, dev, data) -
 
 @pytest.fixture(scope="module")
 def reviewers(tmp_path_factory: pytest.TempPathFactory, dev: DevIssuer, identities: IdentityVerifier) -> Any:
-    from gateway.config import ReviewConfig
-    from gateway.review import AdminTokenIssuer
-    from gateway.review.auth import ReviewerAuth
+    from intentgate.config import ReviewConfig
+    from intentgate.review import AdminTokenIssuer
+    from intentgate.review.auth import ReviewerAuth
 
     clock = FrozenClock(NOW)
     admin_keys = KeySet.open_or_create(tmp_path_factory.mktemp("admin-keys"), clock=clock)
@@ -445,7 +445,7 @@ def reviewers(tmp_path_factory: pytest.TempPathFactory, dev: DevIssuer, identiti
 @example(where="claims", key="roles", value="intentgate-reviewer")
 @example(where="claims", key="exp", value=float("inf"))
 def test_reviewer_token_mutations_are_401_or_403(reviewers, dev, where, key, value) -> None:
-    from gateway.review.auth import ReviewerDenied
+    from intentgate.review.auth import ReviewerDenied
 
     auth, admin = reviewers
     head, claims = parts(admin.mint("alice", 600))
@@ -466,7 +466,7 @@ def test_reviewer_token_mutations_are_401_or_403(reviewers, dev, where, key, val
 
 
 def test_agent_tokens_are_never_reviewers(reviewers, dev) -> None:
-    from gateway.review.auth import ReviewerDenied
+    from intentgate.review.auth import ReviewerDenied
 
     auth, _ = reviewers
     with pytest.raises(ReviewerDenied) as exc:

@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
-from gateway.clock import FrozenClock
-from gateway.identity import DevIssuer, IdentityError, IdentityVerifier, IssuerConfig
-from gateway.keys import KeySet
+from intentgate.clock import FrozenClock
+from intentgate.identity import DevIssuer, IdentityError, IdentityVerifier, IssuerConfig
+from intentgate.keys import KeySet
 from tests.conftest import NOW, ROOT
 
 SPIFFE_ISS = "https://spire.example.org"
@@ -133,7 +133,7 @@ def test_cli_agent_token_verifies(tmp_path: Path) -> None:
     cfg = tmp_path / "intentgate.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\n")
     out = subprocess.run(
-        [sys.executable, "-m", "gateway", "agent-token", "--agent", "spiffe://example.org/agent/x", "--ttl", "15m",
+        [sys.executable, "-m", "intentgate", "agent-token", "--agent", "spiffe://example.org/agent/x", "--ttl", "15m",
          "--config", str(cfg)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.config import load_config
-from gateway.errors import ConfigError
-from gateway.project import CONFIG_NAME, examples, init_project, project_files, render_config
+from intentgate.config import load_config
+from intentgate.errors import ConfigError
+from intentgate.project import CONFIG_NAME, examples, init_project, project_files, render_config
 from tests.conftest import ROOT
 
 
 def intentgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "INTENTGATE_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "intentgate", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env={**env, "COLUMNS": "200"})
 
 

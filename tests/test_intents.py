@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import IntentFileError
-from gateway.intents import Severity, check_intents, load_intents, parse_tool
+from intentgate.errors import IntentFileError
+from intentgate.intents import Severity, check_intents, load_intents, parse_tool
 from tests.conftest import INTENTS_DIR
 
 GOOD = """
@@ -197,7 +197,7 @@ def test_pathological_patterns_are_answered_not_backtracked() -> None:
     mismatch: refused at once.  The 60 s limit only keeps a regression from hanging CI."""
     import threading
 
-    from gateway.schemas import compile_schema
+    from intentgate.schemas import compile_schema
 
     cases = [("^(a+)+$", "a" * 20_000 + "!", "aaa"), ("(x+x+)+y", "x" * 20_000, "xxy"),
              ("^(a|aa)+$", "a" * 20_000 + "b", "aaaa"), ("^(\\w+\\s?)*$", "an " * 7_000 + "!", "an an")]

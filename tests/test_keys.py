@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
-from gateway.cli.keys import keys_app
-from gateway.clock import FrozenClock
-from gateway.errors import ConfigError
-from gateway.keys import KeySet, PublicKeySet, jwk_thumbprint
+from intentgate.cli.keys import keys_app
+from intentgate.clock import FrozenClock
+from intentgate.errors import ConfigError
+from intentgate.keys import KeySet, PublicKeySet, jwk_thumbprint
 from tests.conftest import NOW
 
 KEY_FILE = re.compile(r"^\d{13}-[A-Za-z0-9_-]{43}\.pem$")

@@ -85,7 +85,7 @@ def test_a_hostile_trace_context_is_not_quoted_into_the_log() -> None:
     script = """
 import logging
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from gateway.logs import configure_logging
+from intentgate.logs import configure_logging
 configure_logging("DEBUG")
 carrier = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01",
            "tracestate": 'evil"}\\n{"level":"CRITICAL"=x,' + "k" * 300 + "=v"}

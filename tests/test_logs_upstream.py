@@ -1,6 +1,6 @@
 """A stdio upstream's stderr becomes records of the gateway's JSON log, whatever it writes.
 
-A real gateway process (the real logging setup, ``gateway.logs``, at its default level) runs a
+A real gateway process (the real logging setup, ``intentgate.logs``, at its default level) runs a
 real stdio upstream (tests/servers/noisy_server.py) that writes hostile bytes to its stderr at
 start and during a call, crashes mid-call, is restarted, and says goodbye when it is stopped.
 Every line the process writes to stderr is parsed; every line the upstream wrote is one record,
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.upstream_stderr import LINES_BURST, LINES_PER_SECOND, StderrLines
+from intentgate.clock import FrozenClock
+from intentgate.upstream_stderr import LINES_BURST, LINES_PER_SECOND, StderrLines
 from tests.conftest import ROOT
 from tests.processes import startup_budget
 from tests.servers.noisy_server import GOODBYE, HOSTILE, LAST_WORDS
@@ -30,9 +30,9 @@ MAX_LINE = 8192
 
 DRIVER = """
 import asyncio, json, logging, sys
-from gateway.config import UpstreamConfig
-from gateway.logs import configure_logging
-from gateway.upstreams import UpstreamError, UpstreamPool
+from intentgate.config import UpstreamConfig
+from intentgate.logs import configure_logging
+from intentgate.upstreams import UpstreamError, UpstreamPool
 
 async def main() -> None:
     configure_logging()  # the gateway's default level: warning

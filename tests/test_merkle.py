@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.merkle import (
+from intentgate.merkle import (
     EMPTY_ROOT,
     Frontier,
     consistency_proof,

@@ -14,17 +14,17 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event
 
-from gateway.clock import Clock, FrozenClock, SystemClock
-from gateway.config import GatewayConfig, load_config
-from gateway.errors import ConfigError
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet
-from gateway.metrics import SESSION_AGENTS, Metrics
-from gateway.review import AdminTokenIssuer
-from gateway.runtime import Runtime
-from gateway.sessions import SessionGuard
-from gateway.store.queries import ReviewBacklog
-from gateway.web import create_app
+from intentgate.clock import Clock, FrozenClock, SystemClock
+from intentgate.config import GatewayConfig, load_config
+from intentgate.errors import ConfigError
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet
+from intentgate.metrics import SESSION_AGENTS, Metrics
+from intentgate.review import AdminTokenIssuer
+from intentgate.runtime import Runtime
+from intentgate.sessions import SessionGuard
+from intentgate.store.queries import ReviewBacklog
+from intentgate.web import create_app
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
 from tests.test_approvals import BIG, clock, held_refund, policy_dir, rt  # noqa: F401 - shared fixtures
 from tests.test_decide import SUPPORT, begin_refund, call

@@ -12,15 +12,15 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, create_engine, insert, inspect, text
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.checkpoints import AuditSigner
-from gateway.errors import StoreError
-from gateway.store import Database, Store
-from gateway.store.migrate import BASELINE, ensure_schema, head_revision, schema_status
-from gateway.store import textsearch
-from gateway.store.ledger import append_decision
-from gateway.store.records import chain_hash
-from gateway.store.tables import metadata
+from intentgate.cli import app
+from intentgate.checkpoints import AuditSigner
+from intentgate.errors import StoreError
+from intentgate.store import Database, Store
+from intentgate.store.migrate import BASELINE, ensure_schema, head_revision, schema_status
+from intentgate.store import textsearch
+from intentgate.store.ledger import append_decision
+from intentgate.store.records import chain_hash
+from intentgate.store.tables import metadata
 
 from .test_store import a_decision
 
@@ -54,7 +54,7 @@ def _pre_migration_schema(url: str) -> None:
     """The schema a gateway from before migrations created (the baseline), with no alembic_version."""
     from alembic import command
 
-    from gateway.store.migrate import alembic_config
+    from intentgate.store.migrate import alembic_config
 
     eng = create_engine(url)
     cfg = alembic_config()
@@ -204,8 +204,8 @@ def test_ensure_schema_is_idempotent(db_url: str) -> None:
 
 
 async def test_a_gateway_with_migrate_off_refuses_to_start_on_an_empty_database(tmp_path: Path) -> None:
-    from gateway.config import load_config
-    from gateway.runtime import Runtime
+    from intentgate.config import load_config
+    from intentgate.runtime import Runtime
     from tests.conftest import INTENTS_DIR, POLICY_DIR
 
     config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=POLICY_DIR,
@@ -223,10 +223,10 @@ async def test_task_histories_become_step_rows_and_running_tasks_go_on(db_url: s
     is judged on what it did before (the refund's order id is bound to the lookup's)."""
     from alembic import command
 
-    from gateway.clock import FrozenClock
-    from gateway.config import load_config
-    from gateway.runtime import Runtime
-    from gateway.store.migrate import alembic_config
+    from intentgate.clock import FrozenClock
+    from intentgate.config import load_config
+    from intentgate.runtime import Runtime
+    from intentgate.store.migrate import alembic_config
     from tests.conftest import INTENTS_DIR, POLICY_DIR
     from tests.test_decide import MONDAY_10, REFUND_PARAMS, call
 
@@ -280,7 +280,7 @@ async def test_task_histories_become_step_rows_and_running_tasks_go_on(db_url: s
 def _migrate(url: str, revision: str, *, down: bool = False) -> None:
     from alembic import command
 
-    from gateway.store.migrate import alembic_config
+    from intentgate.store.migrate import alembic_config
 
     eng = create_engine(url)
     cfg = alembic_config()
@@ -298,8 +298,8 @@ async def test_the_rollup_and_text_index_are_built_from_the_decisions_there_were
     round would have folded, exactly) and indexes their text; downgrading drops both."""
     import random
 
-    from gateway.store import rollup
-    from gateway.store.queries import DecisionFilter, search_decisions
+    from intentgate.store import rollup
+    from intentgate.store.queries import DecisionFilter, search_decisions
     from tests.randomlog import START, append, assert_overview, random_records, rollup_rows
 
     _migrate(db_url, "0005")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.policy import EmbeddedEngine, load_policy_dir
+from intentgate.cli import app
+from intentgate.policy import EmbeddedEngine, load_policy_dir
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_policy_parity import REGOPY_CHILD
 

@@ -31,11 +31,11 @@ import httpx2
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.errors import PolicyError
-from gateway.policy import EmbeddedEngine, OpaServerEngine, load_policy_dir, run_rego_tests
-from gateway.policy._modules import merge_by_package
-from gateway.policy._opa import DECISION_ID_HEADER
+from intentgate.cli import app
+from intentgate.errors import PolicyError
+from intentgate.policy import EmbeddedEngine, OpaServerEngine, load_policy_dir, run_rego_tests
+from intentgate.policy._modules import merge_by_package
+from intentgate.policy._opa import DECISION_ID_HEADER
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.opa import OpaProcess, need_opa_binary
 from tests.processes import startup_budget

@@ -24,9 +24,9 @@ import httpx2
 import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.errors import ConfigError, PolicyError
-from gateway.policy import (
+from intentgate.cli import app
+from intentgate.errors import ConfigError, PolicyError
+from intentgate.policy import (
     EmbeddedEngine,
     OpaServerEngine,
     PolicyEngine,
@@ -493,7 +493,7 @@ def _opa_request_counts(client: httpx2.Client) -> dict[tuple[str, str, str], int
 
 @pytest.mark.opa
 async def test_opa_engine_uploads_the_policy_dir_once(opa_url: str, registry) -> None:
-    from gateway.policy._modules import merge_by_package
+    from intentgate.policy._modules import merge_by_package
 
     with httpx2.Client(base_url=opa_url, timeout=10) as opa:
         text = {"Content-Type": "text/plain"}
@@ -645,7 +645,7 @@ def test_cli_policy_eval(tmp_path: Path) -> None:
 
 
 def test_merging_by_package_keeps_every_rule_and_refuses_clashing_imports() -> None:
-    from gateway.policy._modules import merge_by_package, package_of
+    from intentgate.policy._modules import merge_by_package, package_of
 
     a = "# METADATA\n# title: a\npackage p\n\nimport rego.v1\nimport data.x as lib\n\nx := 1\n"
     b = "package p\nimport rego.v1\n\ny := `package q\nimport data.z`\n"

@@ -1,5 +1,5 @@
 """Reasons explained by the policy itself: the ``title``/``description`` of the rule that gives
-a reason, read from its METADATA annotation (``gateway.policy._notes``) as OPA attaches it.
+a reason, read from its METADATA annotation (``intentgate.policy._notes``) as OPA attaches it.
 
 The parser is held against OPA's own: ``opa inspect -a`` must see the same annotations on the
 same rules, and ``opa check`` must refuse the blocks the parser refuses.  The reviewer pages
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.policy import EmbeddedEngine, ReasonNote, load_policy_dir, read_reason_notes
+from intentgate.errors import ConfigError
+from intentgate.policy import EmbeddedEngine, ReasonNote, load_policy_dir, read_reason_notes
 from tests.conftest import POLICY_DIR
 from tests.opa import need_opa_binary
 

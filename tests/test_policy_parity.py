@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from gateway.policy import EmbeddedEngine, load_policy_dir
+from intentgate.policy import EmbeddedEngine, load_policy_dir
 from tests.conftest import POLICY_DIR
 
 N_INPUTS = 1500

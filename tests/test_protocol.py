@@ -219,10 +219,10 @@ async def test_a_tool_list_change_is_held_against_the_intents_that_use_the_upstr
 async def test_the_schema_the_sdk_checks_headers_against_is_the_listed_one(tmp_path: Path) -> None:
     """`get_tool_input_schema` answers from the upstreams' catalogue what `tools/list` shows,
     so the SDK need not run the whole listing on every 2026-07-28 call."""
-    from gateway.config import load_config
-    from gateway.front import Front
-    from gateway.runtime import Runtime
-    from gateway.upstreams import UpstreamPool
+    from intentgate.config import load_config
+    from intentgate.front import Front
+    from intentgate.runtime import Runtime
+    from intentgate.upstreams import UpstreamPool
 
     gateway(tmp_path, {})
     cfg = load_config(tmp_path / "intentgate.yaml")
@@ -247,8 +247,8 @@ async def test_the_schema_the_sdk_checks_headers_against_is_the_listed_one(tmp_p
 
 
 def _token(tmp_path: Path) -> str:
-    from gateway.identity import DevIssuer
-    from gateway.keys import KeySet
+    from intentgate.identity import DevIssuer
+    from intentgate.keys import KeySet
     from tests.test_front_stdio import SUPPORT
 
     return DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(SUPPORT)

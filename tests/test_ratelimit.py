@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.errors import ReasonCode, TaskError
-from gateway.ratelimit import RateLimiter
-from gateway.reads import ReadRequest, decide_read
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.errors import ReasonCode, TaskError
+from intentgate.ratelimit import RateLimiter
+from intentgate.reads import ReadRequest, decide_read
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_decide import MONDAY_10, OTHER, REFUND_PARAMS, SUPPORT, call
 from tests.tasks import ISSUER

@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from gateway.config import GatewayConfig, load_config
-from gateway.keys import KeySet
-from gateway.runtime import Runtime
-from gateway.tokens import ActionTokenIssuer
-from gateway.web import create_app
+from intentgate.config import GatewayConfig, load_config
+from intentgate.keys import KeySet
+from intentgate.runtime import Runtime
+from intentgate.tokens import ActionTokenIssuer
+from intentgate.web import create_app
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_review_api import SUPPORT, agent_token
 from tests.tasks import ISSUER

@@ -20,14 +20,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from gateway.clock import FrozenClock
-from gateway.config import RedeemConfig, load_config
-from gateway.errors import ConfigError, ReasonCode
-from gateway.identity import AgentIdentity, DevIssuer, IdentityVerifier
-from gateway.keys import KeySet
-from gateway.metrics import Metrics
-from gateway.redeem import RedeemDoor, TurnedAway
-from gateway.web import create_app
+from intentgate.clock import FrozenClock
+from intentgate.config import RedeemConfig, load_config
+from intentgate.errors import ConfigError, ReasonCode
+from intentgate.identity import AgentIdentity, DevIssuer, IdentityVerifier
+from intentgate.keys import KeySet
+from intentgate.metrics import Metrics
+from intentgate.redeem import RedeemDoor, TurnedAway
+from intentgate.web import create_app
 from tests.conftest import INTENTS_DIR, NOW, POLICY_DIR
 from tests.test_redeem import App as RedeemApp
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identity import AgentIdentity
-from gateway.intents import load_intents
-from gateway.policy import make_engine
-from gateway.reads import ReadRequest, decide_read
-from gateway.replay import Replayer
-from gateway.runtime import Runtime
+from intentgate.identity import AgentIdentity
+from intentgate.intents import load_intents
+from intentgate.policy import make_engine
+from intentgate.reads import ReadRequest, decide_read
+from intentgate.replay import Replayer
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR
 from tests.test_approvals import BIG, REVIEWER, clock, policy_dir, rt  # noqa: F401 - shared fixtures
 from tests.test_decide import MONDAY_10, SUPPORT, begin_refund, call, walk_to_refund
@@ -134,7 +134,7 @@ async def test_changed_intents_are_replayed_too(rt: Runtime, tmp_path, policy_di
 
 
 async def test_calls_without_recorded_arguments_are_skipped(tmp_path, clock, db_url, policy_dir) -> None:  # noqa: F811
-    from gateway.config import load_config
+    from intentgate.config import load_config
 
     config = load_config(None, data_dir=tmp_path, intents_dir=INTENTS_DIR, policy_dir=policy_dir)
     config = config.model_copy(update={"store": config.store.model_copy(update={"url": db_url}),

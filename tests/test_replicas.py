@@ -28,11 +28,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from sqlalchemy import create_engine, text
 
-from gateway.canonical import arguments_sha256
-from gateway.decide import new_id
-from gateway.keys import KeySet
-from gateway.store import DecisionRecord, Store, TokenRecord
-from gateway.tokens import ActionTokenIssuer
+from intentgate.canonical import arguments_sha256
+from intentgate.decide import new_id
+from intentgate.keys import KeySet
+from intentgate.store import DecisionRecord, Store, TokenRecord
+from intentgate.tokens import ActionTokenIssuer
 from tests.processes import free_port, serve, stop
 from tests.test_front_http import agent_token
 from tests.test_front_stdio import PARAMS, SUPPORT, make_gateway
@@ -163,7 +163,7 @@ async def test_an_approval_is_granted_once_and_used_once_across_replicas(replica
         task = await _walk_to_refund(client, replicas.data_dir)
     token = agent_token(replicas.data_dir)
     config = yaml.safe_load(replicas.config_path.read_text())
-    from gateway.config import load_config
+    from intentgate.config import load_config
 
     reviewer = admin_token(load_config(replicas.config_path))
     assert config["store"]["url"] == replicas.db_url

@@ -11,8 +11,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from gateway.clock import FrozenClock
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.runtime import Runtime
 from tests.conftest import strict_refund_policy
 from tests.test_review_api import HOUR, MONDAY_10, SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401
 from tests.tasks import ISSUER

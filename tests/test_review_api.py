@@ -16,14 +16,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
-from gateway.clock import FrozenClock
-from gateway.config import GatewayConfig, load_config
-from gateway.decide import CallRequest
-from gateway.identity import AgentIdentity, DevIssuer
-from gateway.keys import KeySet
-from gateway.review import ADMIN_AUDIENCE, ADMIN_ISSUER, AdminTokenIssuer
-from gateway.runtime import Runtime
-from gateway.web import create_app
+from intentgate.clock import FrozenClock
+from intentgate.config import GatewayConfig, load_config
+from intentgate.decide import CallRequest
+from intentgate.identity import AgentIdentity, DevIssuer
+from intentgate.keys import KeySet
+from intentgate.review import ADMIN_AUDIENCE, ADMIN_ISSUER, AdminTokenIssuer
+from intentgate.runtime import Runtime
+from intentgate.web import create_app
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.tasks import ISSUER
 

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gateway.cli import app
-from gateway.config import GatewayConfig, load_config
-from gateway.identity import IdentityError
-from gateway.keys import KeySet
-from gateway.review import ReviewerAuth
-from gateway.runtime import Runtime
+from intentgate.cli import app
+from intentgate.config import GatewayConfig, load_config
+from intentgate.identity import IdentityError
+from intentgate.keys import KeySet
+from intentgate.review import ReviewerAuth
+from intentgate.runtime import Runtime
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.test_review_api import EXPORT_FIELDS, Filled, fill
 

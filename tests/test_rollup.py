@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, insert, text
 
-from gateway.review.overview import RANGES, OverviewQuery, resolve
-from gateway.store import DecisionRecord, Store, queries, rollup
-from gateway.store.overview import cover
-from gateway.store.queries import DecisionFilter, decisions_t, search_decisions
-from gateway.store.records import HASH_VERSION, entry_hash
+from intentgate.review.overview import RANGES, OverviewQuery, resolve
+from intentgate.store import DecisionRecord, Store, queries, rollup
+from intentgate.store.overview import cover
+from intentgate.store.queries import DecisionFilter, decisions_t, search_decisions
+from intentgate.store.records import HASH_VERSION, entry_hash
 from tests.randomlog import AGENTS, DAY, START, append, assert_overview, fold, random_records, rollup_rows
 
 
@@ -175,11 +175,11 @@ def test_search_through_the_text_index_finds_what_it_finds_without(db_url: str, 
 
 async def test_arguments_kept_out_of_the_log_are_kept_out_of_the_index(tmp_path: Path) -> None:
     """``audit.arguments: false``: what the log does not hold, the text index does not either."""
-    from gateway.clock import FrozenClock
-    from gateway.config import load_config
-    from gateway.decide import CallRequest
-    from gateway.identity import AgentIdentity
-    from gateway.runtime import Runtime
+    from intentgate.clock import FrozenClock
+    from intentgate.config import load_config
+    from intentgate.decide import CallRequest
+    from intentgate.identity import AgentIdentity
+    from intentgate.runtime import Runtime
     from tests.conftest import INTENTS_DIR, POLICY_DIR
     from tests.tasks import ISSUER
 

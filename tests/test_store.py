@@ -11,13 +11,13 @@ import asyncio
 import pytest
 from sqlalchemy import text
 
-from gateway.checkpoints import AuditSigner
-from gateway.errors import StoreError
-from gateway.store import ApprovalRecord, DecisionRecord, Store, TaskAdvance, TokenRecord
-from gateway.store.db import Database
-from gateway.store.tables import DecisionRow
-from gateway.verify import ConsumeOutcome
-from gateway.workflow import HistoryEntry, Task
+from intentgate.checkpoints import AuditSigner
+from intentgate.errors import StoreError
+from intentgate.store import ApprovalRecord, DecisionRecord, Store, TaskAdvance, TokenRecord
+from intentgate.store.db import Database
+from intentgate.store.tables import DecisionRow
+from intentgate.verify import ConsumeOutcome
+from intentgate.workflow import HistoryEntry, Task
 
 NOW = 1_800_000_000.0
 
@@ -256,7 +256,7 @@ async def test_sqlite_lock_held_elsewhere_falls_back_then_fails_closed(tmp_path)
 async def test_time_filters_keep_every_match_when_times_are_slightly_out_of_log_order(store: Store) -> None:
     """A time bound becomes a seq range (binary search); decisions whose `at` is a little out of
     commit order (within the clock margin) must still all be found, and nothing outside."""
-    from gateway.store import queries
+    from intentgate.store import queries
 
     base = 1_799_000_000.0
     # 400 decisions, a minute apart, each jittered by up to ±140 s (skew < the 300 s margin)
@@ -290,7 +290,7 @@ async def test_a_decision_committing_after_a_newer_one_was_sealed_is_still_seale
         await store.commit_decision(a_decision(2))
         first = await store.seal(now=NOW, sign=signer.sign, origin=signer.origin, horizon=120)
         assert first.checkpoint.size == 1
-        from gateway.store.records import HASH_VERSION, entry_hash
+        from intentgate.store.records import HASH_VERSION, entry_hash
 
         def commit_late(conn) -> None:  # what append_decision writes, under the number taken before
             row = late.model_dump(exclude={"seq"})

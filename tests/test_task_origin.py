@@ -24,14 +24,14 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.errors import ReasonCode, TaskError
-from gateway.identity import AgentIdentity
-from gateway.keys import KeySet, public_jwk
-from gateway.runtime import Runtime
-from gateway.store import GrantRecord
-from gateway.tasks import GRANT_SCOPE, TASK_GRANT_TYP, TaskGrantMinter, TaskIssuer
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.errors import ReasonCode, TaskError
+from intentgate.identity import AgentIdentity
+from intentgate.keys import KeySet, public_jwk
+from intentgate.runtime import Runtime
+from intentgate.store import GrantRecord
+from intentgate.tasks import GRANT_SCOPE, TASK_GRANT_TYP, TaskGrantMinter, TaskIssuer
 from tests.conftest import INTENTS_DIR, POLICY_DIR
 from tests.tasks import ISSUER
 from tests.test_decide import MONDAY_10, OPS, REFUND_PARAMS, SUPPORT, call, walk_to_refund
@@ -295,7 +295,7 @@ async def test_a_task_issuer_signs_grants_with_its_own_key(tmp_path: Path, clock
 
 
 def test_task_issuer_config_errors() -> None:
-    from gateway.errors import ConfigError
+    from intentgate.errors import ConfigError
 
     bad = [
         {"issuers": [{"name": "x"}]},  # neither subjects nor grant_issuer

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from gateway.clock import FrozenClock
-from gateway.config import load_config
-from gateway.runtime import Runtime
-from gateway.store.tables import TaskStepRow
-from gateway.workflow import RECENT_STEPS, HistoryEntry, Task, TaskState
+from intentgate.clock import FrozenClock
+from intentgate.config import load_config
+from intentgate.runtime import Runtime
+from intentgate.store.tables import TaskStepRow
+from intentgate.workflow import RECENT_STEPS, HistoryEntry, Task, TaskState
 from tests.conftest import POLICY_DIR
 from tests.tasks import ISSUER
 from tests.test_decide import MONDAY_10, SUPPORT, call

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from mcp import Client, MCPError, StdioServerParameters
 
-from gateway.identity import DevIssuer
-from gateway.keys import KeySet
+from intentgate.identity import DevIssuer
+from intentgate.keys import KeySet
 from tests.conftest import POLICY_DIR, ROOT
 
 pytestmark = pytest.mark.slow
@@ -99,7 +99,7 @@ def gateway(tmp_path: Path) -> StdioServerParameters:
     }))
     token = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(AGENT)
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "gateway", "stdio", "--config", str(cfg)], cwd=str(ROOT),
+        command=sys.executable, args=["-m", "intentgate", "stdio", "--config", str(cfg)], cwd=str(ROOT),
         env={**os.environ, "INTENTGATE_AGENT_TOKEN": token},
     )
 

@@ -8,11 +8,11 @@ import re
 import jwt
 import pytest
 
-from gateway.canonical import arguments_sha256
-from gateway.clock import FrozenClock
-from gateway.errors import ReasonCode, TokenError
-from gateway.keys import KeySet
-from gateway.tokens import ActionTokenIssuer, MintedToken
+from intentgate.canonical import arguments_sha256
+from intentgate.clock import FrozenClock
+from intentgate.errors import ReasonCode, TokenError
+from intentgate.keys import KeySet
+from intentgate.tokens import ActionTokenIssuer, MintedToken
 from tests.conftest import NOW
 
 AGENT = "spiffe://example.org/agent/support-1"

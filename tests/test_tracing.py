@@ -31,15 +31,15 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.config import load_config
-from gateway.decide import CallRequest
-from gateway.front import Front
-from gateway.identity import AgentIdentity, DevIssuer
-from gateway.keys import KeySet
-from gateway.runtime import Runtime
-from gateway.tracing import OFF
-from gateway.upstreams import UpstreamPool
-from gateway.web import create_app
+from intentgate.config import load_config
+from intentgate.decide import CallRequest
+from intentgate.front import Front
+from intentgate.identity import AgentIdentity, DevIssuer
+from intentgate.keys import KeySet
+from intentgate.runtime import Runtime
+from intentgate.tracing import OFF
+from intentgate.upstreams import UpstreamPool
+from intentgate.web import create_app
 from tests.conftest import POLICY_DIR, ROOT
 from tests.processes import free_port, startup_budget
 
@@ -348,7 +348,7 @@ async def test_tracing_off_sends_no_trace_context_upstream(tmp_path: Path) -> No
 
 def test_tracing_off_does_not_load_the_sdk(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, {"enabled": False})
-    code = ("import asyncio, sys\nfrom gateway.config import load_config\nfrom gateway.runtime import Runtime\n"
+    code = ("import asyncio, sys\nfrom intentgate.config import load_config\nfrom intentgate.runtime import Runtime\n"
             "async def main():\n    rt = await Runtime.open(load_config(sys.argv[1]))\n    await rt.aclose()\n"
             "asyncio.run(main())\nprint(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))\n")
     out = subprocess.run([sys.executable, "-c", code, str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=120)

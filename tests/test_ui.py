@@ -13,13 +13,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.config import load_config
-from gateway.errors import ReasonCode
-from gateway.runtime import Runtime
-from gateway.ui.graph import layout
-from gateway.ui.render import REASON_TEXT
-from gateway.ui.session import COOKIE
-from gateway.web import create_app
+from intentgate.config import load_config
+from intentgate.errors import ReasonCode
+from intentgate.runtime import Runtime
+from intentgate.ui.graph import layout
+from intentgate.ui.render import REASON_TEXT
+from intentgate.ui.session import COOKIE
+from intentgate.web import create_app
 from tests.conftest import INTENTS_DIR, POLICY_DIR, strict_refund_policy
 from tests.test_review_actions import HELD, as_agent
 from tests.test_review_api import REFUND, SUPPORT, Env, _call, admin_token, agent_token, env  # noqa: F401

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import KeySet
-from gateway.review import AdminTokenIssuer
+from intentgate.keys import KeySet
+from intentgate.review import AdminTokenIssuer
 from tests.test_front_http import agent_token, gateway, mcp_client  # noqa: F401
 from tests.test_front_stdio import PARAMS, SUPPORT
 from tests.tasks import grant_args

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from html import unescape
 from typing import Any
 
-from gateway.clock import FrozenClock
-from gateway.identity import AgentIdentity
-from gateway.review import DecisionQuery
-from gateway.review.overview import OverviewQuery
-from gateway.runtime import Runtime
+from intentgate.clock import FrozenClock
+from intentgate.identity import AgentIdentity
+from intentgate.review import DecisionQuery
+from intentgate.review.overview import OverviewQuery
+from intentgate.runtime import Runtime
 from tests.tasks import ISSUER
 from tests.test_review_api import HOUR, MONDAY_10, OTHER, REFUND, SUPPORT, Env, _call, env  # noqa: F401
 from tests.test_ui import decision_ids, login
@@ -245,7 +245,7 @@ def test_overview_shows_pending_approvals_and_grants(env: Env) -> None:
 def test_pending_approvals_mean_the_same_on_the_overview_and_the_gauge(env: Env) -> None:
     """A pending approval counts while a reviewer can still approve it (pending, not expired):
     on the overview (its count and its list) as in ``intentgate_approvals_pending``."""
-    from gateway.store.queries import review_backlog
+    from intentgate.store.queries import review_backlog
 
     login(env)
     service = env.client.app.state.review
@@ -339,9 +339,9 @@ def test_inbox_exports_its_filter_as_ndjson(env: Env) -> None:
 def test_a_bucket_that_has_only_just_begun_is_a_bar_as_wide_as_the_others() -> None:
     """The range's ends cut the first and last buckets short (here the last has run 25 s of its
     30 min): each still gets a full slot, so a call held a moment ago is a bar one can click."""
-    from gateway.review.models import Backlog
-    from gateway.review.overview import Overview, OverviewBucket, resolve
-    from gateway.ui.overview import LEFT, WIDTH, chart
+    from intentgate.review.models import Backlog
+    from intentgate.review.overview import Overview, OverviewBucket, resolve
+    from intentgate.ui.overview import LEFT, WIDTH, chart
 
     now = datetime(2026, 12, 1, 20, 30, 25, tzinfo=UTC).timestamp()
     since, until, width, edges = resolve(OverviewQuery(range="24h"), now)

@@ -25,12 +25,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.canonical import arguments_sha256
-from gateway.clock import FrozenClock
-from gateway.errors import ReasonCode, StoreError, TokenError
-from gateway.keys import KeySet, PublicKeySet
-from gateway.tokens import ActionTokenIssuer, MintedToken
-from gateway.verify import ActionTokenVerifier, ConsumeOutcome, SqliteJtiLedger
+from intentgate.canonical import arguments_sha256
+from intentgate.clock import FrozenClock
+from intentgate.errors import ReasonCode, StoreError, TokenError
+from intentgate.keys import KeySet, PublicKeySet
+from intentgate.tokens import ActionTokenIssuer, MintedToken
+from intentgate.verify import ActionTokenVerifier, ConsumeOutcome, SqliteJtiLedger
 from tests.conftest import NOW
 
 ARGS = {"order_id": "ORD-7", "amount": 30, "currency": "EUR"}

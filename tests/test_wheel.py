@@ -74,17 +74,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 def test_the_wheel_carries_the_examples_and_the_type_marker(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
-    for name in ("gateway/py.typed", "gateway/_data/opa/intentgate/decision.rego",
-                 "gateway/_data/opa/intentgate/decision_test.rego", "gateway/_data/opa/intentgate/data.json",
-                 "gateway/_data/intents/refund-order.yaml", "gateway/_data/intents/refund-order.test.yaml",
-                 "gateway/_data/agents_examples/servers/payments.py", "gateway/_data/agents_examples/support_agent.py",
-                 "gateway/store/migrations/versions/0001_baseline.py", "gateway/ui/templates/layout.html"):
+    for name in ("intentgate/py.typed", "intentgate/_data/opa/intentgate/decision.rego",
+                 "intentgate/_data/opa/intentgate/decision_test.rego", "intentgate/_data/opa/intentgate/data.json",
+                 "intentgate/_data/intents/refund-order.yaml", "intentgate/_data/intents/refund-order.test.yaml",
+                 "intentgate/_data/agents_examples/servers/payments.py", "intentgate/_data/agents_examples/support_agent.py",
+                 "intentgate/store/migrations/versions/0001_baseline.py", "intentgate/ui/templates/layout.html"):
         assert name in names
     assert not [n for n in names if "__pycache__" in n or n.startswith(("tests/", "bench/", "intents/", "opa/"))]
 
     # the installed package is the venv's, and it finds its examples there
-    probe = ("import gateway, gateway.project as p; from importlib.resources import files; "
-             "print(gateway.__file__); print(files('gateway').joinpath('py.typed').is_file()); "
+    probe = ("import intentgate, intentgate.project as p; from importlib.resources import files; "
+             "print(intentgate.__file__); print(files('intentgate').joinpath('py.typed').is_file()); "
              "e = p.examples(); print(e.installed, e.root)")
     out = subprocess.run([str(installed.bin / "python"), "-c", probe], cwd=installed.home, env=installed.env(),
                          capture_output=True, text=True, timeout=120)
@@ -161,4 +161,4 @@ def test_demo_runs_from_the_installed_package(installed: Installed) -> None:
     config = yaml.safe_load((data / "intentgate.yaml").read_text())
     site = installed.venv.resolve()
     assert Path(config["intents_dir"]).is_relative_to(site) and Path(config["policy_dir"]).is_relative_to(site)
-    assert all(u["args"][1].startswith("gateway._data.agents_examples.servers.") for u in config["upstreams"])
+    assert all(u["args"][1].startswith("intentgate._data.agents_examples.servers.") for u in config["upstreams"])

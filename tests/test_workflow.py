@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.workflow import HistoryEntry, Task, check_call
+from intentgate.workflow import HistoryEntry, Task, check_call
 
 AGENT = "spiffe://example.org/agent/support-1"
 NOW = 1_800_000_000.0

@@ -38,7 +38,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 if TYPE_CHECKING:
-    from gateway.verify import ActionClaims
+    from intentgate.verify import ActionClaims
 
 __all__ = [
     "Call",

@@ -1,7 +1,7 @@
 """The action-token check of servers that trust nothing but IntentGate (payments).
 
 Every call must carry a token in ``_meta["intentgate/token"]``; :class:`TokenGuard` verifies
-it with :mod:`gateway.verify` for this upstream (audience), this tool and the arguments
+it with :mod:`intentgate.verify` for this upstream (audience), this tool and the arguments
 actually received, then burns its ``jti`` in ``<name>-jti.db`` in the data dir.  The
 gateway's public keys come from ``INTENTGATE_JWKS``: a JWKS file, or the gateway's
 ``http(s)://.../.well-known/jwks.json``; either is re-read when a token names a key id not
@@ -24,9 +24,9 @@ import httpx2
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.errors import ConfigError, ReasonCode, StoreError, TokenError
-from gateway.keys import PublicKeySet
-from gateway.verify import ActionClaims, ActionTokenVerifier, SqliteJtiLedger
+from intentgate.errors import ConfigError, ReasonCode, StoreError, TokenError
+from intentgate.keys import PublicKeySet
+from intentgate.verify import ActionClaims, ActionTokenVerifier, SqliteJtiLedger
 
 from ._common import Refused
 

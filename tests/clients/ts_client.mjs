@@ -14,7 +14,7 @@ const transport = process.env.GATEWAY_URL
     })
   : new StdioClientTransport({
       command: process.env.GATEWAY_PYTHON,
-      args: ["-m", "gateway", "stdio", "--config", process.env.GATEWAY_CONFIG],
+      args: ["-m", "intentgate", "stdio", "--config", process.env.GATEWAY_CONFIG],
       cwd: process.env.GATEWAY_ROOT,
       env: { ...process.env, INTENTGATE_AGENT_TOKEN: process.env.AGENT_TOKEN },
       stderr: "ignore",

@@ -2,7 +2,7 @@
 
 ``python faulty_server.py --name tickets`` serves over stdio, ``--http PORT`` over Streamable
 HTTP on 127.0.0.1.  Every tool first verifies and burns the call's action token with
-``gateway.verify`` (keys from ``INTENTGATE_JWKS``; a refused token is a tool error and
+``intentgate.verify`` (keys from ``INTENTGATE_JWKS``; a refused token is a tool error and
 nothing runs), then appends one JSON line ``{"tool", "jti"}`` to the file named by
 ``EXECUTED``: that file is what the upstream actually executed.  Then the tool does its job
 or its fault:
@@ -34,9 +34,9 @@ from mcp.server.stdio import stdio_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.errors import TokenError  # noqa: E402
-from gateway.keys import PublicKeySet  # noqa: E402
-from gateway.verify import ActionTokenVerifier, SqliteJtiLedger  # noqa: E402
+from intentgate.errors import TokenError  # noqa: E402
+from intentgate.keys import PublicKeySet  # noqa: E402
+from intentgate.verify import ActionTokenVerifier, SqliteJtiLedger  # noqa: E402
 
 STDIO_FAULTS = ("crash", "hang", "garbage", "bad_reply")
 # the SDK's stdio server diverts fd 1 to stderr, so that stray prints cannot corrupt the wire;

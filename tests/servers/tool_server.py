@@ -4,7 +4,7 @@
 call's result echoes what the server received (tool, arguments, whether a gateway token
 came in ``_meta`` and any W3C trace context there, which ``Authorization`` header came over
 HTTP).  With ``INTENTGATE_JWKS`` set, the server verifies each call's action token with
-``gateway.verify`` (signature, audience, arguments digest, single use in its own ledger) and
+``intentgate.verify`` (signature, audience, arguments digest, single use in its own ledger) and
 refuses calls without a valid one (``CAPTURE_TOKENS=FILE`` appends each raw token to FILE,
 for replay tests).
 ``RECORD_CALLS=FILE`` appends one JSON line per call that came with a token (upstream, tool,
@@ -39,9 +39,9 @@ from mcp.server.stdio import stdio_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.errors import TokenError  # noqa: E402
-from gateway.keys import PublicKeySet  # noqa: E402
-from gateway.verify import ActionTokenVerifier, SqliteJtiLedger  # noqa: E402
+from intentgate.errors import TokenError  # noqa: E402
+from intentgate.keys import PublicKeySet  # noqa: E402
+from intentgate.verify import ActionTokenVerifier, SqliteJtiLedger  # noqa: E402
 
 TOOLS: dict[str, dict[str, dict[str, Any]]] = {
     "tickets": {

@@ -1,0 +1,5 @@
+"""``python -m intentgate`` runs the ``intentgate`` CLI."""
+
+from .cli import app
+
+app()
