@@ -91,7 +91,7 @@ async def test_support_agent_follows_the_workflow(gateway: DemoGateway, queue: O
     assert all(c.tool_error is None for c in t.calls)
     assert t.tasks == [task]
     assert task_status(gateway, task) == "completed"
-    [issued] = rows(intentgate.config.data_dir / "intentgate.db", "SELECT agent, issuer FROM tasks WHERE id = ?", task)
+    [issued] = rows(gateway.config.data_dir / "intentgate.db", "SELECT agent, issuer FROM tasks WHERE id = ?", task)
     assert issued == {"agent": support_agent.AGENT, "issuer": f"support-queue:{ORCHESTRATOR}"}
     assert [(d["step"], d["outcome"]) for d in decisions(gateway, task)] == [
         ("read_ticket", "allow"), ("lookup", "allow"), ("refund", "allow"), ("comment", "allow")]
@@ -131,11 +131,11 @@ async def test_hijacked_agent_is_refused_everything_the_injection_asks(gateway: 
     assert task == assigned and task_status(gateway, task) == "completed"
     refused = [c.decision_id for c in t.calls if c.tool == "intentgate__begin_task"]
     for decision_id in refused:  # each attempt to re-plan is in the decision log
-        [d] = rows(intentgate.config.data_dir / "intentgate.db", "SELECT kind, outcome, reasons, agent FROM decisions"
+        [d] = rows(gateway.config.data_dir / "intentgate.db", "SELECT kind, outcome, reasons, agent FROM decisions"
                    " WHERE id = ?", decision_id)
         assert d == {"kind": "task/begin", "outcome": "deny", "reasons": '["task_issuer_required"]',
                      "agent": hijacked_agent.AGENT}
-    assert rows(intentgate.config.data_dir / "intentgate.db",
+    assert rows(gateway.config.data_dir / "intentgate.db",
                 "SELECT id FROM tasks WHERE params LIKE '%evil.example%' OR params LIKE '%ORD-5003%'") == []
     # nothing reached ops@evil.example
     assert rows(server_db(gateway, "email"), "SELECT * FROM outbox WHERE to_addr LIKE '%evil.example%'") == []
@@ -170,7 +170,7 @@ async def test_llm_style_agent_sets_no_meta_and_corrects_itself(gateway: DemoGat
     # the call without context could not name the task: it is recorded, under no task
     assert [d["step"] for d in decisions(gateway, task)] == [
         "read_ticket", "list_orders", "list_orders", "list_orders", "comment"]
-    [orphan] = rows(intentgate.config.data_dir / "intentgate.db", "SELECT task_id, reasons FROM decisions WHERE id = ?",
+    [orphan] = rows(gateway.config.data_dir / "intentgate.db", "SELECT task_id, reasons FROM decisions WHERE id = ?",
                     t.calls[0].decision_id)
     assert orphan == {"task_id": None, "reasons": '["missing_task_context"]'}
     # the gateway stripped intent_task / intent_step: the tool server saw its own arguments only
