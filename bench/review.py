@@ -199,15 +199,19 @@ def fill(path: Path, rows: int, templates: tuple[list[Any], list[list[dict[str, 
         progress.advance(bar, len(batch))
     db.execute("ANALYZE")
     db.close()
+
+
+def fold(path: Path) -> None:
+    """What a serving gateway's background round does after each seal (here in larger batches)."""
     store = Store.open(f"sqlite:///{path}", timeout=600.0)
-    try:  # what the gateway's background round does after each seal (here in larger batches)
+    try:
         t0 = time.perf_counter()
         folded = asyncio.run(store.fold(now=MONDAY_10, batch=20_000))
         seconds = time.perf_counter() - t0
     finally:
         store.close()
     console.print(f"folded {folded:,} decisions into the roll-up and the text index in {seconds:.0f}s "
-                  f"({folded / seconds:,.0f} decisions/s)")
+                  f"({folded / seconds:,.0f} decisions/s, {path.stat().st_size / 1e6:,.0f} MB)")
 
 
 def pct(samples: list[float]) -> tuple[float, float]:
@@ -339,6 +343,7 @@ def main() -> None:
             fill(path, args.rows, templates)
             console.print(f"filled {args.rows:,} decisions in {time.perf_counter() - t0:.0f}s "
                           f"({path.stat().st_size / 1e6:,.0f} MB)")
+            fold(path)
         asyncio.run(measure(path, args.samples, args.replay))
 
 
