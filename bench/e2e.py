@@ -5,9 +5,11 @@
 (c) through IntentGate (`intentgate serve`), gating every call: workflow, Rego, token mint,
     durable decision, token burn, forward.
 
-Each way: N sequential calls from one client, then 8 concurrent clients.  Prints p50/p99 and
-calls/s, and the ratios to direct and to FastMCP.  Needs `pip install -e '.[bench]'`.
-Usage: ``python bench/e2e.py [--calls 1000] [--clients 8]``
+Each way: N sequential calls from one client, then 8 concurrent clients.  Prints p50/p99,
+calls/s, the gateway process's CPU per call (from /proc) and the ratios to direct and to FastMCP.
+``--lean-off`` also runs a second gateway whose upstream has ``lean: false`` (every request
+through the SDK's client), measured right after the first.  Needs `pip install -e '.[bench]'`.
+Usage: ``python bench/e2e.py [--calls 1000] [--clients 8] [--lean-off]``
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -75,6 +78,14 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
     raise RuntimeError(f"{what} did not come up at {url}")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU of process ``pid`` so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarize(samples: list[float], wall: float) -> dict[str, float]:
     ms = sorted(samples)
     return {"p50": statistics.median(ms), "p99": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
@@ -99,7 +110,8 @@ async def run_client(url: str, headers: dict[str, str], calls: int, make_call: C
     return out
 
 
-async def measure(url: str, headers: dict[str, str], tool: str, calls: int, clients: int, gated: bool) -> dict:
+async def measure(url: str, headers: dict[str, str], tool: str, calls: int, clients: int, gated: bool,
+                  pid: int | None = None) -> dict:
     async def setup(client: Client) -> str:
         r = await client.call_tool("intentgate__begin_task", {"intent": "bench-lookup",
                                                               "params": {"order_id": "ORD-7"}, "reason": "bench"})
@@ -111,13 +123,17 @@ async def measure(url: str, headers: dict[str, str], tool: str, calls: int, clie
 
     # warm up
     await run_client(url, headers, 20, call, setup if gated else None)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds(pid)
     seq = await run_client(url, headers, calls, call, setup if gated else None)
     seq_stats = summarize(seq, time.perf_counter() - t)
+    if pid is not None:
+        seq_stats["cpu_ms"] = (cpu_seconds(pid) - cpu) * 1000 / len(seq)
     per = max(1, calls // clients)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds(pid)
     conc = await asyncio.gather(*(run_client(url, headers, per, call, setup if gated else None) for _ in range(clients)))
     conc_stats = summarize([x for c in conc for x in c], time.perf_counter() - t)
+    if pid is not None:
+        conc_stats["cpu_ms"] = (cpu_seconds(pid) - cpu) * 1000 / (per * clients)
     return {"seq": seq_stats, "conc": conc_stats}
 
 
@@ -125,13 +141,15 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--lean-off", action="store_true",
+                    help="also measure a gateway whose upstream has lean: false (the SDK's client for every request)")
     args = ap.parse_args()
     console = Console(width=120)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="intentgate-e2e-") as tmp:
         work = Path(tmp)
         try:
-            up_port, gw_port, fm_port = free_port(), free_port(), free_port()
+            up_port, fm_port = free_port(), free_port()
             upstream = f"http://127.0.0.1:{up_port}/mcp"
             procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/servers/tool_server.py"),
                                            "--name", "orders", "--http", str(up_port)]))
@@ -139,15 +157,22 @@ async def main() -> None:
 
             (work / "intents").mkdir()
             (work / "intents" / "bench.yaml").write_text(yaml.safe_dump(INTENT))
-            (work / "intentgate.yaml").write_text(yaml.safe_dump({
-                "intents_dir": str(work / "intents"), "policy_dir": str(ROOT / "opa"), "data_dir": str(work),
-                "upstreams": [{"name": "orders", "url": upstream}],
-                "front": {"rate_limit_per_second": None},  # one agent drives every client: measure gating only
-            }))
-            token = DevIssuer(KeySet.open_or_create(work / "keys" / "agent-issuer")).mint(AGENT)
-            procs.append(subprocess.Popen([sys.executable, "-m", "intentgate", "serve", "--config",
-                                           str(work / "intentgate.yaml"), "--port", str(gw_port)], cwd=ROOT))
-            wait_http(f"http://127.0.0.1:{gw_port}/healthz", procs[-1], "intentgate")
+            gateways: dict[str, tuple[int, str, int]] = {}  # label: port, agent token, pid
+            for lean in (True, False) if args.lean_off else (True,):
+                label = "intentgate (gating every call)" + ("" if lean else ", lean: false")
+                data = work / ("lean" if lean else "sdk")
+                data.mkdir()
+                (data / "intentgate.yaml").write_text(yaml.safe_dump({
+                    "intents_dir": str(work / "intents"), "policy_dir": str(ROOT / "opa"), "data_dir": str(data),
+                    "upstreams": [{"name": "orders", "url": upstream, "lean": lean}],
+                    "front": {"rate_limit_per_second": None},  # one agent drives every client: measure gating only
+                }))
+                token = DevIssuer(KeySet.open_or_create(data / "keys" / "agent-issuer")).mint(AGENT)
+                gw_port = free_port()
+                procs.append(subprocess.Popen([sys.executable, "-m", "intentgate", "serve", "--config",
+                                               str(data / "intentgate.yaml"), "--port", str(gw_port)], cwd=ROOT))
+                wait_http(f"http://127.0.0.1:{gw_port}/healthz", procs[-1], "intentgate")
+                gateways[label] = (gw_port, token, procs[-1].pid)
 
             results: dict[str, dict] = {}
             console.print(f"direct: {args.calls} sequential calls, then {args.clients} clients ...")
@@ -162,10 +187,11 @@ async def main() -> None:
                     f"http://127.0.0.1:{fm_port}/mcp", {}, "get_order", args.calls, args.clients, gated=False)
             except ImportError:
                 console.print("[yellow]fastmcp not installed (pip install -e '.[bench]'): skipping (b)[/yellow]")
-            console.print("IntentGate ...")
-            results["intentgate (gating every call)"] = await measure(
-                f"http://127.0.0.1:{gw_port}/mcp", {"Authorization": f"Bearer {token}"}, "orders__get_order",
-                args.calls, args.clients, gated=True)
+            for label, (gw_port, token, pid) in gateways.items():
+                console.print(f"{label} ...")
+                results[label] = await measure(
+                    f"http://127.0.0.1:{gw_port}/mcp", {"Authorization": f"Bearer {token}"}, "orders__get_order",
+                    args.calls, args.clients, gated=True, pid=pid)
         finally:
             for p in procs:
                 p.terminate()
@@ -176,13 +202,14 @@ async def main() -> None:
                     p.kill()
 
     table = Table(title=f"tools/call over Streamable HTTP: {args.calls} sequential, {args.clients} concurrent clients")
-    for col in ("path", "seq p50 ms", "seq p99 ms", "seq calls/s", f"{args.clients}x p50 ms", f"{args.clients}x p99 ms",
-                f"{args.clients}x calls/s"):
+    for col in ("path", "seq p50 ms", "seq p99 ms", "seq calls/s", "seq CPU ms/call", f"{args.clients}x p50 ms",
+                f"{args.clients}x p99 ms", f"{args.clients}x calls/s", f"{args.clients}x CPU ms/call"):
         table.add_column(col, justify="right" if col != "path" else "left")
     for name, r in results.items():
         s, c = r["seq"], r["conc"]
-        table.add_row(name, f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['rps']:.0f}", f"{c['p50']:.2f}",
-                      f"{c['p99']:.2f}", f"{c['rps']:.0f}")
+        cpu = [f"{x['cpu_ms']:.2f}" if "cpu_ms" in x else "-" for x in (s, c)]
+        table.add_row(name, f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['rps']:.0f}", cpu[0], f"{c['p50']:.2f}",
+                      f"{c['p99']:.2f}", f"{c['rps']:.0f}", cpu[1])
     console.print(table)
     gate = results["intentgate (gating every call)"]
     direct = results["direct"]

@@ -101,6 +101,11 @@ class UpstreamConfig(_Strict):
         description="auto: the newest MCP version both sides speak (probing 2026-07-28 first); legacy: the "
                     "initialize handshake only (2025-11-25 and earlier), for servers the probe confuses",
     )
+    lean: bool = Field(
+        default=True,
+        description="HTTP upstreams on 2026-07-28: tools/call as one POST on a kept-alive connection, the result "
+                    "validated once; false: every request through the SDK's client (no effect on stdio or legacy)",
+    )
 
     @model_validator(mode="after")
     def _one_transport(self) -> UpstreamConfig:

@@ -28,6 +28,12 @@ Each forwarded tool call is a CLIENT span when tracing is on (``intentgate.traci
 ``_meta`` carries that span's W3C trace context, so the tool server's spans are its children.
 A session's own task starts with no trace context: its handshake and listings belong to no
 agent's request.
+
+Tool calls to an HTTP upstream whose session negotiated the current protocol (2026-07-28,
+stateless) take the lean leg (``upstream_lean``): one POST on the session's HTTP client, the
+result validated once; what it does not handle goes through the session, and so do listings,
+reads, prompts and every request to stdio and legacy upstreams.  ``lean: false`` in the
+upstream's configuration sends everything through the session.
 """
 
 from __future__ import annotations
@@ -47,11 +53,13 @@ import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry.trace import SpanKind
 
 from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
 from .tracing import OFF, Tracing, detached, failed
+from .upstream_lean import LeanLeg
 from .upstream_stderr import stdio_transport
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamPool"]
@@ -60,6 +68,7 @@ log = logging.getLogger("intentgate.upstreams")
 
 TOKEN_META = "intentgate/token"
 MAX_LIST_PAGES = 50
+CLIENT_INFO = types.Implementation(name="intentgate", version="0.1.0")
 LogSink = Callable[[types.LoggingMessageNotificationParams], Awaitable[None]]
 ProgressSink = Callable[[float, float | None, str | None], Awaitable[None]]
 Unattributed = Callable[[str, Any, Any, int], Awaitable[types.ErrorData]]
@@ -83,6 +92,11 @@ class ActionTokenAuth(httpx2.Auth):
             if token is not None:
                 request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def _token_of(meta: dict[str, Any]) -> str | None:
+    token = meta.get(TOKEN_META)
+    return token if isinstance(token, str) else None
 
 
 def _token_in(body: bytes) -> str | None:
@@ -109,6 +123,7 @@ class Upstream:
         self.config = config
         self.name = config.name
         self._client: Client | None = None
+        self.lean: LeanLeg | None = None  # the session's lean tools/call leg, when it has one
         self._runner: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self._lock = asyncio.Lock()
@@ -195,7 +210,7 @@ class Upstream:
                 self._target(http),
                 read_timeout_seconds=self.config.timeout_seconds,
                 mode=self.config.protocol,
-                client_info=types.Implementation(name="intentgate", version="0.1.0"),
+                client_info=CLIENT_INFO,
                 logging_callback=self._on_log,
                 sampling_callback=self._on_sampling,
                 elicitation_callback=self._on_elicitation,
@@ -205,6 +220,7 @@ class Upstream:
                 self._client = client
                 listing = await client.list_tools()
                 self.tools = list(listing.tools)
+                self.lean = self._lean_leg(client, http)
                 ready.set_result(None)
                 await self._stop.wait()
         except BaseException as exc:  # noqa: BLE001 - report to the starter, log, end the task
@@ -214,6 +230,14 @@ class Upstream:
                 log.warning("upstream %s session ended: %s", self.name, type(exc).__name__)
         finally:
             self._client = None
+            self.lean = None
+
+    def _lean_leg(self, client: Client, http: httpx2.AsyncClient | None) -> LeanLeg | None:
+        c = self.config
+        if not c.lean or http is None or c.url is None or client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return None
+        return LeanLeg(c.url, http, client.session, version=client.protocol_version, client_info=CLIENT_INFO,
+                       bearer=not any(k.lower() == "authorization" for k in c.headers))
 
     def alive(self) -> bool:
         return self._client is not None and self._runner is not None and not self._runner.done()
@@ -271,6 +295,7 @@ class Upstream:
         it, and ``asks`` (an ``asks.AskRelay``) what it asks of the client.  ``meta`` goes with
         it, the trace context of this call's span added when tracing."""
         client = await self.ensure()
+        lean = self.lean
         if logs is not None:
             self._log_sinks.append(logs)
         if asks is not None:
@@ -286,11 +311,16 @@ class Upstream:
                     if decision_id is not None:
                         span.set_attribute("intentgate.decision_id", decision_id)
                 try:
-                    async with self._guarded():
-                        result = await client.call_tool(
-                            tool, arguments, meta=self.tracing.inject(meta),
-                            progress_callback=progress,  # type: ignore[arg-type]
-                        )
+                    async with self._guarded():  # one timeout, also when the lean leg hands the call over
+                        meta = self.tracing.inject(meta)
+                        result = None if lean is None else await lean.call(
+                            tool, arguments, meta, tools=self.tools, token=_token_of(meta), progress=progress,
+                            logs=logs, notified=self._on_message)
+                        if result is None:
+                            result = await client.call_tool(
+                                tool, arguments, meta=meta,
+                                progress_callback=progress,  # type: ignore[arg-type]
+                            )
                 except UpstreamError as exc:
                     failed(span, exc.code.value, exc.message)
                     raise

@@ -1,13 +1,16 @@
 """An upstream MCP server whose tools ask the client for things mid-call, for the relay tests.
 
-Written with the SDK's low-level server; ``python asking_server.py`` serves over stdio.
+Written with the SDK's low-level server; ``python asking_server.py`` serves over stdio,
+``--http PORT`` over Streamable HTTP on 127.0.0.1.
 Tools (upstream name ``claims`` in the tests):
   - ``confirm``  asks the user (``elicitation/create``, form mode) whether to go on;
   - ``open_link`` asks the user to visit a URL (``elicitation/create``, URL mode);
   - ``draft``    asks the client's model (``sampling/createMessage``); ``all_servers: true``
                  asks it to include context from every server;
   - ``where``    asks for the client's roots (``roots/list``);
-  - ``lookup``   asks nothing.
+  - ``lookup``   asks nothing;
+  - ``count``    asks nothing, declares an output schema (``{"n": integer}``) and returns ``{"n": <its
+                 argument n>}``, whatever that is (a string breaks the schema).
 Every result says what came back: ``{"answer": ...}`` or ``{"refused": {"code", "message",
 "data"}}``.  On the 2026-07-28 protocol the question rides the call's result
 (``input_required``) and the answer comes with the retried call; on earlier protocols it is
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from typing import Any
 
 import anyio
@@ -38,7 +42,9 @@ TOOLS = {
     "draft": {"claim_id": {"type": "string"}, "all_servers": {"type": "boolean"}},
     "where": {},
     "lookup": {"claim_id": {"type": "string"}},
+    "count": {"n": {}},
 }
+COUNT_OUTPUT = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
 
 def question(name: str, args: dict[str, Any]) -> tuple[types.ServerRequest, type[Any]] | None:
@@ -69,7 +75,8 @@ def _answer(result: Any) -> dict[str, Any]:
 
 async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[
-        types.Tool(name=n, input_schema={"type": "object", "properties": p}) for n, p in TOOLS.items()])
+        types.Tool(name=n, input_schema={"type": "object", "properties": p},
+                   output_schema=COUNT_OUTPUT if n == "count" else None) for n, p in TOOLS.items()])
 
 
 async def together() -> None:
@@ -85,6 +92,9 @@ async def together() -> None:
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
     args = params.arguments or {}
     asked = question(params.name, args)
+    if params.name == "count":
+        return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps({"n": args.get("n")}))],
+                                    structured_content={"n": args.get("n")})
     if asked is None:
         if params.name not in TOOLS:
             raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name}")
@@ -108,6 +118,13 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
 
 async def main() -> None:
     server = Server("claims", on_list_tools=list_tools, on_call_tool=call_tool)
+    if sys.argv[1:2] == ["--http"]:  # Streamable HTTP on 127.0.0.1:PORT/mcp
+        import uvicorn
+
+        config = uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]),
+                                log_level="warning")
+        await uvicorn.Server(config).serve()
+        return
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
 
