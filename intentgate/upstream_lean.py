@@ -237,15 +237,17 @@ class LeanLeg:
                         log.exception("progress sink failed")
             return
         try:
+            if method == "notifications/message":  # the common one: its own model, not the whole union
+                line = types.LoggingMessageNotificationParams.model_validate(params, by_name=False)
+                log.debug("upstream log %s: %s", line.level, str(line.data)[:500])
+                if logs is not None:
+                    await logs(line)
+                return
             notification = _NOTIFICATION.validate_python(message, by_name=False)
         except ValidationError:
-            log.debug("upstream sent an unknown notification on a tool call's stream: %.100s", method)
+            log.debug("upstream sent a notification that could not be read: %.100s", method)
             return
-        if isinstance(notification, types.LoggingMessageNotification):
-            log.debug("upstream log %s: %s", notification.params.level, str(notification.params.data)[:500])
-            if logs is not None:
-                await logs(notification.params)
-        elif notified is not None:
+        if notified is not None:
             await notified(notification)
 
 
