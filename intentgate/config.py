@@ -143,6 +143,10 @@ class FrontConfig(_Strict):
         default_factory=lambda: list(LOOPBACK_ORIGINS),
         description="Origin header values /mcp answers ('scheme://name:*' for any port); no Origin is allowed",
     )
+    page_size: int = Field(
+        default=100, ge=1, le=10_000,
+        description="items per page of the gateway's tools/list, resources/list, resources/templates/list and "
+        "prompts/list (the rest behind nextCursor)")
     max_sessions: int = Field(default=10_000, ge=1, le=1_000_000, description="MCP sessions open in this process")
     max_sessions_per_agent: int = Field(
         default=32, ge=1, le=1_000_000, description="MCP sessions one agent may hold open in this process")

@@ -46,6 +46,7 @@ from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
 from .names import RefusedName, normalise_prompt_name, normalise_uri
+from .pages import page
 from .reads import ReadRequest, decide_read, refuse_read
 from .runtime import Runtime
 from .store import KeptValues
@@ -114,6 +115,7 @@ _GATEWAY_TOOLS = [
 
 Identify = Callable[[Any], Awaitable[AgentIdentity]]
 R = TypeVar("R", types.CallToolResult, types.GetPromptResult)
+L = TypeVar("L", types.Tool, types.Resource, types.ResourceTemplate, types.Prompt)
 
 
 def _error_result(payload: dict[str, Any], *, structured: bool = True) -> types.CallToolResult:
@@ -350,29 +352,35 @@ class Front:
                 log.warning("listing %s: %s", what, exc.message)
         return found
 
+    def _page(self, items: list[L], params: Any, key: Callable[[L], str], what: str) -> tuple[list[L], str | None]:
+        """One page of a merged listing, ``front.page_size`` long (see ``pages``)."""
+        return page(items, getattr(params, "cursor", None), self.rt.config.front.page_size, key, what)
+
     async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
         agent = await self._agent(ctx)
         found = await self._each(agent, "resources", lambda up: up.list_resources())
-        return types.ListResourcesResult(resources=[
+        resources, cursor = self._page([
             r.model_copy(update={"uri": f"{up.name}{URI_SEP}{r.uri}", "name": f"{up.name}{SEP}{r.name}"})
             for up, r in found
-        ])
+        ], params, lambda r: r.uri, "resources/list")
+        return types.ListResourcesResult(resources=resources, next_cursor=cursor)
 
     async def _list_resource_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
         agent = await self._agent(ctx)
         found = await self._each(agent, "resource templates", lambda up: up.list_resource_templates())
-        return types.ListResourceTemplatesResult(resource_templates=[
+        templates, cursor = self._page([
             t.model_copy(update={"uri_template": f"{up.name}{URI_SEP}{t.uri_template}",
                                  "name": f"{up.name}{SEP}{t.name}"})
             for up, t in found
-        ])
+        ], params, lambda t: t.uri_template, "resources/templates/list")
+        return types.ListResourceTemplatesResult(resource_templates=templates, next_cursor=cursor)
 
     async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
         agent = await self._agent(ctx)
         found = await self._each(agent, "prompts", lambda up: up.list_prompts())
-        return types.ListPromptsResult(
-            prompts=[p.model_copy(update={"name": f"{up.name}{SEP}{p.name}"}) for up, p in found]
-        )
+        prompts, cursor = self._page([p.model_copy(update={"name": f"{up.name}{SEP}{p.name}"}) for up, p in found],
+                                     params, lambda p: p.name, "prompts/list")
+        return types.ListPromptsResult(prompts=prompts, next_cursor=cursor)
 
     async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         agent = await self._agent(ctx)
@@ -544,7 +552,8 @@ class Front:
                     log.warning("tool %s skipped: exposed name longer than 64 characters", name)
                     continue
                 tools.append(tool.model_copy(update={"name": name, "input_schema": _listed_schema(tool)}))
-        return types.ListToolsResult(tools=tools)
+        listed, cursor = self._page(tools, params, lambda t: t.name, "tools/list")
+        return types.ListToolsResult(tools=listed, next_cursor=cursor)
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
         """The input schema ``tools/list`` shows for ``name`` (the SDK validates ``Mcp-Param-*``

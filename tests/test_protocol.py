@@ -252,3 +252,65 @@ def _token(tmp_path: Path) -> str:
     from tests.test_front_stdio import SUPPORT
 
     return DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer")).mint(SUPPORT)
+
+
+async def _pages(list_page: Any, items: str) -> list[list[str]]:
+    """Every page of a listing, followed by its cursors: the names (or URIs) on each."""
+    pages, cursor = [], None
+    while True:
+        result = await list_page(cursor=cursor, cache_mode="bypass")
+        pages.append([getattr(i, "uri", None) or i.name for i in getattr(result, items)])
+        cursor = result.next_cursor
+        if cursor is None:
+            return pages
+
+
+async def test_the_gateways_own_listings_are_paged_and_a_stale_cursor_is_refused(tmp_path: Path) -> None:
+    """With `front.page_size: 2` every listing comes two at a time behind `nextCursor`, and the
+    pages put together are the whole listing, once each; a cursor the gateway did not give, or
+    one cut from a listing that has changed since (the upstream retired a tool), is -32602."""
+    params = gateway(tmp_path, {})
+    (tmp_path / "intents" / "reference.yaml").write_text(RETIRING)
+    cfg = tmp_path / "intentgate.yaml"
+    doc = yaml.safe_load(cfg.read_text())
+    doc.setdefault("front", {})["page_size"] = 2
+    cfg.write_text(yaml.safe_dump(doc))
+    inbox = Inbox()
+    async with inbox.client(params) as client:
+        tools = await _pages(client.list_tools, "tools")
+        assert [len(p) for p in tools] == [2, 2, 1]
+        assert sorted(n for p in tools for n in p) == sorted([
+            "intentgate__list_intents", "intentgate__begin_task", "intentgate__end_task",
+            "conf__test_change_tools", "conf__test_reconnection"])
+        prompts = await _pages(client.list_prompts, "prompts")
+        assert [len(p) for p in prompts] == [2, 2]
+        assert sorted(n for p in prompts for n in p) == sorted(
+            f"conf__{p}" for p in ("test_simple_prompt", "test_prompt_with_arguments",
+                                   "test_prompt_with_embedded_resource", "test_prompt_with_image"))
+        resources = await _pages(client.list_resources, "resources")
+        assert len(resources) > 1 and all(len(p) <= 2 for p in resources)
+        uris = [u for p in resources for u in p]
+        assert len(uris) == len(set(uris)) and "conf+test://static-text" in uris
+
+        for forged in ("not-a-cursor", "eyJvIjogMX0", ""):
+            with pytest.raises(MCPError) as refused:
+                await client.list_tools(cursor=forged, cache_mode="bypass")
+            assert refused.value.error.code == types.INVALID_PARAMS
+            assert refused.value.error.data["reasons"] == ["malformed_request:cursor"]
+
+        second = (await client.list_tools(cache_mode="bypass")).next_cursor
+        assert second is not None
+        assert len((await client.list_tools(cursor=second, cache_mode="bypass")).tools) == 2  # still good
+        task = (await client.call_tool("intentgate__begin_task", {"intent": "retiring", "params": {},
+                                                                  "reason": "t"})).structured_content["task"]
+        r = await client.call_tool("conf__test_change_tools", {"retire": "test_reconnection"},
+                                   meta={"intentgate/task": task, "intentgate/step": "change"})
+        assert not r.is_error, r
+        with anyio.fail_after(5):
+            while not any(isinstance(n, types.ToolListChangedNotification) for n in inbox.notes):
+                await anyio.sleep(0.05)
+        with pytest.raises(MCPError) as stale:
+            await client.list_tools(cursor=second, cache_mode="bypass")
+        assert stale.value.error.code == types.INVALID_PARAMS and "changed" in stale.value.error.message
+        assert sorted(n for p in await _pages(client.list_tools, "tools") for n in p) == sorted([
+            "intentgate__list_intents", "intentgate__begin_task", "intentgate__end_task", "conf__test_change_tools"])
