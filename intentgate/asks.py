@@ -19,7 +19,9 @@ another's behalf (see ``upstreams``).
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any, Literal
 
 import mcp_types as types
@@ -118,8 +120,10 @@ class AskRelay:
     """The asks of one forwarded call: decided, recorded, and put to that call's agent only."""
 
     def __init__(self, decider: Decider, ctx: Any, agent: AgentIdentity, *, upstream: str, tool: str,
-                 task_id: str | None, step: str | None) -> None:
+                 task_id: str | None, step: str | None,
+                 elicited: Callable[[str, str], None] | None = None) -> None:
         self.decider = decider
+        self.elicited = elicited  # told (upstream, elicitationId) of each URL-mode elicitation put to the agent
         self.ctx = ctx
         self.agent = agent
         self.upstream = upstream
@@ -132,7 +136,8 @@ class AskRelay:
         return AskRequest(agent=self.agent, action=action, kind=kind, upstream=self.upstream, tool=self.tool,
                           task_id=self.task_id, step=self.step, request=request)
 
-    async def _ask(self, ask: AskRequest, send: types.ServerRequest, result_type: type[Any]) -> Any:
+    async def _ask(self, ask: AskRequest, send: types.ServerRequest, result_type: type[Any],
+                   allowed: Callable[[], None] | None = None) -> Any:
         session = self.ctx.session
         if not session.can_send_request or not session.check_client_capability(_capability(ask.kind)):
             verdict = await refuse_ask(self.decider, ask, ReasonCode.ASK_UNSUPPORTED, ask.kind)
@@ -141,6 +146,8 @@ class AskRelay:
         if verdict.outcome != "allow":
             self.refused = verdict
             return _refusal(verdict)
+        if allowed is not None:
+            allowed()
         try:
             return await session.send_request(
                 send, result_type, metadata=ServerMessageMetadata(related_request_id=self.ctx.request_id))
@@ -159,7 +166,11 @@ class AskRelay:
     async def elicitation(self, params: types.ElicitRequestParams) -> Any:
         url = isinstance(params, types.ElicitRequestURLParams)
         ask = self.request("elicitation/create", "elicitation_url" if url else "elicitation", _dump(params))
-        return await self._ask(ask, types.ElicitRequest(params=params), types.ElicitResult)
+        allowed = None
+        if url and self.elicited is not None and params.elicitation_id:
+            # remembered once allowed, before the agent sees it (its completion may come before the answer)
+            allowed = functools.partial(self.elicited, self.upstream, params.elicitation_id)
+        return await self._ask(ask, types.ElicitRequest(params=params), types.ElicitResult, allowed)
 
     async def roots(self) -> Any:
         return await self._ask(self.request("roots/list", "roots", {}), types.ListRootsRequest(), types.ListRootsResult)

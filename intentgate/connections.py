@@ -1,5 +1,6 @@
-"""Agents' MCP connections as the front knows them: log level, resource subscriptions, and a
-way to notify each one outside a request (resource updates, list changes).
+"""Agents' MCP connections as the front knows them: log level, resource subscriptions, the
+URL-mode elicitations put to each, and a way to notify each one outside a request (resource
+updates, list changes, elicitation completions).
 
 One entry per live connection (an HTTP session or a stdio process), held weakly: when the
 SDK drops a connection, its entry, level and subscriptions go with it.  The entry is keyed
@@ -20,6 +21,8 @@ __all__ = ["LEVELS", "AgentConnection", "Connections", "level_allows"]
 
 log = logging.getLogger("intentgate.connections")
 
+MAX_ELICITATIONS = 64  # URL-mode elicitations awaiting completion, per connection
+
 LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
@@ -36,6 +39,16 @@ class AgentConnection:
     session: Any  # the latest ServerSession of this connection (its standalone channel notifies)
     log_level: str | None = None
     subscriptions: set[tuple[str, str]] = field(default_factory=set)  # (upstream, upstream's own URI)
+    # URL-mode elicitations put to this connection and not yet complete: (upstream, elicitationId),
+    # oldest first; only these get that upstream's notifications/elicitation/complete
+    elicitations: dict[tuple[str, str], None] = field(default_factory=dict)
+
+    def elicited(self, upstream: str, elicitation_id: str) -> None:
+        """A URL-mode elicitation of ``upstream`` was put to this connection (the newest
+        ``MAX_ELICITATIONS`` are remembered: a completion for an older one goes nowhere)."""
+        self.elicitations[(upstream, elicitation_id)] = None
+        while len(self.elicitations) > MAX_ELICITATIONS:
+            del self.elicitations[next(iter(self.elicitations))]
 
     async def notify(self, notification: types.ServerNotification) -> bool:
         """Send outside any request; False when the connection is gone (the caller drops it)."""

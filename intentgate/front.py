@@ -484,7 +484,8 @@ class Front:
 
     async def _upstream_notified(self, upstream: Upstream, message: Any) -> None:
         """An upstream's notification: a resource update goes to its subscribers (each still an agent
-        that may read it: checked when it subscribed), a list change to every agent that uses it."""
+        that may read it: checked when it subscribed), a list change to every agent that uses it, an
+        elicitation's completion to the connection that elicitation was put to (none if it is unknown)."""
         if isinstance(message, types.ResourceUpdatedNotification):
             uri = message.params.uri
             targets = self.connections.subscribers(upstream.name, uri)
@@ -499,6 +500,13 @@ class Front:
             targets = [c for c in self.connections.all()
                        if any(i.name in users for i in self.rt.intents.for_agent(c.agent))]
             note = type(message)()
+        elif isinstance(message, types.ElicitCompleteNotification):  # only to whom that elicitation was put
+            key = (upstream.name, message.params.elicitation_id)
+            targets = [c for c in self.connections.all() if key in c.elicitations]
+            for conn in targets:
+                del conn.elicitations[key]
+            note = types.ElicitCompleteNotification(
+                params=types.ElicitCompleteNotificationParams(elicitation_id=message.params.elicitation_id))
         else:
             return
         for conn in targets:
@@ -698,9 +706,9 @@ class Front:
                                  structured=structured)
         started = time.perf_counter()
         status, detail, kept = "ok", None, None
-        relay = AskRelay(decider, ctx, agent, upstream=upstream_name, tool=tool, task_id=request.task_id,
-                         step=request.step)
         conn = self.connections.of(ctx, agent.id)
+        relay = AskRelay(decider, ctx, agent, upstream=upstream_name, tool=tool, task_id=request.task_id,
+                         step=request.step, elicited=conn.elicited)
         try:
             result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token, conn),
                                               progress=_progress_sink(ctx, meta), logs=_log_sink(ctx, conn), asks=relay,

@@ -200,3 +200,34 @@ async def test_asks_of_concurrent_calls_go_to_their_own_call_or_to_none(tmp_path
         for r in results.values():
             assert refusal(r, protocol)["reasons"] == ["ask_unattributed:2 calls in flight"]
         assert [(k, o) for k, _, o, _ in asks(tmp_path)] == [("sampling/createMessage", "deny")] * 2
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_an_elicitations_completion_goes_to_the_agent_it_was_put_to_only(tmp_path: Path, allowed: bool) -> None:
+    """`open_link` puts a URL-mode elicitation (`el-1`) to the agent, then says `el-1` and
+    `el-other` are complete.  The agent hears of `el-1` only if it was shown it (the step lists
+    `elicitation_url`), and never of `el-other`, which the gateway put to no one."""
+    params = gateway(tmp_path, "legacy")
+    if allowed:
+        (tmp_path / "intents" / "file-claim.yaml").write_text(INTENT.replace(
+            "open_link: {tool: claims.open_link, asks: [elicitation]}",
+            "open_link: {tool: claims.open_link, asks: [elicitation_url]}"))
+    agent = Agent()
+    heard: list[Any] = []
+
+    async def message(msg: Any) -> None:
+        if isinstance(msg, types.ElicitCompleteNotification):
+            heard.append(msg.params.elicitation_id)
+
+    client = Client(params, mode="legacy", elicitation_callback=agent.elicitation, message_handler=message)
+    async with client:
+        task = await begin(client)
+        r = await client.call_tool("claims__open_link", {}, meta=meta(task, "open_link"))
+        assert ("answer" if allowed else "refused") in r.structured_content, r
+        await client.call_tool("claims__lookup", {"claim_id": "C-1"}, meta=meta(task, "lookup"))  # a round trip after
+        with anyio.move_on_after(1 if allowed else 0.3):
+            while allowed and not heard:
+                await anyio.sleep(0.05)
+    assert heard == (["el-1"] if allowed else [])
+    assert [a[0] for a in agent.asked] == (["elicitation"] if allowed else [])
+    assert asks(tmp_path)[-1][:3] == ("elicitation/create", "open_link", "allow" if allowed else "deny")

@@ -4,7 +4,9 @@ Written with the SDK's low-level server; ``python asking_server.py`` serves over
 ``--http PORT`` over Streamable HTTP on 127.0.0.1.
 Tools (upstream name ``claims`` in the tests):
   - ``confirm``  asks the user (``elicitation/create``, form mode) whether to go on;
-  - ``open_link`` asks the user to visit a URL (``elicitation/create``, URL mode);
+  - ``open_link`` asks the user to visit a URL (``elicitation/create``, URL mode, id ``el-1``); on
+                 earlier protocols it then says ``el-1`` and ``el-other`` are complete
+                 (``notifications/elicitation/complete``);
   - ``draft``    asks the client's model (``sampling/createMessage``); ``all_servers: true``
                  asks it to include context from every server;
   - ``where``    asks for the client's roots (``roots/list``);
@@ -111,6 +113,10 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
                 asked[0], asked[1], metadata=ServerMessageMetadata(related_request_id=ctx.request_id)))
         except MCPError as exc:
             outcome = _answer(exc.error)
+        if params.name == "open_link":  # the user is done at the URL (and some other elicitation too)
+            for done in ("el-1", "el-other"):
+                await ctx.session.send_notification(types.ElicitCompleteNotification(
+                    params=types.ElicitCompleteNotificationParams(elicitation_id=done)))
     outcome["tool"] = params.name
     return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(outcome))],
                                 structured_content=outcome)
