@@ -132,6 +132,21 @@ class AskRelay:
         self.step = step
         self.refused: Verdict | None = None  # the last ask refused (on 2026-07-28 it ends the call)
 
+    def capabilities(self) -> dict[str, Any]:
+        """The asks this call's agent can take, as the client capabilities the upstream is told for
+        this call (on 2026-07-28 they go with each request: see ``upstream_lean``): what the agent's
+        client declared of sampling, elicitation and roots, and nothing when its connection cannot
+        take a request from the gateway at all."""
+        session = self.ctx.session
+        declared = getattr(session, "client_capabilities", None)
+        if declared is None or not session.can_send_request:
+            return {}
+        doc = declared.model_dump(by_alias=True, mode="json", exclude_none=True)
+        caps = {k: doc[k] for k in ("sampling", "elicitation") if k in doc}
+        if "roots" in doc:
+            caps["roots"] = {}  # an agent's roots/list_changed is not passed on: the upstream asks each time
+        return caps
+
     def request(self, action: AskAction, kind: AskKind, request: dict[str, Any]) -> AskRequest:
         return AskRequest(agent=self.agent, action=action, kind=kind, upstream=self.upstream, tool=self.tool,
                           task_id=self.task_id, step=self.step, request=request)

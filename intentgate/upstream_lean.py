@@ -125,10 +125,15 @@ class LeanLeg:
     async def call(
         self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], *, tools: Sequence[types.Tool],
         token: str | None, progress: ProgressSink | None, logs: LogSink | None, notified: Notified | None,
+        capabilities: dict[str, Any] | None = None,
     ) -> types.CallToolResult | None:
-        """The tool's result, or None when the session must make the call (nothing ran upstream)."""
+        """The tool's result, or None when the session must make the call (nothing ran upstream).
+        ``capabilities``, when given, are declared for this call instead of the session's: those of
+        the agent behind it, so that the upstream does not ask what that agent cannot answer."""
         request_id = next(self._ids)
         meta = {**meta, **self._meta}
+        if capabilities is not None:
+            meta[CLIENT_CAPABILITIES_META_KEY] = capabilities
         if progress is not None:
             meta["progressToken"] = request_id
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",

@@ -315,7 +315,8 @@ class Upstream:
                         meta = self.tracing.inject(meta)
                         result = None if lean is None else await lean.call(
                             tool, arguments, meta, tools=self.tools, token=_token_of(meta), progress=progress,
-                            logs=logs, notified=self._on_message)
+                            logs=logs, notified=self._on_message,
+                            capabilities=None if asks is None else asks.capabilities())
                         if result is None:
                             result = await client.call_tool(
                                 tool, arguments, meta=meta,

@@ -260,6 +260,9 @@ class Relay:
     def __init__(self) -> None:
         self.asked: list[str] = []
 
+    def capabilities(self) -> dict[str, Any]:  # an agent that can take every ask
+        return {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}}
+
     async def elicitation(self, params: Any) -> types.ElicitResult:
         self.asked.append("elicitation")
         return types.ElicitResult(action="accept", content={"ok": True})
@@ -350,3 +353,43 @@ async def test_through_the_gateway_asks_and_tokens_over_the_lean_leg(tmp_path: P
             assert r.structured_content["answer"] == {"action": "accept", "content": {"go_on": True}}, r.content
             assert [kind for kind, _ in agent.asked] == ["elicitation"]
     assert asks(tmp_path) == [("elicitation/create", "confirm", "allow", [])]
+
+
+async def test_each_call_declares_the_capabilities_of_the_agent_behind_it(tmp_path: Path) -> None:
+    """On 2026-07-28 client capabilities go with each request: over the lean leg a call declares
+    what its own agent's client can take (an agent that cannot be asked for roots or to elicit
+    is not declared to), so the upstream does not ask what no one will answer.  The SDK's
+    client (``lean: false``) declares what the gateway's session can take, whoever calls."""
+    import yaml
+    from mcp import Client
+
+    from tests.test_asks import INTENT, Agent, begin, gateway, meta
+
+    async with server([str(SERVERS / "asking_server.py"), "--http", "{port}"]) as url:
+        params = gateway(tmp_path)
+        (tmp_path / "intents" / "file-claim.yaml").write_text(
+            INTENT.replace("  where: {tool: claims.where}\n",
+                           "  where: {tool: claims.where}\n  caps: {tool: claims.capabilities, free: true}\n"
+                           "  caps_sdk: {tool: sdk.capabilities, free: true}\n"))
+        config = tmp_path / "intentgate.yaml"
+        doc = yaml.safe_load(config.read_text())
+        doc["upstreams"] = [{"name": "claims", "url": url, "timeout_seconds": 10},
+                            {"name": "sdk", "url": url, "timeout_seconds": 10, "lean": False}]
+        config.write_text(yaml.safe_dump(doc))
+        agent = Agent()
+
+        async def declared(client: Client, tool: str, step: str) -> Any:
+            task = await begin(client)
+            r = await client.call_tool(tool, {}, meta=meta(task, step))
+            assert not r.is_error, r.content
+            return r.structured_content["capabilities"]
+
+        async with agent.client(params) as client:  # sampling, elicitation and roots
+            everything = await declared(client, "claims__capabilities", "caps")
+            via_sdk = await declared(client, "sdk__capabilities", "caps_sdk")
+        async with Client(params, mode="legacy", sampling_callback=agent.sampling) as client:  # sampling only
+            sampling_only = await declared(client, "claims__capabilities", "caps")
+            via_sdk_too = await declared(client, "sdk__capabilities", "caps_sdk")
+    assert set(everything) == {"sampling", "elicitation", "roots"} and everything["roots"] == {}
+    assert sampling_only == {"sampling": {}}
+    assert via_sdk == via_sdk_too and set(via_sdk) == {"sampling", "elicitation", "roots"}

@@ -11,6 +11,8 @@ Tools (upstream name ``claims`` in the tests):
                  asks it to include context from every server;
   - ``where``    asks for the client's roots (``roots/list``);
   - ``lookup``   asks nothing;
+  - ``capabilities`` asks nothing and returns the client capabilities declared to it (on
+                 2026-07-28, those of the very request);
   - ``count``    asks nothing, declares an output schema (``{"n": integer}``) and returns ``{"n": <its
                  argument n>}``, whatever that is (a string breaks the schema).
 Every result says what came back: ``{"answer": ...}`` or ``{"refused": {"code", "message",
@@ -45,6 +47,7 @@ TOOLS = {
     "where": {},
     "lookup": {"claim_id": {"type": "string"}},
     "count": {"n": {}},
+    "capabilities": {},
 }
 COUNT_OUTPUT = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
 
@@ -97,6 +100,11 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
     if params.name == "count":
         return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps({"n": args.get("n")}))],
                                     structured_content={"n": args.get("n")})
+    if params.name == "capabilities":  # what the client declared (on 2026-07-28: on this very request)
+        declared = ctx.session.client_capabilities
+        seen = declared.model_dump(mode="json", by_alias=True, exclude_none=True) if declared else None
+        return types.CallToolResult(content=[types.TextContent(type="text", text=json.dumps(seen))],
+                                    structured_content={"capabilities": seen})
     if asked is None:
         if params.name not in TOOLS:
             raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name}")
