@@ -1,6 +1,6 @@
 """``gateway``: the former name of the ``intentgate`` package, kept for one release.
 
-``import intentgate.verify`` (and any other ``gateway.X``) gives the very module
+``import gateway.verify`` (and any other ``gateway.X``) gives the very module
 ``intentgate.X``, not a copy, with a :class:`DeprecationWarning`; ``gateway.Name`` is
 ``intentgate.Name``.  Import ``intentgate`` instead: this alias goes in the next release.
 """

@@ -1,4 +1,4 @@
-"""``python -m intentgate`` (deprecated: ``python -m intentgate``) runs the ``intentgate`` CLI."""
+"""``python -m gateway`` (deprecated: ``python -m intentgate``) runs the ``intentgate`` CLI."""
 
 from intentgate.cli import app
 

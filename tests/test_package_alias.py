@@ -13,16 +13,16 @@ def test_the_old_name_gives_the_same_modules_with_a_deprecation_warning() -> Non
 import warnings
 warnings.simplefilter("error")
 try:
-    import intentgate
+    import gateway
     raise SystemExit("no warning")
 except DeprecationWarning as exc:
     assert "intentgate" in str(exc), exc
 warnings.simplefilter("ignore")
-import intentgate
-import intentgate.verify, intentgate.store.tables
-from intentgate.verify import ActionTokenVerifier
+import gateway
+import gateway.verify, gateway.store.tables
+from gateway.verify import ActionTokenVerifier
 import intentgate, intentgate.verify, intentgate.store.tables
-assert intentgate.verify is intentgate.verify and intentgate.store.tables is intentgate.store.tables
+assert gateway.verify is intentgate.verify and gateway.store.tables is intentgate.store.tables
 assert ActionTokenVerifier is intentgate.verify.ActionTokenVerifier is gateway.ActionTokenVerifier
 assert intentgate.verify.__spec__.name == "intentgate.verify" and not hasattr(intentgate.verify, "__path__")
 assert intentgate.store.__spec__.name == "intentgate.store"
@@ -33,6 +33,6 @@ print("ok")
 
 
 def test_python_m_gateway_still_runs_the_cli() -> None:
-    out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-m", "intentgate", "--version"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-m", "gateway", "--version"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "intentgate" in out.stdout.lower(), out.stderr
