@@ -48,6 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Any
 
+import anyio
 import httpx2
 import mcp_types as types
 from mcp import Client, MCPError, StdioServerParameters
@@ -60,6 +61,7 @@ from .config import UpstreamConfig
 from .errors import GatewayError, ReasonCode
 from .tracing import OFF, Tracing, detached, failed
 from .upstream_lean import LeanLeg
+from .upstream_listen import Listener
 from .upstream_stderr import stdio_transport
 
 __all__ = ["Upstream", "UpstreamError", "UpstreamPool"]
@@ -134,6 +136,7 @@ class Upstream:
         self.unattributed: Unattributed | None = None  # records an ask no single call owns (set by the front)
         self.notified: Callable[[Upstream, Any], Awaitable[None]] | None = None  # resource updates, list changes
         self.tracing: Tracing = OFF  # the gateway's (set by the front)
+        self.listener = Listener(self.name)  # its listen stream, on 2026-07-28 (the URIs outlive a session)
 
     def _target(self, http: httpx2.AsyncClient | None) -> Any:
         c = self.config
@@ -222,7 +225,13 @@ class Upstream:
                 self.tools = list(listing.tools)
                 self.lean = self._lean_leg(client, http)
                 ready.set_result(None)
-                await self._stop.wait()
+                if Listener.serves(client):  # 2026-07-28: changes come only on a listen stream
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self.listener.run, client)
+                        await self._stop.wait()
+                        tg.cancel_scope.cancel()
+                else:
+                    await self._stop.wait()
         except BaseException as exc:  # noqa: BLE001 - report to the starter, log, end the task
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, Exception) else UpstreamError("upstream cancelled"))
@@ -358,8 +367,15 @@ class Upstream:
         return bool(caps and caps.resources and caps.resources.subscribe)
 
     async def subscribe(self, uri: str, *, on: bool = True) -> None:
-        """``resources/subscribe`` (or ``unsubscribe``) on the gateway's session (2025-era servers)."""
+        """``resources/subscribe`` (or ``unsubscribe``) on the gateway's session (2025-era servers),
+        or, on 2026-07-28, a listen stream for the new set of URIs (see ``upstream_listen``)."""
         client = await self.ensure()
+        if Listener.serves(client):
+            async with self._guarded():
+                honored = await self.listener.want(uri, on)
+            if on and not honored:
+                raise UpstreamError(f"upstream {self.name!r} did not accept a subscription to that resource")
+            return
         async with self._guarded():
             with warnings.catch_warnings():  # removed as of 2026-07-28; still what 2025-era servers speak
                 warnings.simplefilter("ignore", MCPDeprecationWarning)
