@@ -76,7 +76,8 @@ def contextforge_bin(python: str, console: Console) -> Path:
     bindir = CF_VENV / "bin"
     probe = [str(bindir / "python"), "-c",
              "import importlib.metadata as m; print(m.version('mcp-contextforge-gateway'))"]
-    if (bindir / "python").exists() and subprocess.run(probe, capture_output=True, text=True).stdout.strip() == CF_VERSION:
+    installed = (bindir / "python").exists() and subprocess.run(probe, capture_output=True, text=True).stdout
+    if installed and installed.strip() == CF_VERSION:
         return bindir
     console.print(f"installing mcp-contextforge-gateway=={CF_VERSION} into {CF_VENV} (once) ...")
     subprocess.run([python, "-m", "venv", str(CF_VENV)], check=True)
