@@ -65,8 +65,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited ({proc.returncode})")
@@ -79,11 +79,24 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User and system CPU of process ``pid`` so far (0 without one)."""
+    """User and system CPU so far of process ``pid`` and its descendants, reaped children included
+    (0 without one): a proxy that spawns workers is measured whole."""
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone since the listing
+                continue
+    tree: set[int] = set()
+    more = {pid}
+    while more:
+        tree |= more
+        more = {p for p, f in stats.items() if int(f[1]) in tree} - tree
+    ticks = sum(int(x) for p in tree & stats.keys() for x in stats[p][11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def summarize(samples: list[float], wall: float) -> dict[str, float]:
@@ -123,18 +136,85 @@ async def measure(url: str, headers: dict[str, str], tool: str, calls: int, clie
 
     # warm up
     await run_client(url, headers, 20, call, setup if gated else None)
-    t, cpu = time.perf_counter(), cpu_seconds(pid)
+    cpu, t = cpu_seconds(pid), time.perf_counter()
     seq = await run_client(url, headers, calls, call, setup if gated else None)
     seq_stats = summarize(seq, time.perf_counter() - t)
     if pid is not None:
         seq_stats["cpu_ms"] = (cpu_seconds(pid) - cpu) * 1000 / len(seq)
     per = max(1, calls // clients)
-    t, cpu = time.perf_counter(), cpu_seconds(pid)
+    cpu, t = cpu_seconds(pid), time.perf_counter()
     conc = await asyncio.gather(*(run_client(url, headers, per, call, setup if gated else None) for _ in range(clients)))
     conc_stats = summarize([x for c in conc for x in c], time.perf_counter() - t)
     if pid is not None:
         conc_stats["cpu_ms"] = (cpu_seconds(pid) - cpu) * 1000 / (per * clients)
     return {"seq": seq_stats, "conc": conc_stats}
+
+
+def start_upstream(procs: list[subprocess.Popen[bytes]]) -> str:
+    """The one upstream every path calls (``tests/servers/tool_server.py``'s ``orders``); its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/servers/tool_server.py"),
+                                   "--name", "orders", "--http", str(port)]))
+    wait_http(url, procs[-1], "upstream")
+    return url
+
+
+def start_intentgate(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]],
+                     lean: bool = True) -> tuple[str, dict[str, str], int]:
+    """``intentgate serve`` on ``upstream`` with the bench intent, data under ``work``: URL, headers, pid."""
+    intents = work / "intents"
+    intents.mkdir(exist_ok=True)
+    (intents / "bench.yaml").write_text(yaml.safe_dump(INTENT))
+    data = work / ("lean" if lean else "sdk")
+    data.mkdir()
+    (data / "intentgate.yaml").write_text(yaml.safe_dump({
+        "intents_dir": str(intents), "policy_dir": str(ROOT / "opa"), "data_dir": str(data),
+        "upstreams": [{"name": "orders", "url": upstream, "lean": lean}],
+        "front": {"rate_limit_per_second": None},  # one agent drives every client: measure gating only
+    }))
+    token = DevIssuer(KeySet.open_or_create(data / "keys" / "agent-issuer")).mint(AGENT)
+    port = free_port()
+    procs.append(subprocess.Popen([sys.executable, "-m", "intentgate", "serve", "--config",
+                                   str(data / "intentgate.yaml"), "--port", str(port)], cwd=ROOT))
+    wait_http(f"http://127.0.0.1:{port}/healthz", procs[-1], "intentgate")
+    return f"http://127.0.0.1:{port}/mcp", {"Authorization": f"Bearer {token}"}, procs[-1].pid
+
+
+def start_fastmcp_proxy(upstream: str, procs: list[subprocess.Popen[bytes]]) -> tuple[str, int] | None:
+    """FastMCP's proxy on ``upstream``: URL and pid, or None where fastmcp is not installed."""
+    try:
+        import fastmcp  # noqa: F401
+    except ImportError:
+        return None
+    port = free_port()
+    procs.append(subprocess.Popen([sys.executable, "-c", FASTMCP_PROXY, upstream, str(port)]))
+    wait_http(f"http://127.0.0.1:{port}/mcp", procs[-1], "fastmcp proxy")
+    return f"http://127.0.0.1:{port}/mcp", procs[-1].pid
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def results_table(title: str, results: dict[str, dict], clients: int) -> Table:
+    """One row per path: p50, p99, calls/s and CPU ms per call, sequential then ``clients`` at once."""
+    table = Table(title=title)
+    for col in ("path", "seq p50 ms", "seq p99 ms", "seq calls/s", "seq CPU ms/call", f"{clients}x p50 ms",
+                f"{clients}x p99 ms", f"{clients}x calls/s", f"{clients}x CPU ms/call"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for name, r in results.items():
+        s, c = r["seq"], r["conc"]
+        cpu = [f"{x['cpu_ms']:.2f}" if "cpu_ms" in x else "-" for x in (s, c)]
+        table.add_row(name, f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['rps']:.0f}", cpu[0], f"{c['p50']:.2f}",
+                      f"{c['p99']:.2f}", f"{c['rps']:.0f}", cpu[1])
+    return table
 
 
 async def main() -> None:
@@ -147,70 +227,32 @@ async def main() -> None:
     console = Console(width=120)
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="intentgate-e2e-") as tmp:
-        work = Path(tmp)
         try:
-            up_port, fm_port = free_port(), free_port()
-            upstream = f"http://127.0.0.1:{up_port}/mcp"
-            procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/servers/tool_server.py"),
-                                           "--name", "orders", "--http", str(up_port)]))
-            wait_http(upstream, procs[-1], "upstream")
-
-            (work / "intents").mkdir()
-            (work / "intents" / "bench.yaml").write_text(yaml.safe_dump(INTENT))
-            gateways: dict[str, tuple[int, str, int]] = {}  # label: port, agent token, pid
-            for lean in (True, False) if args.lean_off else (True,):
-                label = "intentgate (gating every call)" + ("" if lean else ", lean: false")
-                data = work / ("lean" if lean else "sdk")
-                data.mkdir()
-                (data / "intentgate.yaml").write_text(yaml.safe_dump({
-                    "intents_dir": str(work / "intents"), "policy_dir": str(ROOT / "opa"), "data_dir": str(data),
-                    "upstreams": [{"name": "orders", "url": upstream, "lean": lean}],
-                    "front": {"rate_limit_per_second": None},  # one agent drives every client: measure gating only
-                }))
-                token = DevIssuer(KeySet.open_or_create(data / "keys" / "agent-issuer")).mint(AGENT)
-                gw_port = free_port()
-                procs.append(subprocess.Popen([sys.executable, "-m", "intentgate", "serve", "--config",
-                                               str(data / "intentgate.yaml"), "--port", str(gw_port)], cwd=ROOT))
-                wait_http(f"http://127.0.0.1:{gw_port}/healthz", procs[-1], "intentgate")
-                gateways[label] = (gw_port, token, procs[-1].pid)
+            upstream = start_upstream(procs)
+            gateways = {"intentgate (gating every call)" + ("" if lean else ", lean: false"):
+                        start_intentgate(Path(tmp), upstream, procs, lean)
+                        for lean in ((True, False) if args.lean_off else (True,))}
 
             results: dict[str, dict] = {}
             console.print(f"direct: {args.calls} sequential calls, then {args.clients} clients ...")
             results["direct"] = await measure(upstream, {}, "get_order", args.calls, args.clients, gated=False)
-            try:
-                import fastmcp  # noqa: F401
-
-                procs.append(subprocess.Popen([sys.executable, "-c", FASTMCP_PROXY, upstream, str(fm_port)]))
-                wait_http(f"http://127.0.0.1:{fm_port}/mcp", procs[-1], "fastmcp proxy")
+            fm = start_fastmcp_proxy(upstream, procs)
+            if fm:
                 console.print("FastMCP proxy ...")
                 results["fastmcp proxy (no gating)"] = await measure(
-                    f"http://127.0.0.1:{fm_port}/mcp", {}, "get_order", args.calls, args.clients, gated=False)
-            except ImportError:
+                    fm[0], {}, "get_order", args.calls, args.clients, gated=False)
+            else:
                 console.print("[yellow]fastmcp not installed (pip install -e '.[bench]'): skipping (b)[/yellow]")
-            for label, (gw_port, token, pid) in gateways.items():
+            for label, (url, headers, pid) in gateways.items():
                 console.print(f"{label} ...")
-                results[label] = await measure(
-                    f"http://127.0.0.1:{gw_port}/mcp", {"Authorization": f"Bearer {token}"}, "orders__get_order",
-                    args.calls, args.clients, gated=True, pid=pid)
+                results[label] = await measure(url, headers, "orders__get_order", args.calls, args.clients,
+                                               gated=True, pid=pid)
         finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all(procs)
 
-    table = Table(title=f"tools/call over Streamable HTTP: {args.calls} sequential, {args.clients} concurrent clients")
-    for col in ("path", "seq p50 ms", "seq p99 ms", "seq calls/s", "seq CPU ms/call", f"{args.clients}x p50 ms",
-                f"{args.clients}x p99 ms", f"{args.clients}x calls/s", f"{args.clients}x CPU ms/call"):
-        table.add_column(col, justify="right" if col != "path" else "left")
-    for name, r in results.items():
-        s, c = r["seq"], r["conc"]
-        cpu = [f"{x['cpu_ms']:.2f}" if "cpu_ms" in x else "-" for x in (s, c)]
-        table.add_row(name, f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['rps']:.0f}", cpu[0], f"{c['p50']:.2f}",
-                      f"{c['p99']:.2f}", f"{c['rps']:.0f}", cpu[1])
-    console.print(table)
+    console.print(results_table(
+        f"tools/call over Streamable HTTP: {args.calls} sequential, {args.clients} concurrent clients",
+        results, args.clients))
     gate = results["intentgate (gating every call)"]
     direct = results["direct"]
     console.print(f"IntentGate added p50 over direct: {gate['seq']['p50'] - direct['seq']['p50']:.2f} ms")
