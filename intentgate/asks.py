@@ -7,7 +7,14 @@ call caused it, and to no one else, and only when the Rego policy allows it
 (``opa/intentgate/asks.rego``: the step being called lists the kind in ``asks``); each one
 is decided and recorded like a call, before the agent's client sees it.  A refused ask is
 a JSON-RPC error to the upstream; the agent's call goes on and the upstream decides what
-to make of the refusal.
+to make of the refusal.  On the 2026-07-28 protocol a refused ask ends the call instead.
+
+How the agent is asked: on a connection that can take a server request (2025-era
+protocols) the relay sends it on the agent's session.  An agent on 2026-07-28 cannot be sent
+one: an upstream's ``input_required`` is answered with the gateway's own, under a request
+state it seals, and the agent's second call continues the call (``roundtrips``).  A 2025-era
+upstream's ask is a request the gateway cannot hold open across such round trips: asked of
+a 2026-07-28 agent it is refused (``ask_unsupported``).
 
 Which call an ask belongs to: the upstream's session is shared by every agent, so the SDK
 cannot say.  On the 2026-07-28 protocol the ask comes back inside the call's own result
@@ -33,7 +40,7 @@ from .identity import AgentIdentity
 from .reads import decide_by_policy, keep_arguments
 from .store import DecisionRecord
 
-__all__ = ["ASK_DENIED", "AskRelay", "AskRequest", "decide_ask", "refuse_unattributed"]
+__all__ = ["ASK_DENIED", "AskKind", "AskRelay", "AskRequest", "decide_ask", "refuse_ask", "refuse_unattributed"]
 
 log = logging.getLogger("intentgate.asks")
 
@@ -132,9 +139,13 @@ class AskRelay:
         return AskRequest(agent=self.agent, action=action, kind=kind, upstream=self.upstream, tool=self.tool,
                           task_id=self.task_id, step=self.step, request=request)
 
+    def can_take(self, kind: AskKind) -> bool:
+        """The agent's client declared what an ask of ``kind`` needs."""
+        return bool(self.ctx.session.check_client_capability(_capability(kind)))
+
     async def _ask(self, ask: AskRequest, send: types.ServerRequest, result_type: type[Any]) -> Any:
         session = self.ctx.session
-        if not session.can_send_request or not session.check_client_capability(_capability(ask.kind)):
+        if not session.can_send_request or not self.can_take(ask.kind):
             verdict = await refuse_ask(self.decider, ask, ReasonCode.ASK_UNSUPPORTED, ask.kind)
         else:
             verdict = await decide_ask(self.decider, ask)
