@@ -709,7 +709,7 @@ class Front:
         except Exception:  # noqa: BLE001 - not canonical JSON: cannot be the arguments the state binds
             digest = None
         state, verdict = await continue_call(
-            self.rt.decider, self.states, agent=agent.id, upstream=request.upstream, tool=request.tool,
+            self.rt.decider, self.states, identity=agent, upstream=request.upstream, tool=request.tool,
             arguments_sha256=digest, arguments=request.untrusted_arguments, wire_state=params.request_state or "",
             responses=params.input_responses)
         if not verdict.forward or state is None:
@@ -764,7 +764,14 @@ class Front:
                     status, detail = "ask_refused", refused.decision_id
                     return _ask_refused(verdict, refused, structured)
                 status, detail = "input_required", ",".join(d for d, _ in allowed.values()) or None
-                return await self._ask_agent(request, verdict, result, allowed, state)
+                try:
+                    return await self._ask_agent(request, verdict, result, allowed, state)
+                except Exception:  # noqa: BLE001 - no state issued: the agent cannot go on, and is told so
+                    log.exception("request state not issued", extra={"decision_id": verdict.decision_id})
+                    status, detail = "internal_error", "the request state could not be issued"
+                    return _error_result({**_verdict_payload(verdict), "outcome": "allow",
+                                          "reasons": [ReasonCode.INTERNAL_ERROR.value],
+                                          "explanation": "internal error"}, structured=structured)
             if result.is_error:
                 status = "tool_error"
             elif verdict.keep and request.task_id and request.step:
@@ -795,7 +802,7 @@ class Front:
             upstream=request.upstream, tool=request.tool, arguments_sha256=detail["arguments_sha256"],
             decision_id=state.decision_id if state is not None else verdict.decision_id, asks=allowed,
             upstream_state=result.request_state, intent=detail.get("intent"),
-            round=state.round + 1 if state is not None else 1))
+            round_no=state.round + 1 if state is not None else 1))
         return types.InputRequiredResult(input_requests=result.input_requests or None, request_state=sealed)
 
     async def _record_outcome(self, verdict: Verdict, request: CallRequest, status: str, started: float,

@@ -34,6 +34,7 @@ from .asks import AskKind, AskRelay, AskRequest, decide_ask, refuse_ask
 from .clock import Clock
 from .decide import Decider, Verdict, explain, new_id
 from .errors import ReasonCode, reason
+from .identity import AgentIdentity
 from .keys import KeySet
 from .store import DecisionRecord, TokenRecord
 from .verify import ConsumeOutcome
@@ -156,26 +157,32 @@ async def issue_state(decider: Decider, states: RequestStates, state: CallState)
 
 def new_state(states: RequestStates, *, agent: str, task_id: str, step: str, upstream: str, tool: str,
               arguments_sha256: str, decision_id: str, asks: dict[str, tuple[str, AskKind]],
-              upstream_state: str | None, intent: str | None, round: int) -> CallState:
+              upstream_state: str | None, intent: str | None, round_no: int) -> CallState:
     now = states.clock.now()
     return CallState(id=new_id("rst"), iat=now, exp=now + states.ttl, agent=agent, task_id=task_id, step=step,
                      upstream=upstream, tool=tool, arguments_sha256=arguments_sha256, decision_id=decision_id,
-                     asks=asks, upstream_state=upstream_state, intent=intent, round=round)
+                     asks=asks, upstream_state=upstream_state, intent=intent, round=round_no)
 
 
-async def continue_call(decider: Decider, states: RequestStates, *, agent: str, upstream: str, tool: str,
+async def continue_call(decider: Decider, states: RequestStates, *, identity: AgentIdentity, upstream: str, tool: str,
                         arguments_sha256: str | None, arguments: dict[str, Any], wire_state: str,
                         responses: dict[str, Any] | None) -> tuple[CallState | None, Verdict]:
     """Decide a continuation: the state opened and checked against the call, the responses
     against what was asked, the task still running, the state burnt, and a fresh action token
     committed with an allow.  Every refusal is recorded; nothing here advances the task."""
+    agent = identity.id
     now = decider.clock.now()
     record = DecisionRecord(id=new_id("dec"), at=now, agent=agent, upstream=upstream[:64],
                             tool=f"{upstream}.{tool}"[:256], outcome="deny", reasons=[],
                             arguments_sha256=arguments_sha256, intents_revision=decider.intents.revision)
     if decider.audit_arguments and arguments_sha256 is not None:
         record.arguments = arguments
+    else:
+        record.masked = ["/arguments"]
     state: CallState | None = None
+    if decider.over_limit(identity):
+        record.masked = ["/arguments"]
+        return None, await decider.record_failure(record, ReasonCode.RATE_LIMITED)
     try:
         state = states.open(wire_state)
         record.task_id, record.step = state.task_id, state.step

@@ -21,7 +21,8 @@ from mcp.server.request_state import AESGCMRequestStateCodec
 
 from intentgate.identity import DevIssuer
 from intentgate.keys import KeySet
-from tests.test_asks import Agent, asks, begin, gateway, meta
+from tests.test_asks import SERVER, Agent, asks, begin, gateway, meta
+from tests.test_upstream_lean import server
 
 pytestmark = pytest.mark.slow
 
@@ -178,15 +179,14 @@ async def test_a_request_state_that_is_not_exactly_the_one_sealed_for_the_call_i
 
 
 async def test_another_agent_cannot_use_the_state_and_an_old_one_expires(tmp_path: Path) -> None:
-    params = with_config(tmp_path, gateway(tmp_path), request_state_ttl_seconds=3)
+    params = with_config(tmp_path, gateway(tmp_path), request_state_ttl_seconds=4)
     other = as_agent(tmp_path, params, OTHER_AGENT)
-    async with modern(Agent(), params) as client:
+    async with modern(Agent(), params) as client, modern(Agent(), other) as thief:
         task = await begin(client)
         first = await ask_round(client, task)
-        async with modern(Agent(), other) as thief:
-            r = await answer(thief, first.request_state, GO_ON, task=task)
-            assert refused(r) == ["request_state_mismatch:agent"]
-        await anyio.sleep(3.2)
+        r = await answer(thief, first.request_state, GO_ON, task=task)
+        assert refused(r) == ["request_state_mismatch:agent"]
+        await anyio.sleep(4.2)
         assert refused(await answer(client, first.request_state, GO_ON)) == ["request_state_expired"]
     rows = calls(tmp_path)
     assert [(o, r) for _, _, _, o, r in rows[-2:]] == [("deny", ["request_state_mismatch:agent"]),
@@ -202,3 +202,22 @@ async def test_a_2025_era_upstream_asking_a_modern_agent_is_refused(tmp_path: Pa
         assert r.structured_content["refused"]["data"]["reasons"] == ["ask_unsupported:elicitation"]
     assert agent.asked == []
     assert asks(tmp_path) == [("elicitation/create", "confirm", "deny", ["ask_unsupported:elicitation"])]
+
+
+async def test_an_http_upstream_on_the_lean_leg_is_continued_too(tmp_path: Path) -> None:
+    """The lean leg hands ``input_required`` over; the continuation carries the upstream's own state."""
+    async with server([str(SERVER), "--http", "{port}"]) as url:
+        params = gateway(tmp_path)
+        cfg = tmp_path / "intentgate.yaml"
+        doc = yaml.safe_load(cfg.read_text())
+        doc["upstreams"] = [{"name": "claims", "url": url, "timeout_seconds": 10}]
+        cfg.write_text(yaml.safe_dump(doc))
+        agent = Agent()
+        async with modern(agent, params) as client:
+            task = await begin(client)
+            r = await client.call_tool("claims__confirm", {"claim_id": "C-1"}, meta=meta(task, "confirm"))
+            assert r.structured_content["answer"] == {"action": "accept", "content": {"go_on": True}}, r.content
+    rows = calls(tmp_path)
+    assert [(s, o, r) for _, _, s, o, r in rows] == [("confirm", "allow", []),
+                                                     ("confirm", "allow", [f"input_continuation:{rows[0][0]}"])]
+    assert steps_taken(tmp_path, task) == ["confirm"]
