@@ -175,10 +175,10 @@ async def continue_call(decider: Decider, states: RequestStates, *, identity: Ag
     record = DecisionRecord(id=new_id("dec"), at=now, agent=agent, upstream=upstream[:64],
                             tool=f"{upstream}.{tool}"[:256], outcome="deny", reasons=[],
                             arguments_sha256=arguments_sha256, intents_revision=decider.intents.revision)
-    if decider.audit_arguments and arguments_sha256 is not None:
-        record.arguments = arguments
-    else:
+    if arguments_sha256 is None:  # not canonical JSON: kept out of the log
         record.masked = ["/arguments"]
+    elif decider.audit_arguments:
+        record.arguments = arguments
     state: CallState | None = None
     if decider.over_limit(identity):
         record.masked = ["/arguments"]
