@@ -7,7 +7,14 @@ call caused it, and to no one else, and only when the Rego policy allows it
 (``opa/intentgate/asks.rego``: the step being called lists the kind in ``asks``); each one
 is decided and recorded like a call, before the agent's client sees it.  A refused ask is
 a JSON-RPC error to the upstream; the agent's call goes on and the upstream decides what
-to make of the refusal.
+to make of the refusal.  On the 2026-07-28 protocol a refused ask ends the call instead.
+
+How the agent is asked: on a connection that can take a server request (2025-era
+protocols) the relay sends it on the agent's session.  An agent on 2026-07-28 cannot be sent
+one: an upstream's ``input_required`` is answered with the gateway's own, under a request
+state it seals, and the agent's second call continues the call (``roundtrips``).  A 2025-era
+upstream's ask is a request the gateway cannot hold open across such round trips: asked of
+a 2026-07-28 agent it is refused (``ask_unsupported``).
 
 Which call an ask belongs to: the upstream's session is shared by every agent, so the SDK
 cannot say.  On the 2026-07-28 protocol the ask comes back inside the call's own result
@@ -26,6 +33,7 @@ from typing import Any, Literal
 
 import mcp_types as types
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict
 
 from .clock import iso
@@ -35,7 +43,7 @@ from .identity import AgentIdentity
 from .reads import decide_by_policy, keep_arguments
 from .store import DecisionRecord
 
-__all__ = ["ASK_DENIED", "AskRelay", "AskRequest", "decide_ask", "refuse_unattributed"]
+__all__ = ["ASK_DENIED", "AskKind", "AskRelay", "AskRequest", "decide_ask", "refuse_ask", "refuse_unattributed"]
 
 log = logging.getLogger("intentgate.asks")
 
@@ -135,12 +143,13 @@ class AskRelay:
     def capabilities(self) -> dict[str, Any]:
         """The asks this call's agent can take, as the client capabilities the upstream is told for
         this call (on 2026-07-28 they go with each request: see ``upstream_lean``): what the agent's
-        client declared of sampling, elicitation and roots, and nothing when its connection cannot
-        take a request from the gateway at all."""
+        client declared of sampling, elicitation and roots, and nothing when the gateway has no way
+        to put an ask to it (a 2026-07-28 agent is asked in its call's result: see ``roundtrips``)."""
         session = self.ctx.session
         declared = getattr(session, "client_capabilities", None)
-        if declared is None or not session.can_send_request:
-            return {}
+        if declared is None or not (session.can_send_request
+                                    or getattr(self.ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS):
+            return {}  # no way back to the agent (stateless HTTP on a 2025-era version)
         doc = declared.model_dump(by_alias=True, mode="json", exclude_none=True)
         caps = {k: doc[k] for k in ("sampling", "elicitation") if k in doc}
         if "roots" in doc:
@@ -151,10 +160,14 @@ class AskRelay:
         return AskRequest(agent=self.agent, action=action, kind=kind, upstream=self.upstream, tool=self.tool,
                           task_id=self.task_id, step=self.step, request=request)
 
+    def can_take(self, kind: AskKind) -> bool:
+        """The agent's client declared what an ask of ``kind`` needs."""
+        return bool(self.ctx.session.check_client_capability(_capability(kind)))
+
     async def _ask(self, ask: AskRequest, send: types.ServerRequest, result_type: type[Any],
                    allowed: Callable[[], None] | None = None) -> Any:
         session = self.ctx.session
-        if not session.can_send_request or not session.check_client_capability(_capability(ask.kind)):
+        if not session.can_send_request or not self.can_take(ask.kind):
             verdict = await refuse_ask(self.decider, ask, ReasonCode.ASK_UNSUPPORTED, ask.kind)
         else:
             verdict = await decide_ask(self.decider, ask)

@@ -128,6 +128,9 @@ class FrontConfig(_Strict):
         default=100.0, gt=0, le=1_000_000, description="decisions per second per agent (null: no limit)"
     )
     rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000, description="calls an agent may make at once")
+    request_state_ttl_seconds: int = Field(
+        default=300, ge=1, le=86_400,
+        description="how long a 2026-07-28 agent has to answer a tool's asks (the sealed request_state's lifetime)")
     stateless_http: bool = Field(
         default=False,
         description="serve /mcp without server-side sessions, so replicas behind a load balancer "

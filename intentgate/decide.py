@@ -125,6 +125,8 @@ def explain(reasons: list[str], allowed: list[str]) -> str:
     detail = reasons[0].partition(":")[2]
     if code is ReasonCode.APPROVED:
         return f"allowed: approved by a reviewer ({detail})"
+    if code is ReasonCode.INPUT_CONTINUATION:
+        return f"allowed: the continuation of the call allowed by {detail}, with the answers to its asks"
     if code is ReasonCode.BREAK_GLASS:
         return f"allowed under break-glass grant {detail}; this call is flagged for review"
     nxt = f"; allowed next: {', '.join(allowed)}" if allowed else ""

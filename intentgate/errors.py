@@ -108,6 +108,13 @@ class ReasonCode(StrEnum):
     # what an upstream asks the agent's client during a call (sampling, elicitation, roots)
     ASK_UNATTRIBUTED = "ask_unattributed"
     ASK_UNSUPPORTED = "ask_unsupported"
+    # the multi-round-trip continuation of a call (2026-07-28 agents: input_responses + request_state)
+    INPUT_CONTINUATION = "input_continuation"
+    REQUEST_STATE_INVALID = "request_state_invalid"
+    REQUEST_STATE_EXPIRED = "request_state_expired"
+    REQUEST_STATE_MISMATCH = "request_state_mismatch"
+    REQUEST_STATE_REPLAYED = "request_state_replayed"
+    INPUT_RESPONSE_UNASKED = "input_response_unasked"
     # infrastructure
     STORE_ERROR = "store_error"
     INTERNAL_ERROR = "internal_error"

@@ -7,7 +7,9 @@ gateway's own ``intentgate__list_intents``, ``intentgate__begin_task`` and
 ``intentgate__end_task``.  An allowed call is forwarded with its action token; anything else
 comes back as a tool error whose structured content names the decision and its reasons.
 Internal error text never reaches an agent.  Progress an upstream reports for a call goes to
-the agent that made it, and so do its log messages (see ``upstreams``).
+the agent that made it, and so do its log messages (see ``upstreams``).  What it asks of
+the client goes to that agent too (``asks``); an agent on 2026-07-28 gets it as the gateway's
+own ``input_required`` and continues the call with its answers (``roundtrips``).
 
 Resources and prompts of the upstreams the agent's intents use are passed through too,
 namespaced like tools: a resource URI ``u`` of upstream ``x`` is ``x+u`` (upstream names are
@@ -40,7 +42,7 @@ from opentelemetry import trace
 
 from .asks import AskRelay, refuse_unattributed
 from .bindings import keep_values, result_document
-from .canonical import canonical_json
+from .canonical import arguments_sha256, canonical_json
 from .connections import AgentConnection, Connections, level_allows
 from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
@@ -48,6 +50,7 @@ from .identity import AgentIdentity
 from .names import RefusedName, normalise_prompt_name, normalise_uri
 from .pages import page
 from .reads import ReadRequest, decide_read, refuse_read
+from .roundtrips import CallState, RequestStates, ask_input_requests, continue_call, issue_state, new_state
 from .runtime import Runtime
 from .store import KeptValues
 from .tracing import detached, failed
@@ -116,6 +119,22 @@ _GATEWAY_TOOLS = [
 Identify = Callable[[Any], Awaitable[AgentIdentity]]
 R = TypeVar("R", types.CallToolResult, types.GetPromptResult)
 L = TypeVar("L", types.Tool, types.Resource, types.ResourceTemplate, types.Prompt)
+
+
+def _holds_asks(ctx: Any) -> bool:
+    """The agent is on 2026-07-28 and cannot be sent a request: asks go back in the call's result."""
+    session = getattr(ctx, "session", None)
+    return (getattr(ctx, "protocol_version", None) in MODERN_PROTOCOL_VERSIONS
+            and not getattr(session, "can_send_request", True))
+
+
+def _ask_refused(verdict: Verdict, ask: Verdict, structured: bool) -> types.CallToolResult:
+    """A refused ask ended the call (2026-07-28): the agent is told which ask and why."""
+    return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": ask.reasons,
+                          "ask_decision_id": ask.decision_id,
+                          "explanation": f"the tool asked the client for something the gateway refused "
+                                         f"({ask.explanation}); the tool could not go on"},
+                         structured=structured)
 
 
 def _error_result(payload: dict[str, Any], *, structured: bool = True) -> types.CallToolResult:
@@ -281,6 +300,7 @@ class Front:
             self.server.create_initialization_options,
             notification_options=NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
         self.connections = Connections()
+        self.states = RequestStates(runtime.keys, runtime.clock, runtime.config.front.request_state_ttl_seconds)
         for up in pool.upstreams.values():
             up.unattributed = self._refuse_unattributed
             up.notified = self._upstream_notified
@@ -574,7 +594,8 @@ class Front:
         return _listed_schema(tool) if tool is not None else None
 
     # ----- tools/call ----------------------------------------------------------------
-    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams
+                         ) -> types.CallToolResult | types.InputRequiredResult:
         try:
             agent = await self.identify(ctx)
         except GatewayError:
@@ -663,7 +684,7 @@ class Front:
 
     async def _gated_call(
         self, ctx: Any, agent: AgentIdentity, upstream_name: str, tool: str, params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         decider = self.rt.decider
         untrusted_args = dict(params.arguments or {})
         meta = dict(params.meta or {})
@@ -687,10 +708,40 @@ class Front:
         structured = not any(t.name == tool and t.output_schema for t in upstream.tools)
         if (refused := await self._refuse_if_too_large(request, structured=structured)) is not None:
             return refused
+        if params.request_state is not None:  # a 2026-07-28 agent answers what the tool asked
+            return await self._continue(ctx, agent, upstream, request, params, meta, structured)
 
         verdict = await decider.decide(request)
         if not verdict.forward:
             return _error_result(_verdict_payload(verdict), structured=structured)
+        return await self._forward(ctx, agent, upstream, request, verdict, meta, structured)
+
+    async def _continue(self, ctx: Any, agent: AgentIdentity, upstream: Upstream, request: CallRequest,
+                        params: types.CallToolRequestParams, meta: dict[str, Any], structured: bool,
+                        ) -> types.CallToolResult | types.InputRequiredResult:
+        """The continuation of a call answered with ``input_required`` (see ``roundtrips``): checked
+        against its sealed state, recorded, and forwarded with the answers under a fresh token."""
+        try:
+            digest: str | None = arguments_sha256(request.untrusted_arguments)
+        except Exception:  # noqa: BLE001 - not canonical JSON: cannot be the arguments the state binds
+            digest = None
+        state, verdict = await continue_call(
+            self.rt.decider, self.states, identity=agent, upstream=request.upstream, tool=request.tool,
+            arguments_sha256=digest, arguments=request.untrusted_arguments, wire_state=params.request_state or "",
+            responses=params.input_responses)
+        if not verdict.forward or state is None:
+            return _error_result(_verdict_payload(verdict), structured=structured)
+        request = request.model_copy(update={"task_id": state.task_id, "step": state.step})
+        return await self._forward(ctx, agent, upstream, request, verdict, meta, structured, state=state,
+                                   responses=params.input_responses)
+
+    async def _forward(self, ctx: Any, agent: AgentIdentity, upstream: Upstream, request: CallRequest,
+                       verdict: Verdict, meta: dict[str, Any], structured: bool, *, state: CallState | None = None,
+                       responses: types.InputResponses | None = None,
+                       ) -> types.CallToolResult | types.InputRequiredResult:
+        """Forward an allowed call (or its continuation), and record how it ended."""
+        decider = self.rt.decider
+        upstream_name, tool, untrusted_args = request.upstream, request.tool, request.untrusted_arguments
         _note_decision(trace.get_current_span(), verdict.decision_id, verdict.outcome, verdict.reasons)
         assert verdict.token is not None
         try:  # the token was burnt with the decision; check it binds exactly what goes upstream
@@ -712,7 +763,9 @@ class Front:
         try:
             result = await upstream.call_tool(tool, untrusted_args, _forward_meta(ctx, meta, verdict.token.token, conn),
                                               progress=_progress_sink(ctx, meta), logs=_log_sink(ctx, conn), asks=relay,
-                                              decision_id=verdict.decision_id)
+                                              decision_id=verdict.decision_id, hold_asks=_holds_asks(ctx),
+                                              input_responses=responses,
+                                              request_state=state.upstream_state if state is not None else None)
             size = len(result.model_dump_json(by_alias=True, exclude_none=True))
             if size > self.rt.config.front.max_result_bytes:  # the call ran; its result does not go on
                 status, detail = "result_too_large", f"{size} bytes"
@@ -722,6 +775,20 @@ class Front:
                                       "explanation": f"the tool ran, but its result ({size} bytes) is over the "
                                                      f"gateway's limit ({self.rt.config.front.max_result_bytes})"},
                                      structured=structured)
+            if isinstance(result, types.InputRequiredResult):  # asks for a 2026-07-28 agent: in our own result
+                allowed, refused = await ask_input_requests(relay, result)
+                if refused is not None:
+                    status, detail = "ask_refused", refused.decision_id
+                    return _ask_refused(verdict, refused, structured)
+                status, detail = "input_required", ",".join(d for d, _ in allowed.values()) or None
+                try:
+                    return await self._ask_agent(request, verdict, result, allowed, state)
+                except Exception:  # noqa: BLE001 - no state issued: the agent cannot go on, and is told so
+                    log.exception("request state not issued", extra={"decision_id": verdict.decision_id})
+                    status, detail = "internal_error", "the request state could not be issued"
+                    return _error_result({**_verdict_payload(verdict), "outcome": "allow",
+                                          "reasons": [ReasonCode.INTERNAL_ERROR.value],
+                                          "explanation": "internal error"}, structured=structured)
             if result.is_error:
                 status = "tool_error"
             elif verdict.keep and request.task_id and request.step:
@@ -729,13 +796,8 @@ class Front:
             return _clean_result(result)
         except UpstreamError as exc:
             if relay.refused is not None and exc.code is ReasonCode.UPSTREAM_ERROR:  # 2026-07-28: a refused ask ends the call
-                ask = relay.refused
-                status, detail = "ask_refused", ask.decision_id
-                return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": ask.reasons,
-                                      "ask_decision_id": ask.decision_id,
-                                      "explanation": f"the tool asked the client for something the gateway refused "
-                                                     f"({ask.explanation}); the tool could not go on"},
-                                     structured=structured)
+                status, detail = "ask_refused", relay.refused.decision_id
+                return _ask_refused(verdict, relay.refused, structured)
             status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
             self.rt.metrics.upstream_error(upstream_name, exc.code)
             return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
@@ -746,6 +808,19 @@ class Front:
         finally:
             with anyio.CancelScope(shield=True):  # the outcome is written even as the call is cancelled
                 await self._record_outcome(verdict, request, status, started, detail, kept)
+
+    async def _ask_agent(self, request: CallRequest, verdict: Verdict, result: types.InputRequiredResult,
+                         allowed: dict[str, Any], state: CallState | None) -> types.InputRequiredResult:
+        """The upstream's allowed asks as the gateway's own ``input_required``, under a sealed state."""
+        assert verdict.token is not None and request.task_id and request.step
+        detail = verdict.token.claims["authorization_details"][0]
+        sealed = await issue_state(self.rt.decider, self.states, new_state(
+            self.states, agent=request.agent.id, task_id=request.task_id, step=request.step,
+            upstream=request.upstream, tool=request.tool, arguments_sha256=detail["arguments_sha256"],
+            decision_id=state.decision_id if state is not None else verdict.decision_id, asks=allowed,
+            upstream_state=result.request_state, intent=detail.get("intent"),
+            round_no=state.round + 1 if state is not None else 1))
+        return types.InputRequiredResult(input_requests=result.input_requests or None, request_state=sealed)
 
     async def _record_outcome(self, verdict: Verdict, request: CallRequest, status: str, started: float,
                               detail: str | None, kept: KeptValues | None) -> None:

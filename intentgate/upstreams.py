@@ -22,7 +22,10 @@ What an upstream asks of the client during a call (sampling, elicitation, roots:
 (2026-07-28 ``input_required``, driven in the caller's task, found by a context variable);
 otherwise to the one call in flight, and refused when several are.  The session declares
 sampling, elicitation and roots to every upstream (it is shared by all agents); whether the
-agent behind a call can take an ask is checked when it comes.
+agent behind a call can take an ask is checked when it comes.  For an agent on 2026-07-28
+(``hold_asks``) an upstream's ``input_required`` is not driven here but returned, for the
+front to put to the agent in its own result (``roundtrips``), and the agent's answers come
+back as a continuation (``input_responses`` and the upstream's ``request_state``).
 
 Each forwarded tool call is a CLIENT span when tracing is on (``intentgate.tracing``), and its
 ``_meta`` carries that span's W3C trace context, so the tool server's spans are its children.
@@ -298,11 +301,17 @@ class Upstream:
     async def call_tool(
         self, tool: str, arguments: dict[str, Any], meta: dict[str, Any], *,
         progress: ProgressSink | None = None, logs: LogSink | None = None, asks: Any = None,
-        decision_id: str | None = None,
-    ) -> types.CallToolResult:
+        decision_id: str | None = None, hold_asks: bool = False, input_responses: types.InputResponses | None = None,
+        request_state: str | None = None,
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """Forward one tool call; ``progress`` and ``logs`` receive what the upstream reports for
         it, and ``asks`` (an ``asks.AskRelay``) what it asks of the client.  ``meta`` goes with
-        it, the trace context of this call's span added when tracing."""
+        it, the trace context of this call's span added when tracing.
+
+        ``hold_asks`` (the agent is on 2026-07-28 and cannot be sent a request): an upstream's
+        ``input_required`` is returned, not driven, for the gateway to put to the agent in its
+        own result; ``input_responses`` and ``request_state`` continue such a call (the
+        upstream's own state).  Asks a 2025-era upstream sends as requests still go to ``asks``."""
         client = await self.ensure()
         lean = self.lean
         if logs is not None:
@@ -322,11 +331,20 @@ class Upstream:
                 try:
                     async with self._guarded():  # one timeout, also when the lean leg hands the call over
                         meta = self.tracing.inject(meta)
-                        result = None if lean is None else await lean.call(
-                            tool, arguments, meta, tools=self.tools, token=_token_of(meta), progress=progress,
-                            logs=logs, notified=self._on_message,
-                            capabilities=None if asks is None else asks.capabilities())
-                        if result is None:
+                        continuing = input_responses is not None or request_state is not None
+                        result: types.CallToolResult | types.InputRequiredResult | None = None
+                        if lean is not None and not continuing:  # hands input_required over: the tool has not run
+                            result = await lean.call(
+                                tool, arguments, meta, tools=self.tools, token=_token_of(meta), progress=progress,
+                                logs=logs, notified=self._on_message,
+                                capabilities=None if asks is None else asks.capabilities())
+                        if result is None and (hold_asks or continuing):
+                            result = await client.session.call_tool(
+                                tool, arguments, meta=meta, input_responses=input_responses,
+                                request_state=request_state, allow_input_required=True,
+                                progress_callback=progress,  # type: ignore[arg-type]
+                            )
+                        elif result is None:
                             result = await client.call_tool(
                                 tool, arguments, meta=meta,
                                 progress_callback=progress,  # type: ignore[arg-type]
@@ -334,7 +352,7 @@ class Upstream:
                 except UpstreamError as exc:
                     failed(span, exc.code.value, exc.message)
                     raise
-                if result.is_error:
+                if isinstance(result, types.CallToolResult) and result.is_error:
                     failed(span, "tool_error")
                 return result
         finally:

@@ -610,6 +610,11 @@ class Store:
             self._committed(refusal)
         return outcome
 
+    async def issue_token(self, token: TokenRecord) -> None:
+        """Record a single-use id as issued without a decision of its own (a sealed request state's,
+        burnt by :meth:`consume` and revoked with its task like an action token)."""
+        await self.db.run(lambda conn: _insert_token(conn, token.model_dump()))
+
     async def get_token(self, jti: str) -> TokenRecord | None:
         def op(conn: Connection) -> TokenRecord | None:
             row = conn.execute(select(tokens_t).where(tokens_t.c.jti == jti)).first()

@@ -85,6 +85,15 @@ REASON_TEXT: dict[ReasonCode, str] = {
                                  "its could own the request.",
     ReasonCode.ASK_UNSUPPORTED: "The agent's client cannot take that request (it did not declare the capability, "
                                 "or its connection has no way back).",
+    ReasonCode.INPUT_CONTINUATION: "The agent answered what the tool asked and the call went on, under the decision "
+                                   "named (not a new workflow step).",
+    ReasonCode.REQUEST_STATE_INVALID: "The request state the agent sent back was not one this gateway sealed, or "
+                                      "was altered.",
+    ReasonCode.REQUEST_STATE_EXPIRED: "The request state the agent sent back had expired.",
+    ReasonCode.REQUEST_STATE_MISMATCH: "The request state was sealed for another agent, tool, task or arguments.",
+    ReasonCode.REQUEST_STATE_REPLAYED: "The request state had already been used to continue its call.",
+    ReasonCode.INPUT_RESPONSE_UNASKED: "The agent sent an answer to something the tool had not asked (or of "
+                                       "another kind).",
     ReasonCode.SESSION_NOT_OWNED: "The MCP session was opened by another agent.",
     ReasonCode.SESSION_LIMIT: "The agent has too many MCP sessions open, or opened them too fast.",
     ReasonCode.STORE_ERROR: "The gateway's database failed, so the call was denied.",
