@@ -35,6 +35,7 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -47,6 +48,7 @@ from .connections import AgentConnection, Connections, level_allows
 from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
+from .listens import Listens
 from .names import RefusedName, normalise_prompt_name, normalise_uri
 from .pages import page
 from .reads import ReadRequest, decide_read, refuse_read
@@ -70,6 +72,7 @@ ARG_TASK = "intent_task"
 ARG_STEP = "intent_step"
 SEP = "__"
 URI_SEP = "+"
+MAX_LISTEN_URIS = 256  # resource URIs one subscriptions/listen stream may ask for
 GATEWAY = "intentgate"
 # JSON-RPC error codes for refused reads (implementation-defined band -32000..-32019)
 READ_DENIED = -32010
@@ -115,6 +118,10 @@ _GATEWAY_TOOLS = [
         },
     ),
 ]
+
+_LIST_CHANGED: dict[type[Any], Any] = {types.ToolListChangedNotification: ToolsListChanged(),
+                                       types.ResourceListChangedNotification: ResourcesListChanged(),
+                                       types.PromptListChangedNotification: PromptsListChanged()}
 
 Identify = Callable[[Any], Awaitable[AgentIdentity]]
 R = TypeVar("R", types.CallToolResult, types.GetPromptResult)
@@ -293,6 +300,7 @@ class Front:
                 on_get_prompt=self._serving("prompts/get", self._get_prompt),
                 on_completion=self._serving("completion/complete", self._complete),
                 on_set_logging_level=self._serving("logging/setLevel", self._set_level),
+                on_subscriptions_listen=self._serving("subscriptions/listen", self._listen),
                 get_tool_input_schema=self._input_schema,
             )
         # agents are told when an upstream's tools, resources or prompts change (followed in upstreams)
@@ -300,6 +308,7 @@ class Front:
             self.server.create_initialization_options,
             notification_options=NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
         self.connections = Connections()
+        self.listens = Listens(runtime.config.front.max_sessions_per_agent)
         self.states = RequestStates(runtime.keys, runtime.clock, runtime.config.front.request_state_ttl_seconds)
         for up in pool.upstreams.values():
             up.unattributed = self._refuse_unattributed
@@ -466,24 +475,67 @@ class Front:
             upstream_ref, {"name": params.argument.name, "value": params.argument.value}, context))
         return types.CompleteResult(completion=result.completion)
 
-    async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        """``resources/subscribe``: decided like a read; the gateway subscribes once per upstream URI and
-        passes ``notifications/resources/updated`` on to the connections that subscribed."""
-        agent = await self._agent(ctx)
-        upstream_name, sep, uri = params.uri.partition(URI_SEP)
+    def _subscribed(self, upstream: str, uri: str) -> bool:
+        """Some connection (2025-era) or listen stream (2026-07-28) holds ``uri`` of ``upstream``."""
+        return self.connections.subscribed(upstream, uri) or self.listens.holds(upstream, uri)
+
+    async def _hold(self, agent: AgentIdentity, exposed_uri: str) -> tuple[Upstream, str]:
+        """A subscription to ``exposed_uri``, decided like a read (and recorded); the upstream is
+        subscribed to it unless someone already is.  The upstream and its own (normal) URI."""
+        upstream_name, sep, uri = exposed_uri.partition(URI_SEP)
         read = await self._normalised(ReadRequest(agent=agent, action="resources/subscribe",
-                                                  upstream=upstream_name[:64] or "-", name=uri if sep else params.uri),
+                                                  upstream=upstream_name[:64] or "-", name=uri if sep else exposed_uri),
                                       normalise_uri)
-        uri = read.name
         upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
         await upstream.ensure()
         if not upstream.can_subscribe():
             raise MCPError(types.METHOD_NOT_FOUND, f"upstream {upstream.name!r} does not offer resource subscriptions")
-        conn = self.connections.of(ctx, agent.id)
-        if not self.connections.subscribed(upstream.name, uri):
-            await self._forward_read(read, upstream.subscribe(uri))
-        conn.subscriptions.add((upstream.name, uri))
+        if not self._subscribed(upstream.name, read.name):
+            await self._forward_read(read, upstream.subscribe(read.name))
+        return upstream, read.name
+
+    async def _let_go(self, upstream_name: str, uri: str, what: str) -> None:
+        """The upstream is unsubscribed from ``uri`` once no one holds it."""
+        upstream = self.pool.get(upstream_name)
+        if upstream is not None and upstream.alive() and not self._subscribed(upstream_name, uri):
+            try:
+                await upstream.subscribe(uri, on=False)
+            except UpstreamError as exc:
+                log.info("unsubscribe %s: %s", what[:200], exc.message)
+
+    async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        """``resources/subscribe``: decided like a read; the gateway subscribes once per upstream URI and
+        passes ``notifications/resources/updated`` on to the connections that subscribed."""
+        agent = await self._agent(ctx)
+        upstream, uri = await self._hold(agent, params.uri)
+        self.connections.of(ctx, agent.id).subscriptions.add((upstream.name, uri))
         return types.EmptyResult()
+
+    async def _listen(self, ctx: Any, params: types.SubscriptionsListenRequestParams
+                      ) -> types.SubscriptionsListenResult:
+        """``subscriptions/listen`` (2026-07-28): each resource URI asked for is decided like a
+        ``resources/subscribe`` and only those allowed are acknowledged; the stream is the SDK's
+        own, on this agent's bus (see ``listens``)."""
+        agent = await self._agent(ctx)
+        held: list[tuple[str, str]] = []
+        wanted = params.notifications.resource_subscriptions or []
+        try:
+            for exposed in wanted[:MAX_LISTEN_URIS]:
+                try:
+                    upstream, uri = await self._hold(agent, exposed)
+                except MCPError as exc:  # refused (recorded), unknown, or the upstream failed: not honoured
+                    log.info("listen: %s not honoured: %s", exposed[:200], exc.error.message)
+                    continue
+                self.listens.holding[(upstream.name, uri)] += 1
+                held.append((upstream.name, uri))
+            notifications = params.notifications.model_copy(update={
+                "resource_subscriptions": [f"{u}{URI_SEP}{uri}" for u, uri in held] or None})
+            return await self.listens.handler(agent.id)(ctx, params.model_copy(update={"notifications": notifications}))
+        finally:
+            with anyio.CancelScope(shield=True):  # the stream ends when the agent goes: still let go upstream
+                for upstream_name, uri in held:
+                    self.listens.holding[(upstream_name, uri)] -= 1
+                    await self._let_go(upstream_name, uri, f"{upstream_name}{URI_SEP}{uri}")
 
     async def _unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
         agent = await self._agent(ctx)
@@ -492,14 +544,8 @@ class Front:
             uri = normalise_uri(uri)
         except RefusedName:
             return types.EmptyResult()  # never subscribed: nothing to undo
-        conn = self.connections.of(ctx, agent.id)
-        conn.subscriptions.discard((upstream_name, uri))
-        upstream = self.pool.get(upstream_name)
-        if upstream is not None and upstream.alive() and not self.connections.subscribed(upstream_name, uri):
-            try:
-                await upstream.subscribe(uri, on=False)
-            except UpstreamError as exc:
-                log.info("unsubscribe %s: %s", params.uri[:200], exc.message)
+        self.connections.of(ctx, agent.id).subscriptions.discard((upstream_name, uri))
+        await self._let_go(upstream_name, uri, params.uri)
         return types.EmptyResult()
 
     async def _upstream_notified(self, upstream: Upstream, message: Any) -> None:
@@ -511,15 +557,21 @@ class Front:
             targets = self.connections.subscribers(upstream.name, uri)
             note: types.ServerNotification = types.ResourceUpdatedNotification(
                 params=types.ResourceUpdatedNotificationParams(uri=f"{upstream.name}{URI_SEP}{uri}"))
+            if self.listens.holds(upstream.name, uri):  # streams get it only if they were allowed it
+                await self.listens.publish(ResourceUpdated(uri=f"{upstream.name}{URI_SEP}{uri}"))
         elif isinstance(message, (types.ToolListChangedNotification, types.ResourceListChangedNotification,
                                   types.PromptListChangedNotification)):
             using = [i for i in self.rt.intents if upstream.name in {t.partition(".")[0] for t in i.tools()}]
             if isinstance(message, types.ToolListChangedNotification):
                 self._recheck_intents(upstream, using)
             users = {i.name for i in using}
-            targets = [c for c in self.connections.all()
-                       if any(i.name in users for i in self.rt.intents.for_agent(c.agent))]
+
+            def uses(agent: str) -> bool:
+                return any(i.name in users for i in self.rt.intents.for_agent(agent))
+
+            targets = [c for c in self.connections.all() if uses(c.agent)]
             note = type(message)()
+            await self.listens.publish(_LIST_CHANGED[type(message)], [a for a in self.listens.agents() if uses(a)])
         elif isinstance(message, types.ElicitCompleteNotification):  # only to whom that elicitation was put
             key = (upstream.name, message.params.elicitation_id)
             targets = [c for c in self.connections.all() if key in c.elicitations]

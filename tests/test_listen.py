@@ -166,3 +166,92 @@ async def test_a_second_agent_is_not_told_of_a_resource_it_did_not_subscribe_to(
                 assert a.updates() == ["w+watch://counter"] and b.updates() == []
         finally:
             stop(proc)
+
+
+async def test_an_agent_on_2026_07_28_listens_to_the_gateway_for_what_it_may_read(tmp_path: Path) -> None:
+    """A 2026-07-28 agent opens `subscriptions/listen` on the gateway: the URIs it asks for are
+    decided like subscriptions (the one the policy refuses is recorded and not acknowledged),
+    the upstream is listened to for the allowed one while the agent's stream is open and let go
+    after, and the agent's stream carries that resource's updates and the upstream's tool list
+    change, and nothing else."""
+    async with Client(gateway(tmp_path, {"command": sys.executable, "args": [str(WATCHING)]})) as client:
+        assert client.protocol_version == "2026-07-28"
+        task = (await client.call_tool("intentgate__begin_task", {"intent": "watch", "params": {},
+                                                                  "reason": "t"})).structured_content["task"]
+        events: list[Any] = []
+        async with client.listen(tools_list_changed=True,
+                                 resource_subscriptions=["w+watch://counter", "w+watch://secret"]) as stream:
+            assert stream.honored.resource_subscriptions == ["w+watch://counter"]
+            assert stream.honored.tools_list_changed is True
+            assert await streams(client, task) == [["watch://counter"]]
+            await call(client, task, "touch", {"uri": "watch://quiet"})
+            await call(client, task, "touch", {"uri": "watch://counter"})
+            await call(client, task, "grow")
+            with anyio.fail_after(10):
+                async for event in stream:
+                    events.append(event)
+                    if len(events) == 2:
+                        break
+        task = (await client.call_tool("intentgate__begin_task", {"intent": "watch", "params": {},
+                                                                  "reason": "t"})).structured_content["task"]
+        with anyio.fail_after(10):  # `grow` ended the first task
+            while await streams(client, task) != [[]]:  # let go upstream once the agent's stream ended
+                await anyio.sleep(0.1)
+    from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
+
+    assert events == [ResourceUpdated(uri="w+watch://counter"), ToolsListChanged()]
+    db = sqlite3.connect(tmp_path / "intentgate.db")
+    subscribes = db.execute("SELECT tool, outcome FROM decisions WHERE kind = 'resources/subscribe' "
+                            "ORDER BY seq").fetchall()
+    db.close()
+    assert subscribes == [("watch://counter", "allow"), ("watch://secret", "deny")]
+
+
+async def test_a_2026_07_28_agents_stream_carries_nothing_of_another_agents(tmp_path: Path) -> None:
+    """Two 2026-07-28 agents listen on one `intentgate serve` over Streamable HTTP: the one that
+    asked for the resource gets its update; the other, listening for tool list changes only,
+    does not, though both streams are open on the same gateway."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    from intentgate.identity import DevIssuer
+    from intentgate.keys import KeySet
+    from tests.processes import serve, stop
+
+    async with server([str(WATCHING), "--http", "{port}"]) as url:
+        gateway(tmp_path, {"url": url})
+        issuer = DevIssuer(KeySet.open_or_create(tmp_path / "keys" / "agent-issuer"))
+        proc = serve(tmp_path / "intentgate.yaml", port := free_port(), tmp_path / "gateway.log")
+        mcp_url = f"http://127.0.0.1:{port}/mcp"
+        try:
+            def bearer(agent: str) -> httpx2.AsyncClient:
+                return httpx2.AsyncClient(headers={"Authorization": f"Bearer {issuer.mint(agent)}"}, timeout=30)
+
+            got: dict[str, list[Any]] = {"a": [], "b": []}
+
+            async def drain(stream: Any, into: list[Any]) -> None:
+                async for event in stream:
+                    into.append(event)
+
+            async with bearer("spiffe://example.org/agent/support-1") as http_a, \
+                    bearer("spiffe://example.org/agent/support-2") as http_b, \
+                    Client(streamable_http_client(mcp_url, http_client=http_a)) as first, \
+                    Client(streamable_http_client(mcp_url, http_client=http_b)) as second, \
+                    first.listen(resource_subscriptions=["w+watch://counter"]) as stream_a, \
+                    second.listen(tools_list_changed=True) as stream_b:
+                assert stream_a.honored.resource_subscriptions == ["w+watch://counter"]
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(drain, stream_a, got["a"])
+                    tg.start_soon(drain, stream_b, got["b"])
+                    task = (await second.call_tool("intentgate__begin_task", {
+                        "intent": "watch", "params": {}, "reason": "t"})).structured_content["task"]
+                    await call(second, task, "touch", {"uri": "watch://counter"})
+                    with anyio.fail_after(10):
+                        while not got["a"]:
+                            await anyio.sleep(0.05)
+                    await anyio.sleep(0.3)
+                    tg.cancel_scope.cancel()
+            assert got == {"a": [ResourceUpdated(uri="w+watch://counter")], "b": []}
+        finally:
+            stop(proc)
