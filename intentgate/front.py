@@ -11,11 +11,8 @@ the agent that made it, and so do its log messages (see ``upstreams``).  What it
 the client goes to that agent too (``asks``); an agent on 2026-07-28 gets it as the gateway's
 own ``input_required`` and continues the call with its answers (``roundtrips``).
 
-Resources and prompts of the upstreams the agent's intents use are passed through too,
-namespaced like tools: a resource URI ``u`` of upstream ``x`` is ``x+u`` (upstream names are
-valid URI-scheme characters), a prompt ``p`` is ``x__p``.  Every ``resources/read`` and
-``prompts/get`` is decided by the Rego policy (``reads.rego``) and recorded; a refused read
-is a JSON-RPC error whose ``data`` names the decision and its reasons.
+Resources, prompts, completion, the log level, subscriptions and what upstreams notify are
+served by ``passthrough`` (namespaced like tools, every read decided by the Rego policy).
 
 Every request is handled in its own span when tracing is on (``tracing``), a child of the
 agent's span if it sent a W3C trace context; off, it is handled with no trace context at all.
@@ -29,13 +26,12 @@ import logging
 import time
 import warnings
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -49,9 +45,7 @@ from .decide import CallRequest, TaskStarted, Verdict
 from .errors import GatewayError, ReasonCode, TaskError, TokenError, reason
 from .identity import AgentIdentity
 from .listens import Listens
-from .names import RefusedName, normalise_prompt_name, normalise_uri
-from .pages import page
-from .reads import ReadRequest, decide_read, refuse_read
+from .passthrough import SEP, Passthrough, clean_result, verdict_payload
 from .roundtrips import CallState, RequestStates, ask_input_requests, continue_call, issue_state, new_state
 from .runtime import Runtime
 from .store import KeptValues
@@ -66,17 +60,9 @@ META_TASK = "intentgate/task"
 META_STEP = "intentgate/step"
 META_TOKEN = "intentgate/token"
 META_DECISION = "intentgate/decision"  # on a refusal: the decision, where no upstream can put one
-META_PREFIX = "intentgate/"
-SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 ARG_TASK = "intent_task"
 ARG_STEP = "intent_step"
-SEP = "__"
-URI_SEP = "+"
-MAX_LISTEN_URIS = 256  # resource URIs one subscriptions/listen stream may ask for
 GATEWAY = "intentgate"
-# JSON-RPC error codes for refused reads (implementation-defined band -32000..-32019)
-READ_DENIED = -32010
-READ_FAILED = -32011
 
 _CONTEXT_PROPERTIES = {
     ARG_TASK: {"type": "string", "description": "IntentGate task id (from intentgate__begin_task)"},
@@ -119,13 +105,7 @@ _GATEWAY_TOOLS = [
     ),
 ]
 
-_LIST_CHANGED: dict[type[Any], Any] = {types.ToolListChangedNotification: ToolsListChanged(),
-                                       types.ResourceListChangedNotification: ResourcesListChanged(),
-                                       types.PromptListChangedNotification: PromptsListChanged()}
-
 Identify = Callable[[Any], Awaitable[AgentIdentity]]
-R = TypeVar("R", types.CallToolResult, types.GetPromptResult)
-L = TypeVar("L", types.Tool, types.Resource, types.ResourceTemplate, types.Prompt)
 
 
 def _holds_asks(ctx: Any) -> bool:
@@ -137,7 +117,7 @@ def _holds_asks(ctx: Any) -> bool:
 
 def _ask_refused(verdict: Verdict, ask: Verdict, structured: bool) -> types.CallToolResult:
     """A refused ask ended the call (2026-07-28): the agent is told which ask and why."""
-    return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": ask.reasons,
+    return _error_result({**verdict_payload(verdict), "outcome": "allow", "reasons": ask.reasons,
                           "ask_decision_id": ask.decision_id,
                           "explanation": f"the tool asked the client for something the gateway refused "
                                          f"({ask.explanation}); the tool could not go on"},
@@ -159,16 +139,6 @@ def _error_result(payload: dict[str, Any], *, structured: bool = True) -> types.
     )
 
 
-def _clean_result(result: R) -> R:
-    """An upstream's result (a tool's, a prompt's) as the agent gets it: without ``_meta`` keys of the gateway's own
-    namespace (an upstream cannot forge a decision) or the upstream's ``serverInfo`` stamp."""
-    meta = result.meta
-    if not meta:
-        return result
-    kept = {k: v for k, v in meta.items() if not k.startswith(META_PREFIX) and k != SERVER_INFO_META}
-    return result if len(kept) == len(meta) else result.model_copy(update={"meta": kept or None})
-
-
 def _listed_schema(tool: types.Tool) -> dict[str, Any]:
     """An upstream tool's input schema as agents see it: with the task and step arguments."""
     schema = dict(tool.input_schema or {"type": "object"})
@@ -180,17 +150,6 @@ def _ok_result(payload: dict[str, Any]) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=json.dumps(payload))], structured_content=payload
     )
-
-
-def _verdict_payload(v: Verdict) -> dict[str, Any]:
-    return {
-        "decision_id": v.decision_id,
-        "outcome": v.outcome,
-        "reasons": v.reasons,
-        "explanation": v.explanation,
-        "allowed_next": v.allowed_next,
-        "approval_id": v.approval_id,
-    }
 
 
 def _kept_values(task_id: str, step: str, result: types.CallToolResult,
@@ -279,6 +238,9 @@ class Front:
         self.rt = runtime
         self.pool = pool
         self.identify = identify
+        self.connections = Connections()
+        self.listens = Listens(runtime.config.front.max_sessions_per_agent)
+        self.passthrough = Passthrough(runtime, pool, self.connections, self.listens, self._agent)
         with warnings.catch_warnings():  # logging/setLevel is deprecated in 2026-07-28, still served
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             self.server: Server[Any] = Server(
@@ -291,28 +253,26 @@ class Front:
                 ),
                 on_list_tools=self._serving("tools/list", self._list_tools),
                 on_call_tool=self._serving("tools/call", self._call_tool),
-                on_list_resources=self._serving("resources/list", self._list_resources),
-                on_list_resource_templates=self._serving("resources/templates/list", self._list_resource_templates),
-                on_read_resource=self._serving("resources/read", self._read_resource),
-                on_subscribe_resource=self._serving("resources/subscribe", self._subscribe),
-                on_unsubscribe_resource=self._serving("resources/unsubscribe", self._unsubscribe),
-                on_list_prompts=self._serving("prompts/list", self._list_prompts),
-                on_get_prompt=self._serving("prompts/get", self._get_prompt),
-                on_completion=self._serving("completion/complete", self._complete),
-                on_set_logging_level=self._serving("logging/setLevel", self._set_level),
-                on_subscriptions_listen=self._serving("subscriptions/listen", self._listen),
+                on_list_resources=self._serving("resources/list", self.passthrough.list_resources),
+                on_list_resource_templates=self._serving("resources/templates/list", self.passthrough.list_resource_templates),
+                on_read_resource=self._serving("resources/read", self.passthrough.read_resource),
+                on_subscribe_resource=self._serving("resources/subscribe", self.passthrough.subscribe),
+                on_unsubscribe_resource=self._serving("resources/unsubscribe", self.passthrough.unsubscribe),
+                on_list_prompts=self._serving("prompts/list", self.passthrough.list_prompts),
+                on_get_prompt=self._serving("prompts/get", self.passthrough.get_prompt),
+                on_completion=self._serving("completion/complete", self.passthrough.complete),
+                on_set_logging_level=self._serving("logging/setLevel", self.passthrough.set_level),
+                on_subscriptions_listen=self._serving("subscriptions/listen", self.passthrough.listen),
                 get_tool_input_schema=self._input_schema,
             )
         # agents are told when an upstream's tools, resources or prompts change (followed in upstreams)
         self.server.create_initialization_options = functools.partial(  # type: ignore[method-assign]
             self.server.create_initialization_options,
             notification_options=NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True))
-        self.connections = Connections()
-        self.listens = Listens(runtime.config.front.max_sessions_per_agent)
         self.states = RequestStates(runtime.keys, runtime.clock, runtime.config.front.request_state_ttl_seconds)
         for up in pool.upstreams.values():
             up.unattributed = self._refuse_unattributed
-            up.notified = self._upstream_notified
+            up.notified = self.passthrough.upstream_notified
             up.tracing = runtime.tracing
 
     def _serving(self, method: str, handler: Callable[[Any, Any], Awaitable[H]]) -> Callable[[Any, Any], Awaitable[H]]:
@@ -347,7 +307,6 @@ class Front:
     async def _refuse_unattributed(self, upstream: str, action: Any, kind: Any, in_flight: int) -> types.ErrorData:
         return await refuse_unattributed(self.rt.decider, upstream, action, kind, in_flight)
 
-    # ----- resources and prompts ------------------------------------------------------
     async def _agent(self, ctx: Any) -> AgentIdentity:
         try:
             return await self.identify(ctx)
@@ -355,275 +314,12 @@ class Front:
             raise MCPError(types.INVALID_REQUEST, "no valid workload identity",
                            {"reasons": [ReasonCode.UNAUTHENTICATED.value]}) from exc
 
-    async def _visible(self, agent: AgentIdentity) -> list[Upstream]:
-        """The live upstreams the agent's intents use (those that cannot start are skipped)."""
-        used = {t.partition(".")[0] for intent in self.rt.intents.for_agent(agent.id) for t in intent.tools()}
-        live = []
-        for name in sorted(used):
-            up = self.pool.get(name)
-            if up is None:
-                continue
-            try:
-                await up.ensure()
-            except UpstreamError as exc:
-                log.warning("listing: %s", exc.message)
-                continue
-            live.append(up)
-        return live
-
-    async def _each(self, agent: AgentIdentity, what: str, fetch: Callable[[Upstream], Awaitable[list[Any]]]
-                    ) -> list[tuple[Upstream, Any]]:
-        found = []
-        for up in await self._visible(agent):
-            try:
-                found.extend((up, item) for item in await fetch(up))
-            except UpstreamError as exc:
-                log.warning("listing %s: %s", what, exc.message)
-        return found
-
-    def _page(self, items: list[L], params: Any, key: Callable[[L], str], what: str) -> tuple[list[L], str | None]:
-        """One page of a merged listing, ``front.page_size`` long (see ``pages``)."""
-        return page(items, getattr(params, "cursor", None), self.rt.config.front.page_size, key, what)
-
-    async def _list_resources(self, ctx: Any, params: Any) -> types.ListResourcesResult:
-        agent = await self._agent(ctx)
-        found = await self._each(agent, "resources", lambda up: up.list_resources())
-        resources, cursor = self._page([
-            r.model_copy(update={"uri": f"{up.name}{URI_SEP}{r.uri}", "name": f"{up.name}{SEP}{r.name}"})
-            for up, r in found
-        ], params, lambda r: r.uri, "resources/list")
-        return types.ListResourcesResult(resources=resources, next_cursor=cursor)
-
-    async def _list_resource_templates(self, ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
-        agent = await self._agent(ctx)
-        found = await self._each(agent, "resource templates", lambda up: up.list_resource_templates())
-        templates, cursor = self._page([
-            t.model_copy(update={"uri_template": f"{up.name}{URI_SEP}{t.uri_template}",
-                                 "name": f"{up.name}{SEP}{t.name}"})
-            for up, t in found
-        ], params, lambda t: t.uri_template, "resources/templates/list")
-        return types.ListResourceTemplatesResult(resource_templates=templates, next_cursor=cursor)
-
-    async def _list_prompts(self, ctx: Any, params: Any) -> types.ListPromptsResult:
-        agent = await self._agent(ctx)
-        found = await self._each(agent, "prompts", lambda up: up.list_prompts())
-        prompts, cursor = self._page([p.model_copy(update={"name": f"{up.name}{SEP}{p.name}"}) for up, p in found],
-                                     params, lambda p: p.name, "prompts/list")
-        return types.ListPromptsResult(prompts=prompts, next_cursor=cursor)
-
-    async def _read_resource(self, ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
-        agent = await self._agent(ctx)
-        upstream_name, sep, uri = params.uri.partition(URI_SEP)
-        read = await self._normalised(ReadRequest(agent=agent, action="resources/read",
-                                                  upstream=upstream_name[:64] or "-", name=uri if sep else params.uri),
-                                      normalise_uri)
-        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
-        result = await self._forward_read(read, upstream.read_resource(read.name))
-        contents = [c.model_copy(update={"uri": f"{upstream.name}{URI_SEP}{c.uri}"}) for c in result.contents]
-        # every read is decided anew: the upstream's cache hints are not passed on (ttl 0, private)
-        return types.ReadResourceResult(contents=contents)
-
-    async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
-        agent = await self._agent(ctx)
-        upstream_name, sep, name = params.name.partition(SEP)
-        read = await self._normalised(ReadRequest(
-            agent=agent, action="prompts/get", upstream=upstream_name[:64] or "-", name=name if sep else params.name,
-            untrusted_arguments=dict(params.arguments or {})), normalise_prompt_name)
-        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT)
-        return _clean_result(await self._forward_read(read, upstream.get_prompt(read.name, params.arguments)))
-
-    async def _normalised(self, read: ReadRequest, normalise: Callable[[str], str]) -> ReadRequest:
-        """The read with its URI or prompt name in normal form; a name refused is a recorded
-        ``malformed_request`` (``:uri`` or ``:prompt``)."""
-        try:
-            return read.model_copy(update={"name": normalise(read.name)})
-        except RefusedName as exc:
-            log.info("%s refused: %s", read.action, exc)
-            what = "prompt" if normalise is normalise_prompt_name else "uri"
-            verdict = await refuse_read(self.rt.decider, read.model_copy(update={"name": read.name[:256]}),
-                                        ReasonCode.MALFORMED_REQUEST, what)
-            raise MCPError(READ_DENIED, verdict.explanation, _verdict_payload(verdict)) from None
-
-    async def _set_level(self, ctx: Any, params: types.SetLevelRequestParams) -> types.EmptyResult:
-        """``logging/setLevel``: this connection's threshold for the upstream log lines it gets."""
-        agent = await self._agent(ctx)
-        self.connections.of(ctx, agent.id).log_level = params.level
-        return types.EmptyResult()
-
-    async def _complete(self, ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
-        """``completion/complete`` of a prompt's or resource template's argument: decided like a read of it."""
-        agent = await self._agent(ctx)
-        ref = params.ref
-        if isinstance(ref, types.PromptReference):
-            upstream_name, sep, name = ref.name.partition(SEP)
-            kind: Literal["prompt", "resource"] = "prompt"
-        else:
-            upstream_name, sep, name = ref.uri.partition(URI_SEP)
-            kind = "resource"
-        read = await self._normalised(ReadRequest(
-            agent=agent, action="completion/complete", upstream=upstream_name[:64] or "-",
-            name=name if sep else (ref.name if kind == "prompt" else ref.uri), ref=kind,
-            untrusted_arguments={params.argument.name: params.argument.value}),
-            normalise_prompt_name if kind == "prompt" else normalise_uri)
-        name = read.name
-        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_PROMPT if kind == "prompt"
-                                           else ReasonCode.UNKNOWN_RESOURCE)
-        upstream_ref = (types.PromptReference(type="ref/prompt", name=name) if kind == "prompt"
-                        else types.ResourceTemplateReference(type="ref/resource", uri=name))
-        context = params.context.arguments if params.context else None
-        result = await self._forward_read(read, upstream.complete(
-            upstream_ref, {"name": params.argument.name, "value": params.argument.value}, context))
-        return types.CompleteResult(completion=result.completion)
-
-    def _subscribed(self, upstream: str, uri: str) -> bool:
-        """Some connection (2025-era) or listen stream (2026-07-28) holds ``uri`` of ``upstream``."""
-        return self.connections.subscribed(upstream, uri) or self.listens.holds(upstream, uri)
-
-    async def _hold(self, agent: AgentIdentity, exposed_uri: str) -> tuple[Upstream, str]:
-        """A subscription to ``exposed_uri``, decided like a read (and recorded); the upstream is
-        subscribed to it unless someone already is.  The upstream and its own (normal) URI."""
-        upstream_name, sep, uri = exposed_uri.partition(URI_SEP)
-        read = await self._normalised(ReadRequest(agent=agent, action="resources/subscribe",
-                                                  upstream=upstream_name[:64] or "-", name=uri if sep else exposed_uri),
-                                      normalise_uri)
-        upstream = await self._decide_read(read, bool(sep), ReasonCode.UNKNOWN_RESOURCE)
-        await upstream.ensure()
-        if not upstream.can_subscribe():
-            raise MCPError(types.METHOD_NOT_FOUND, f"upstream {upstream.name!r} does not offer resource subscriptions")
-        if not self._subscribed(upstream.name, read.name):
-            await self._forward_read(read, upstream.subscribe(read.name))
-        return upstream, read.name
-
-    async def _let_go(self, upstream_name: str, uri: str, what: str) -> None:
-        """The upstream is unsubscribed from ``uri`` once no one holds it."""
-        upstream = self.pool.get(upstream_name)
-        if upstream is not None and upstream.alive() and not self._subscribed(upstream_name, uri):
-            try:
-                await upstream.subscribe(uri, on=False)
-            except UpstreamError as exc:
-                log.info("unsubscribe %s: %s", what[:200], exc.message)
-
-    async def _subscribe(self, ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        """``resources/subscribe``: decided like a read; the gateway subscribes once per upstream URI and
-        passes ``notifications/resources/updated`` on to the connections that subscribed."""
-        agent = await self._agent(ctx)
-        upstream, uri = await self._hold(agent, params.uri)
-        self.connections.of(ctx, agent.id).subscriptions.add((upstream.name, uri))
-        return types.EmptyResult()
-
-    async def _listen(self, ctx: Any, params: types.SubscriptionsListenRequestParams
-                      ) -> types.SubscriptionsListenResult:
-        """``subscriptions/listen`` (2026-07-28): each resource URI asked for is decided like a
-        ``resources/subscribe`` and only those allowed are acknowledged; the stream is the SDK's
-        own, on this agent's bus (see ``listens``)."""
-        agent = await self._agent(ctx)
-        held: list[tuple[str, str]] = []
-        wanted = params.notifications.resource_subscriptions or []
-        try:
-            for exposed in wanted[:MAX_LISTEN_URIS]:
-                try:
-                    upstream, uri = await self._hold(agent, exposed)
-                except MCPError as exc:  # refused (recorded), unknown, or the upstream failed: not honoured
-                    log.info("listen: %s not honoured: %s", exposed[:200], exc.error.message)
-                    continue
-                self.listens.holding[(upstream.name, uri)] += 1
-                held.append((upstream.name, uri))
-            notifications = params.notifications.model_copy(update={
-                "resource_subscriptions": [f"{u}{URI_SEP}{uri}" for u, uri in held] or None})
-            return await self.listens.handler(agent.id)(ctx, params.model_copy(update={"notifications": notifications}))
-        finally:
-            with anyio.CancelScope(shield=True):  # the stream ends when the agent goes: still let go upstream
-                for upstream_name, uri in held:
-                    self.listens.holding[(upstream_name, uri)] -= 1
-                    await self._let_go(upstream_name, uri, f"{upstream_name}{URI_SEP}{uri}")
-
-    async def _unsubscribe(self, ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        agent = await self._agent(ctx)
-        upstream_name, _, uri = params.uri.partition(URI_SEP)
-        try:
-            uri = normalise_uri(uri)
-        except RefusedName:
-            return types.EmptyResult()  # never subscribed: nothing to undo
-        self.connections.of(ctx, agent.id).subscriptions.discard((upstream_name, uri))
-        await self._let_go(upstream_name, uri, params.uri)
-        return types.EmptyResult()
-
-    async def _upstream_notified(self, upstream: Upstream, message: Any) -> None:
-        """An upstream's notification: a resource update goes to its subscribers (each still an agent
-        that may read it: checked when it subscribed), a list change to every agent that uses it, an
-        elicitation's completion to the connection that elicitation was put to (none if it is unknown)."""
-        if isinstance(message, types.ResourceUpdatedNotification):
-            uri = message.params.uri
-            targets = self.connections.subscribers(upstream.name, uri)
-            note: types.ServerNotification = types.ResourceUpdatedNotification(
-                params=types.ResourceUpdatedNotificationParams(uri=f"{upstream.name}{URI_SEP}{uri}"))
-            if self.listens.holds(upstream.name, uri):  # streams get it only if they were allowed it
-                await self.listens.publish(ResourceUpdated(uri=f"{upstream.name}{URI_SEP}{uri}"))
-        elif isinstance(message, (types.ToolListChangedNotification, types.ResourceListChangedNotification,
-                                  types.PromptListChangedNotification)):
-            using = [i for i in self.rt.intents if upstream.name in {t.partition(".")[0] for t in i.tools()}]
-            if isinstance(message, types.ToolListChangedNotification):
-                self._recheck_intents(upstream, using)
-            users = {i.name for i in using}
-
-            def uses(agent: str) -> bool:
-                return any(i.name in users for i in self.rt.intents.for_agent(agent))
-
-            targets = [c for c in self.connections.all() if uses(c.agent)]
-            note = type(message)()
-            await self.listens.publish(_LIST_CHANGED[type(message)], [a for a in self.listens.agents() if uses(a)])
-        elif isinstance(message, types.ElicitCompleteNotification):  # only to whom that elicitation was put
-            key = (upstream.name, message.params.elicitation_id)
-            targets = [c for c in self.connections.all() if key in c.elicitations]
-            for conn in targets:
-                del conn.elicitations[key]
-            note = types.ElicitCompleteNotification(
-                params=types.ElicitCompleteNotificationParams(elicitation_id=message.params.elicitation_id))
-        else:
-            return
-        for conn in targets:
-            if not await conn.notify(note) and isinstance(message, types.ResourceUpdatedNotification):
-                conn.subscriptions.discard((upstream.name, message.params.uri))
-
-    def _recheck_intents(self, upstream: Upstream, using: list[Any]) -> None:
-        """The steps on ``upstream`` of the intents that use it, held against the tools it lists
-        now (as ``check_upstreams`` does at start): each mismatch an error in the log.  Calls to a
-        tool it no longer has fail upstream; the log says which intent steps will."""
-        from .catalogue import Catalogue, check_against
-
-        catalogue = Catalogue({upstream.name: list(upstream.tools)}, {}, set(self.pool.upstreams))
-        for problem in check_against(using, catalogue):
-            intent = self.rt.intents.get(problem.intent or "")
-            step = intent.steps.get(problem.step or "") if intent is not None else None
-            if step is not None and step.upstream == upstream.name:  # the other upstreams did not change
-                log.error("intent does not match its upstream after its tools changed: %s", problem,
-                          extra={"upstream": upstream.name, "intent": problem.intent, "step": problem.step})
-
-    async def _decide_read(self, read: ReadRequest, namespaced: bool, unknown: ReasonCode) -> Upstream:
-        """Decide and record one read; the upstream to ask, or the JSON-RPC error for the agent."""
-        upstream = self.pool.get(read.upstream) if namespaced else None
-        if upstream is None:
-            verdict = await refuse_read(self.rt.decider, read, unknown, read.name[:128])
-        else:
-            verdict = await decide_read(self.rt.decider, read)
-        if verdict.outcome != "allow":
-            raise MCPError(READ_DENIED, verdict.explanation, _verdict_payload(verdict))
-        assert upstream is not None
-        return upstream
-
-    async def _forward_read(self, read: ReadRequest, request: Awaitable[Any]) -> Any:
-        try:
-            return await request
-        except UpstreamError as exc:
-            self.rt.metrics.upstream_error(read.upstream, exc.code)
-            raise MCPError(READ_FAILED, exc.message, {"reasons": [exc.code.value]}) from exc
-
     # ----- tools/list ----------------------------------------------------------------
     async def _list_tools(self, ctx: Any, params: Any) -> types.ListToolsResult:
         agent = await self._agent(ctx)
         allowed = {tool for intent in self.rt.intents.for_agent(agent.id) for tool in intent.tools()}
         tools = list(_GATEWAY_TOOLS)
-        for up in await self._visible(agent):
+        for up in await self.passthrough.visible(agent):
             for tool in up.tools:
                 if f"{up.name}.{tool.name}" not in allowed:
                     continue
@@ -632,7 +328,7 @@ class Front:
                     log.warning("tool %s skipped: exposed name longer than 64 characters", name)
                     continue
                 tools.append(tool.model_copy(update={"name": name, "input_schema": _listed_schema(tool)}))
-        listed, cursor = self._page(tools, params, lambda t: t.name, "tools/list")
+        listed, cursor = self.passthrough.page(tools, params, lambda t: t.name, "tools/list")
         return types.ListToolsResult(tools=listed, next_cursor=cursor)
 
     def _input_schema(self, name: str) -> dict[str, Any] | None:
@@ -670,7 +366,7 @@ class Front:
         if size <= self.rt.config.front.max_argument_bytes:
             return None
         verdict = await self.rt.decider.refuse(request, ReasonCode.PAYLOAD_TOO_LARGE, str(size), keep_arguments=False)
-        return _error_result(_verdict_payload(verdict), structured=structured)
+        return _error_result(verdict_payload(verdict), structured=structured)
 
     async def _gateway_tool(self, agent: AgentIdentity, name: str, args: dict[str, Any]) -> types.CallToolResult:
         decider = self.rt.decider
@@ -681,7 +377,7 @@ class Front:
             canonical_json(args)
         except Exception:  # noqa: BLE001 - whatever rfc8785 refuses
             verdict = await decider.refuse(request, ReasonCode.MALFORMED_REQUEST, "arguments", keep_arguments=False)
-            return _error_result(_verdict_payload(verdict))
+            return _error_result(verdict_payload(verdict))
         try:
             if name == "list_intents":
                 intents = [
@@ -704,7 +400,7 @@ class Front:
             if name == "end_task":
                 if not isinstance(args.get("task"), str):  # recorded like any refused call
                     verdict = await decider.refuse(request, ReasonCode.INVALID_PARAMS, "task")
-                    return _error_result(_verdict_payload(verdict))
+                    return _error_result(verdict_payload(verdict))
                 ended = await decider.end_task(agent, args["task"])
                 return _ok_result({"task": ended.task_id, "status": ended.status,
                                    "revoked_tokens": ended.revoked_tokens, "decision_id": ended.decision_id})
@@ -712,7 +408,7 @@ class Front:
             return _error_result({"outcome": "deny", "reasons": [exc.code.value], "explanation": exc.message,
                                   "decision_id": exc.decision_id})
         verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, f"{GATEWAY}{SEP}{name}"[:128])
-        return _error_result(_verdict_payload(verdict))
+        return _error_result(verdict_payload(verdict))
 
     async def _begin_task(self, agent: AgentIdentity, args: dict[str, Any]) -> TaskStarted:
         """``intentgate__begin_task``: from a task grant, or (where the intent allows it) by the agent."""
@@ -756,7 +452,7 @@ class Front:
         upstream = self.pool.get(upstream_name) if tool else None
         if upstream is None:
             verdict = await decider.refuse(request, ReasonCode.UNKNOWN_TOOL, params.name[:128])
-            return _error_result(_verdict_payload(verdict))
+            return _error_result(verdict_payload(verdict))
         structured = not any(t.name == tool and t.output_schema for t in upstream.tools)
         if (refused := await self._refuse_if_too_large(request, structured=structured)) is not None:
             return refused
@@ -765,7 +461,7 @@ class Front:
 
         verdict = await decider.decide(request)
         if not verdict.forward:
-            return _error_result(_verdict_payload(verdict), structured=structured)
+            return _error_result(verdict_payload(verdict), structured=structured)
         return await self._forward(ctx, agent, upstream, request, verdict, meta, structured)
 
     async def _continue(self, ctx: Any, agent: AgentIdentity, upstream: Upstream, request: CallRequest,
@@ -782,7 +478,7 @@ class Front:
             arguments_sha256=digest, arguments=request.untrusted_arguments, wire_state=params.request_state or "",
             responses=params.input_responses)
         if not verdict.forward or state is None:
-            return _error_result(_verdict_payload(verdict), structured=structured)
+            return _error_result(verdict_payload(verdict), structured=structured)
         request = request.model_copy(update={"task_id": state.task_id, "step": state.step})
         return await self._forward(ctx, agent, upstream, request, verdict, meta, structured, state=state,
                                    responses=params.input_responses)
@@ -804,7 +500,7 @@ class Front:
         except TokenError as exc:
             log.error("minted token failed verification", extra={"decision_id": verdict.decision_id,
                                                                  "code": exc.code.value})
-            return _error_result({**_verdict_payload(verdict), "outcome": "deny",
+            return _error_result({**verdict_payload(verdict), "outcome": "deny",
                                   "reasons": [reason(exc.code)], "explanation": "token could not be used"},
                                  structured=structured)
         started = time.perf_counter()
@@ -822,7 +518,7 @@ class Front:
             if size > self.rt.config.front.max_result_bytes:  # the call ran; its result does not go on
                 status, detail = "result_too_large", f"{size} bytes"
                 log.warning("upstream result too large: %d bytes", size, extra={"decision_id": verdict.decision_id})
-                return _error_result({**_verdict_payload(verdict), "outcome": "allow",
+                return _error_result({**verdict_payload(verdict), "outcome": "allow",
                                       "reasons": [reason(ReasonCode.UPSTREAM_RESULT_TOO_LARGE, str(size))],
                                       "explanation": f"the tool ran, but its result ({size} bytes) is over the "
                                                      f"gateway's limit ({self.rt.config.front.max_result_bytes})"},
@@ -838,21 +534,21 @@ class Front:
                 except Exception:  # noqa: BLE001 - no state issued: the agent cannot go on, and is told so
                     log.exception("request state not issued", extra={"decision_id": verdict.decision_id})
                     status, detail = "internal_error", "the request state could not be issued"
-                    return _error_result({**_verdict_payload(verdict), "outcome": "allow",
+                    return _error_result({**verdict_payload(verdict), "outcome": "allow",
                                           "reasons": [ReasonCode.INTERNAL_ERROR.value],
                                           "explanation": "internal error"}, structured=structured)
             if result.is_error:
                 status = "tool_error"
             elif verdict.keep and request.task_id and request.step:
                 kept = _kept_values(request.task_id, request.step, result, verdict.keep)
-            return _clean_result(result)
+            return clean_result(result)
         except UpstreamError as exc:
             if relay.refused is not None and exc.code is ReasonCode.UPSTREAM_ERROR:  # 2026-07-28: a refused ask ends the call
                 status, detail = "ask_refused", relay.refused.decision_id
                 return _ask_refused(verdict, relay.refused, structured)
             status, detail = ("timeout" if exc.code is ReasonCode.UPSTREAM_TIMEOUT else "upstream_error"), exc.message
             self.rt.metrics.upstream_error(upstream_name, exc.code)
-            return _error_result({**_verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
+            return _error_result({**verdict_payload(verdict), "outcome": "allow", "reasons": [exc.code.value],
                                   "explanation": exc.message}, structured=structured)
         except anyio.get_cancelled_exc_class():  # the agent cancelled (notifications/cancelled), or went away
             status, detail = "cancelled", "the call was cancelled before the upstream answered"

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from mcp import Client, MCPError, StdioServerParameters
 
-from intentgate.front import READ_DENIED
+from intentgate.passthrough import READ_DENIED
 from intentgate.identity import DevIssuer
 from intentgate.keys import KeySet
 from tests.conftest import INTENTS_DIR, POLICY_DIR, ROOT
