@@ -164,15 +164,31 @@ class AskRelay:
         """The agent's client declared what an ask of ``kind`` needs."""
         return bool(self.ctx.session.check_client_capability(_capability(kind)))
 
-    async def _ask(self, ask: AskRequest, send: types.ServerRequest, result_type: type[Any],
-                   allowed: Callable[[], None] | None = None) -> Any:
-        session = self.ctx.session
-        if not session.can_send_request or not self.can_take(ask.kind):
+    def ask_for(self, send: types.ServerRequest) -> AskRequest:
+        """What ``send`` (sampling, elicitation in form or URL mode, roots) asks, to be decided."""
+        if isinstance(send, types.CreateMessageRequest):
+            return self.request("sampling/createMessage", "sampling", _dump(send.params))
+        if isinstance(send, types.ElicitRequest):
+            url = isinstance(send.params, types.ElicitRequestURLParams)
+            return self.request("elicitation/create", "elicitation_url" if url else "elicitation", _dump(send.params))
+        return self.request("roots/list", "roots", {})
+
+    async def decide(self, ask: AskRequest, *, reachable: bool = True) -> Verdict:
+        """``ask`` decided and recorded: ``ask_unsupported`` when the agent cannot take it (or cannot
+        be reached at all), else the Rego policy's; a refusal is kept as ``refused``."""
+        if not reachable or not self.can_take(ask.kind):
             verdict = await refuse_ask(self.decider, ask, ReasonCode.ASK_UNSUPPORTED, ask.kind)
         else:
             verdict = await decide_ask(self.decider, ask)
         if verdict.outcome != "allow":
             self.refused = verdict
+        return verdict
+
+    async def _ask(self, send: types.ServerRequest, result_type: type[Any],
+                   allowed: Callable[[], None] | None = None) -> Any:
+        session = self.ctx.session
+        verdict = await self.decide(self.ask_for(send), reachable=session.can_send_request)
+        if verdict.outcome != "allow":
             return _refusal(verdict)
         if allowed is not None:
             allowed()
@@ -187,21 +203,18 @@ class AskRelay:
             return types.ErrorData(code=types.INTERNAL_ERROR, message="the agent's client did not answer")
 
     async def sampling(self, params: types.CreateMessageRequestParams) -> Any:
-        ask = self.request("sampling/createMessage", "sampling", _dump(params))
         result_type = types.CreateMessageResultWithTools if params.tools else types.CreateMessageResult
-        return await self._ask(ask, types.CreateMessageRequest(params=params), result_type)
+        return await self._ask(types.CreateMessageRequest(params=params), result_type)
 
     async def elicitation(self, params: types.ElicitRequestParams) -> Any:
-        url = isinstance(params, types.ElicitRequestURLParams)
-        ask = self.request("elicitation/create", "elicitation_url" if url else "elicitation", _dump(params))
         allowed = None
-        if url and self.elicited is not None and params.elicitation_id:
+        if isinstance(params, types.ElicitRequestURLParams) and self.elicited is not None and params.elicitation_id:
             # remembered once allowed, before the agent sees it (its completion may come before the answer)
             allowed = functools.partial(self.elicited, self.upstream, params.elicitation_id)
-        return await self._ask(ask, types.ElicitRequest(params=params), types.ElicitResult, allowed)
+        return await self._ask(types.ElicitRequest(params=params), types.ElicitResult, allowed)
 
     async def roots(self) -> Any:
-        return await self._ask(self.request("roots/list", "roots", {}), types.ListRootsRequest(), types.ListRootsResult)
+        return await self._ask(types.ListRootsRequest(), types.ListRootsResult)
 
 
 def _dump(params: Any) -> dict[str, Any]:

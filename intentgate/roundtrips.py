@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mcp.server.request_state import AESGCMRequestStateCodec, InvalidRequestState
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .asks import AskKind, AskRelay, AskRequest, decide_ask, refuse_ask
+from .asks import AskKind, AskRelay
 from .clock import Clock
 from .decide import Decider, Verdict, explain, new_id
 from .errors import ReasonCode, reason
@@ -113,34 +113,15 @@ class RequestStates:
         return state
 
 
-def _ask(relay: AskRelay, request: types.InputRequest) -> AskRequest:
-    if isinstance(request, types.CreateMessageRequest):
-        return relay.request("sampling/createMessage", "sampling", _dump(request.params))
-    if isinstance(request, types.ElicitRequest):
-        url = isinstance(request.params, types.ElicitRequestURLParams)
-        return relay.request("elicitation/create", "elicitation_url" if url else "elicitation", _dump(request.params))
-    return relay.request("roots/list", "roots", {})
-
-
-def _dump(params: Any) -> dict[str, Any]:
-    doc = params.model_dump(mode="json", by_alias=True, exclude_none=True)
-    doc.pop("_meta", None)
-    return doc
-
-
 async def ask_input_requests(relay: AskRelay, result: types.InputRequiredResult
                              ) -> tuple[dict[str, tuple[str, AskKind]], Verdict | None]:
     """Decide each of the upstream's input requests in turn (each recorded); the first refusal
     ends it (the rest are not decided).  Returns the allowed asks by key and the refusal."""
     allowed: dict[str, tuple[str, AskKind]] = {}
     for key, request in (result.input_requests or {}).items():
-        ask = _ask(relay, request)
-        if not relay.can_take(ask.kind):
-            verdict = await refuse_ask(relay.decider, ask, ReasonCode.ASK_UNSUPPORTED, ask.kind)
-        else:
-            verdict = await decide_ask(relay.decider, ask)
+        ask = relay.ask_for(request)
+        verdict = await relay.decide(ask)
         if verdict.outcome != "allow":
-            relay.refused = verdict
             return allowed, verdict
         allowed[key] = (verdict.decision_id, ask.kind)
     return allowed, None

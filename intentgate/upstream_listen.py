@@ -47,7 +47,6 @@ class Listener:
         self.upstream = upstream
         self.wanted: set[str] = set()  # upstream resource URIs some agent subscribed to
         self.honored: frozenset[str] = frozenset()  # those the open stream's acknowledgment named
-        self.opened = 0  # streams acknowledged so far
         self._version = 0  # bumped by each change of ``wanted``
         self._acked_version = 0  # the version the open stream was built from
         self._changed = asyncio.Event()
@@ -81,7 +80,6 @@ class Listener:
                 async with client.listen(**flags, resource_subscriptions=uris) as stream:
                     async with self._acked:
                         self.honored = frozenset(stream.honored.resource_subscriptions or ())
-                        self.opened += 1
                         self._acked_version = version
                         self._acked.notify_all()
                     log.debug("upstream %s: listening for %d resources", self.upstream, len(uris))
