@@ -5,8 +5,6 @@ what comes on it to the agents it concerns.  Real SDK client, `intentgate stdio`
 
 from __future__ import annotations
 
-import json
-import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -15,12 +13,10 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-import yaml
 from mcp import Client, MCPError
 
-from tests.conftest import POLICY_DIR
 from tests.processes import free_port
-from tests.test_front_stdio import make_gateway
+from tests.test_protocol import gateway as protocol_gateway
 from tests.test_upstream_lean import server
 
 WATCHING = Path(__file__).parent / "servers" / "watching_server.py"
@@ -40,20 +36,8 @@ steps:
 
 
 def gateway(tmp_path: Path, upstream: dict[str, Any]) -> Any:
-    intents = tmp_path / "intents"
-    intents.mkdir()
-    (intents / "watch.yaml").write_text(INTENT)
-    policy = tmp_path / "opa"
-    shutil.copytree(POLICY_DIR, policy)
-    data = json.loads((policy / "intentgate" / "data.json").read_text())
-    data["reads"] = {"resources": {"w": ["watch://counter", "watch://quiet"]}, "prompts": {}}
-    (policy / "intentgate" / "data.json").write_text(json.dumps(data))
-    params = make_gateway(tmp_path, intents_dir=intents)
-    cfg = tmp_path / "intentgate.yaml"
-    doc = yaml.safe_load(cfg.read_text())
-    doc.update(policy_dir=str(policy), upstreams=[{"name": "w", "timeout_seconds": 10, **upstream}])
-    cfg.write_text(yaml.safe_dump(doc))
-    return params
+    reads = {"resources": {"w": ["watch://counter", "watch://quiet"]}, "prompts": {}}
+    return protocol_gateway(tmp_path, reads, intent=INTENT, upstream={"name": "w", "timeout_seconds": 10, **upstream})
 
 
 class Heard:

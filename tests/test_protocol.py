@@ -38,10 +38,13 @@ steps:
 """
 
 
-def gateway(tmp_path: Path, reads: dict[str, Any]) -> Any:
+def gateway(tmp_path: Path, reads: dict[str, Any], *, intent: str = INTENT,
+            upstream: dict[str, Any] | None = None) -> Any:
+    """`intentgate stdio` with ``intent`` and the policy's ``reads``, in front of one upstream
+    (default: the reference server as ``conf``, on a 2025-era protocol)."""
     intents = tmp_path / "intents"
     intents.mkdir()
-    (intents / "reference.yaml").write_text(INTENT)
+    (intents / "reference.yaml").write_text(intent)
     policy = tmp_path / "opa"
     shutil.copytree(POLICY_DIR, policy)
     data = json.loads((policy / "intentgate" / "data.json").read_text())
@@ -50,7 +53,7 @@ def gateway(tmp_path: Path, reads: dict[str, Any]) -> Any:
     cfg = tmp_path / "intentgate.yaml"
     doc = yaml.safe_load(cfg.read_text())
     doc.update(policy_dir=str(policy), upstreams=[
-        {"name": "conf", "command": sys.executable, "args": [str(REFERENCE)], "protocol": "legacy"}])
+        upstream or {"name": "conf", "command": sys.executable, "args": [str(REFERENCE)], "protocol": "legacy"}])
     cfg.write_text(yaml.safe_dump(doc))
     return params
 

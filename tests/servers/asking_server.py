@@ -34,8 +34,9 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
 from mcp.shared.message import ServerMessageMetadata
+
+from _serving import serve  # this directory (run as a script)
 
 IN_FLIGHT = 0
 ENOUGH = asyncio.Event()
@@ -132,15 +133,7 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
 
 async def main() -> None:
     server = Server("claims", on_list_tools=list_tools, on_call_tool=call_tool)
-    if sys.argv[1:2] == ["--http"]:  # Streamable HTTP on 127.0.0.1:PORT/mcp
-        import uvicorn
-
-        config = uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]),
-                                log_level="warning")
-        await uvicorn.Server(config).serve()
-        return
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    await serve(server, int(sys.argv[2]) if sys.argv[1:2] == ["--http"] else None)
 
 
 if __name__ == "__main__":

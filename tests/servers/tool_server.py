@@ -35,10 +35,10 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.server.lowlevel import Server
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp.server.stdio import stdio_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from _serving import serve  # noqa: E402 (this directory: run as a script)
 from intentgate.errors import TokenError  # noqa: E402
 from intentgate.keys import PublicKeySet  # noqa: E402
 from intentgate.verify import ActionTokenVerifier, SqliteJtiLedger  # noqa: E402
@@ -201,15 +201,7 @@ async def main() -> None:
     parser.add_argument("--name", required=True, choices=sorted(TOOLS))
     parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP on 127.0.0.1:PORT/mcp")
     args = parser.parse_args()
-    server = build(args.name)
-    if args.http:
-        import uvicorn
-
-        config = uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=args.http, log_level="warning")
-        await uvicorn.Server(config).serve()
-        return
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    await serve(build(args.name), args.http)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
+
+from _serving import serve  # this directory (run as a script)
 
 BUS = InMemorySubscriptionBus()
 TOUCHED = {"watch://counter": 0, "watch://quiet": 0}
@@ -86,15 +87,7 @@ async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> ty
 async def main() -> None:
     server = Server("watching", on_list_tools=list_tools, on_call_tool=call_tool, on_list_resources=list_resources,
                     on_read_resource=read_resource, on_subscriptions_listen=CountingListen(BUS))
-    if sys.argv[1:2] == ["--http"]:
-        import uvicorn
-
-        config = uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=int(sys.argv[2]),
-                                log_level="warning")
-        await uvicorn.Server(config).serve()
-        return
-    async with stdio_server() as (read, write):
-        await server.run(read, write, server.create_initialization_options())
+    await serve(server, int(sys.argv[2]) if sys.argv[1:2] == ["--http"] else None)
 
 
 if __name__ == "__main__":
